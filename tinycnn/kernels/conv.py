@@ -1,0 +1,204 @@
+"""Convolution kernels: forward, input gradient and weight gradient.
+
+Shapes (NHWC, as Keras):
+
+* ``x``  (N, H, W, C)  input
+* ``w``  (KH, KW, C, O) kernel
+* ``y``  (N, HO, WO, O) output, ``HO = (H + pad_top + pad_bottom - KH) // SH + 1``
+* ``pads`` ``((top, bottom), (left, right))`` zeros added around ``x``
+* ``strides`` ``(SH, SW)``
+
+The convolution (strictly, cross-correlation, as in every deep-learning library) is
+
+    y[n, i, j, o] = sum_{a, b, c} xp[n, i*SH + a, j*SW + b, c] * w[a, b, c, o]
+
+where ``xp`` is the padded input. Read that sum one kernel tap ``(a, b)`` at a time
+and it is a matrix product: the strided slice of ``xp`` seen by that tap, reshaped to
+(N*HO*WO, C), times ``w[a, b]`` of shape (C, O). The reference kernels do exactly
+that, one ``@`` per tap. The two gradients follow from the same picture:
+
+* input gradient: each tap's slice received ``dy @ w[a, b].T``; add it back where the
+  slice came from. This is a *transposed convolution* of ``dy``.
+* weight gradient: ``dw[a, b] = slice.T @ dy``, a correlation of ``x`` with ``dy``.
+
+The fast kernels gather every tap into one matrix first (*im2col*: one row per output
+pixel, one column per (tap, channel)), so that the whole convolution is a single large
+matrix product that BLAS runs near the machine's peak. The gather and its adjoint,
+*col2im*, are Numba loops, parallel over rows and images; the batch is processed in
+chunks so that the column matrix stays small.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..backend import dispatch
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
+    return (size + pad_before + pad_after - kernel) // stride + 1
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras/TensorFlow ``same`` padding: output ``ceil(size / stride)``; an odd
+    total goes to the bottom/right (asymmetric, unlike PyTorch)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _output_shape(x_shape, w_shape, strides, pads):
+    n, h, w, _ = x_shape
+    kh, kw, _, o = w_shape
+    ho = conv_output_size(h, kh, strides[0], *pads[0])
+    wo = conv_output_size(w, kw, strides[1], *pads[1])
+    return n, ho, wo, o
+
+
+def _tap_slice(a, b, ho, wo, strides):
+    """The index of the padded-input window seen by kernel tap (a, b)."""
+    sh, sw = strides
+    return (slice(None), slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
+
+
+# -- readable reference: one matrix product per kernel tap -------------------------------
+def conv2d_reference(x, w, strides, pads):
+    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O)."""
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    n, ho, wo, o = _output_shape(x.shape, w.shape, strides, pads)
+    y = np.zeros((n, ho, wo, o), np.float32)
+    for a in range(w.shape[0]):
+        for b in range(w.shape[1]):
+            y += xp[_tap_slice(a, b, ho, wo, strides)] @ w[a, b]
+    return y
+
+
+def conv2d_grad_input_reference(dy, w, x_shape, strides, pads):
+    """dx (N, H, W, C) from dy (N, HO, WO, O): each tap hands its slice dy @ w[a, b].T."""
+    n, h, wd, c = x_shape
+    (pt, pb), (pl, pr) = pads
+    dxp = np.zeros((n, h + pt + pb, wd + pl + pr, c), np.float32)
+    ho, wo = dy.shape[1:3]
+    for a in range(w.shape[0]):
+        for b in range(w.shape[1]):
+            dxp[_tap_slice(a, b, ho, wo, strides)] += dy @ w[a, b].T
+    return dxp[:, pt:pt + h, pl:pl + wd, :]
+
+
+def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads):
+    """dw (KH, KW, C, O): for each tap, its input slice correlated with dy."""
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    kh, kw, c, o = w_shape
+    ho, wo = dy.shape[1:3]
+    dy2 = dy.reshape(-1, o)
+    dw = np.empty(w_shape, np.float32)
+    for a in range(kh):
+        for b in range(kw):
+            dw[a, b] = xp[_tap_slice(a, b, ho, wo, strides)].reshape(-1, c).T @ dy2
+    return dw
+
+
+# -- fast: im2col / col2im in Numba, one BLAS product per chunk of the batch -----------------
+@njit(parallel=True, cache=True, fastmath=True)
+def im2col(x, kh, kw, sh, sw, pt, pl, ho, wo, cols):
+    """Fill cols (N*HO*WO, KH*KW*C): row = output pixel, columns = (tap, channel)."""
+    n_img, h, w, c = x.shape
+    for r in prange(n_img * ho):  # one (image, output row) per iteration
+        n, oy = r // ho, r % ho
+        for ox in range(wo):
+            row = r * wo + ox
+            for a in range(kh):
+                iy = oy * sh + a - pt
+                for b in range(kw):
+                    ix = ox * sw + b - pl
+                    base = (a * kw + b) * c
+                    if 0 <= iy < h and 0 <= ix < w:
+                        for ch in range(c):
+                            cols[row, base + ch] = x[n, iy, ix, ch]
+                    else:  # a tap that falls in the zero padding
+                        for ch in range(c):
+                            cols[row, base + ch] = 0.0
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def col2im(cols, kh, kw, sh, sw, pt, pl, ho, wo, dx):
+    """The adjoint of im2col: add every (tap, channel) column back into dx (N, H, W, C)."""
+    n_img, h, w, c = dx.shape
+    for n in prange(n_img):  # windows overlap inside an image, never across images
+        dx[n] = 0.0
+        for oy in range(ho):
+            for ox in range(wo):
+                row = (n * ho + oy) * wo + ox
+                for a in range(kh):
+                    iy = oy * sh + a - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for b in range(kw):
+                        ix = ox * sw + b - pl
+                        if ix < 0 or ix >= w:
+                            continue
+                        base = (a * kw + b) * c
+                        for ch in range(c):
+                            dx[n, iy, ix, ch] += cols[row, base + ch]
+
+
+_CHUNK_BYTES = 16 << 20  # keep one chunk's column matrix around 16 MiB
+
+
+def _chunk_size(n, ho, wo, k):
+    per_image = ho * wo * k * 4
+    return int(max(1, min(n, _CHUNK_BYTES // max(per_image, 1))))
+
+
+def conv2d_fast(x, w, strides, pads):
+    n, ho, wo, o = _output_shape(x.shape, w.shape, strides, pads)
+    kh, kw, c, _ = w.shape
+    x = np.ascontiguousarray(x)
+    w2 = np.ascontiguousarray(w).reshape(kh * kw * c, o)
+    y = np.empty((n, ho, wo, o), np.float32)
+    y2 = y.reshape(n * ho * wo, o)
+    step = _chunk_size(n, ho, wo, kh * kw * c)
+    cols = np.empty((step * ho * wo, kh * kw * c), np.float32)
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        part = cols[:m * ho * wo]
+        im2col(x[s:s + m], kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, part)
+        np.matmul(part, w2, out=y2[s * ho * wo:(s + m) * ho * wo])
+    return y
+
+
+def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
+    n, ho, wo, o = dy.shape
+    kh, kw, c, _ = w.shape
+    w2t = np.ascontiguousarray(w.reshape(kh * kw * c, o).T)
+    dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
+    dx = np.empty(x_shape, np.float32)
+    step = _chunk_size(n, ho, wo, kh * kw * c)
+    cols = np.empty((step * ho * wo, kh * kw * c), np.float32)
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        part = cols[:m * ho * wo]
+        np.matmul(dy2[s * ho * wo:(s + m) * ho * wo], w2t, out=part)
+        col2im(part, kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, dx[s:s + m])
+    return dx
+
+
+def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads):
+    n, ho, wo, o = dy.shape
+    kh, kw, c, _ = w_shape
+    x = np.ascontiguousarray(x)
+    dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
+    dw = np.zeros((kh * kw * c, o), np.float32)
+    step = _chunk_size(n, ho, wo, kh * kw * c)
+    cols = np.empty((step * ho * wo, kh * kw * c), np.float32)
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        part = cols[:m * ho * wo]
+        im2col(x[s:s + m], kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, part)
+        dw += part.T @ dy2[s * ho * wo:(s + m) * ho * wo]
+    return dw.reshape(w_shape)
+
+
+conv2d = dispatch(conv2d_reference, conv2d_fast)
+conv2d_grad_input = dispatch(conv2d_grad_input_reference, conv2d_grad_input_fast)
+conv2d_grad_weight = dispatch(conv2d_grad_weight_reference, conv2d_grad_weight_fast)

@@ -1,0 +1,94 @@
+"""Max-pooling kernels.
+
+Shapes: ``x`` (N, H, W, C) -> ``y`` (N, HO, WO, C), with ``argmax`` (N, HO, WO, C) the
+index ``a * PW + b`` of the window tap that won. Backward routes each output gradient
+to that one input position and nowhere else: the max is locally the identity on the
+winner and constant in the others. Padding (Keras ``same``) is filled with -inf so it
+never wins. On a tie the first tap in row-major order wins, as in ``np.argmax``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..backend import dispatch
+
+
+def _tap_slice(a, b, ho, wo, strides):
+    sh, sw = strides
+    return (slice(None), slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
+
+
+def maxpool_reference(x, pool, strides, pads, out_hw):
+    """y, argmax = max over each window of x (N, H, W, C)."""
+    ho, wo = out_hw
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-np.inf)
+    taps = np.stack([xp[_tap_slice(a, b, ho, wo, strides)]
+                     for a in range(pool[0]) for b in range(pool[1])])  # (taps, N, HO, WO, C)
+    argmax = taps.argmax(axis=0).astype(np.int32)
+    y = np.take_along_axis(taps, argmax[None], axis=0)[0]
+    return y, argmax
+
+
+def maxpool_grad_reference(dy, argmax, x_shape, pool, strides, pads):
+    """dx (N, H, W, C): dy routed to the winning tap of each window."""
+    n, h, w, c = x_shape
+    (pt, pb), (pl, pr) = pads
+    ho, wo = dy.shape[1:3]
+    dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), np.float32)
+    for a in range(pool[0]):
+        for b in range(pool[1]):
+            dxp[_tap_slice(a, b, ho, wo, strides)] += np.where(argmax == a * pool[1] + b, dy, 0)
+    return dxp[:, pt:pt + h, pl:pl + w, :]
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_numba(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
+    n_img, h, w, c = x.shape
+    for r in prange(n_img * ho):
+        n, oy = r // ho, r % ho
+        for ox in range(wo):
+            for ch in range(c):
+                best, best_tap = -np.inf, 0
+                for a in range(ph):
+                    iy = oy * sh + a - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for b in range(pw):
+                        ix = ox * sw + b - pl
+                        if 0 <= ix < w and x[n, iy, ix, ch] > best:
+                            best, best_tap = x[n, iy, ix, ch], a * pw + b
+                y[n, oy, ox, ch] = best
+                argmax[n, oy, ox, ch] = best_tap
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_grad_numba(dy, argmax, pw, sh, sw, pt, pl, dx):
+    n_img, ho, wo, c = dy.shape
+    for n in prange(n_img):  # overlapping windows (stride < pool) stay within one image
+        dx[n] = 0.0
+        for oy in range(ho):
+            for ox in range(wo):
+                for ch in range(c):
+                    tap = argmax[n, oy, ox, ch]
+                    dx[n, oy * sh + tap // pw - pt, ox * sw + tap % pw - pl, ch] += dy[n, oy, ox, ch]
+
+
+def maxpool_fast(x, pool, strides, pads, out_hw):
+    n, _, _, c = x.shape
+    y = np.empty((n, out_hw[0], out_hw[1], c), np.float32)
+    argmax = np.empty(y.shape, np.int32)
+    _maxpool_numba(np.ascontiguousarray(x), pool[0], pool[1], strides[0], strides[1],
+                   pads[0][0], pads[1][0], out_hw[0], out_hw[1], y, argmax)
+    return y, argmax
+
+
+def maxpool_grad_fast(dy, argmax, x_shape, pool, strides, pads):
+    dx = np.empty(x_shape, np.float32)
+    _maxpool_grad_numba(np.ascontiguousarray(dy), argmax, pool[1], strides[0], strides[1],
+                        pads[0][0], pads[1][0], dx)
+    return dx
+
+
+maxpool = dispatch(maxpool_reference, maxpool_fast)
+maxpool_grad = dispatch(maxpool_grad_reference, maxpool_grad_fast)

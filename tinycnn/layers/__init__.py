@@ -1,0 +1,12 @@
+"""Keras-style layers. Each file holds one group: its Functions (forward above backward)
+and its Layers (weights, shapes, checks)."""
+from .base import Layer
+from .convolution import Conv2D, Conv2DFn, Conv2DTranspose, Conv2DTransposeFn
+from .core import Activation, Dense, DenseFn, Dropout, Flatten, ReLU, Residual
+from .normalization import BatchNormalization, BatchNormFn
+from .pooling import GlobalAveragePooling2D, MaxPool2D, MaxPool2DFn, MaxPooling2D
+
+__all__ = ["Layer", "Conv2D", "Conv2DTranspose", "Dense", "Flatten", "Dropout", "Activation",
+           "ReLU", "Residual", "BatchNormalization", "MaxPool2D", "MaxPooling2D",
+           "GlobalAveragePooling2D", "Conv2DFn", "Conv2DTransposeFn", "DenseFn", "BatchNormFn",
+           "MaxPool2DFn"]

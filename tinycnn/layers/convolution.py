@@ -1,0 +1,211 @@
+"""Conv2D and Conv2DTranspose: the Functions (math) and the Layers (bookkeeping).
+
+The two are each other's gradient. Conv2D's forward is ``conv2d``; its input gradient
+is a transposed convolution, ``conv2d_grad_input``. Conv2DTranspose's forward *is*
+``conv2d_grad_input`` (the input gradient of a strided convolution "upsamples"), and
+its input gradient is ``conv2d``. The weight gradient of both is ``conv2d_grad_weight``
+with the roles of input and output swapped. Writing each kernel once and using it
+both ways means the tests of one layer test the other too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import initializers
+from ..kernels import conv as K
+from ..tensor import Function, Tensor
+from .base import Layer
+
+_ACTIVATIONS = (None, "linear", "relu")
+
+
+def _pair(v, what, layer):
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+    if len(pair) != 2 or any(int(p) < 1 for p in pair):
+        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_padding(padding, layer):
+    if padding not in ("valid", "same"):
+        raise ValueError(f"{layer}: padding must be 'valid' or 'same', got {padding!r}")
+    return padding
+
+
+def _check_activation(activation, layer):
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{layer}: activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    return activation == "relu"
+
+
+class Conv2DFn(Function):
+    """y = relu?(conv(x, w) + b).
+
+    x (N, H, W, C), w (KH, KW, C, O), b (O,) -> y (N, HO, WO, O). The bias and ReLU are
+    fused into the convolution: the output is written once and ReLU's mask comes from
+    the saved output (y > 0), so no extra array is kept for the activation.
+    Saved: x, w, strides, pads, y (only when ``relu``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, strides, pads, relu):
+        y = K.conv2d(x, w, strides, pads)
+        y += b
+        if relu:
+            np.maximum(y, 0, out=y)
+        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.y is not None:
+            g = g * (ctx.y > 0)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx = K.conv2d_grad_input(g, ctx.w, ctx.x.shape, ctx.strides, ctx.pads) if need_x else None
+        dw = K.conv2d_grad_weight(ctx.x, g, ctx.w.shape, ctx.strides, ctx.pads) if need_w else None
+        db = g.sum(axis=(0, 1, 2)) if need_b else None
+        return dx, dw, db
+
+
+class Conv2DTransposeFn(Function):
+    """y = relu?(conv_transpose(x, w) + b).
+
+    x (N, H, W, C), w (KH, KW, O, C) as Keras stores it, b (O,) -> y (N, HO, WO, O),
+    where (N, HO, WO, O) is ``out_shape``. Computed as the input gradient of a
+    convolution from (N, HO, WO, O) to (N, H, W, C) with the same kernel.
+    Saved: x, w, strides, pads, y (only when ``relu``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, strides, pads, out_shape, relu):
+        y = K.conv2d_grad_input(x, w, out_shape, strides, pads)
+        y += b
+        if relu:
+            np.maximum(y, 0, out=y)
+        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y if relu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.y is not None:
+            g = g * (ctx.y > 0)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx = K.conv2d(g, ctx.w, ctx.strides, ctx.pads) if need_x else None
+        # the "input" of the underlying convolution is g, its "output gradient" is x
+        dw = K.conv2d_grad_weight(g, ctx.x, ctx.w.shape, ctx.strides, ctx.pads) if need_w else None
+        db = g.sum(axis=(0, 1, 2)) if need_b else None
+        return dx, dw, db
+
+
+class _ConvBase(Layer):
+    input_rank = 3
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 name=None):
+        super().__init__(name)
+        label = f"{type(self).__name__}"
+        if int(filters) < 1:
+            raise ValueError(f"{label}: filters must be positive, got {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size", label)
+        self.strides = _pair(strides, "strides", label)
+        self.padding = _check_padding(padding, label)
+        self.relu = _check_activation(activation, label)
+        self.activation = activation or "linear"
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def _add_weights(self, kernel_shape, rng):
+        self.kernel = self.add_weight("kernel", self.kernel_initializer(kernel_shape, rng))
+        bias = self.bias_initializer((self.filters,), rng)
+        self.bias = self.add_weight("bias", bias, trainable=self.use_bias)
+
+
+class Conv2D(_ConvBase):
+    """2-D convolution, NHWC, as ``keras.layers.Conv2D``.
+
+    Args:
+        filters: output channels O.
+        kernel_size: int or (KH, KW).
+        strides: int or (SH, SW).
+        padding: ``"valid"`` (no padding) or ``"same"`` (output ``ceil(H / SH)``; Keras'
+            asymmetric split, the extra row/column at the bottom/right).
+        activation: ``None`` or ``"relu"`` (fused into the kernel).
+        use_bias: add a learned bias per output channel.
+
+    Input (N, H, W, C) -> output (N, HO, WO, O). Weights: ``kernel`` (KH, KW, C, O),
+    ``bias`` (O,).
+    """
+
+    def _pads(self, h, w):
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        return (K.same_padding(h, self.kernel_size[0], self.strides[0]),
+                K.same_padding(w, self.kernel_size[1], self.strides[1]))
+
+    def compute_output_shape(self, input_shape):
+        h, w, _ = input_shape
+        (pt, pb), (pl, pr) = self._pads(h, w)
+        ho = K.conv_output_size(h, self.kernel_size[0], self.strides[0], pt, pb)
+        wo = K.conv_output_size(w, self.kernel_size[1], self.strides[1], pl, pr)
+        if ho < 1 or wo < 1:
+            raise ValueError(
+                f"{self._label()}: kernel {self.kernel_size} with padding '{self.padding}' is larger "
+                f"than the input {(h, w)} (input shape {tuple(input_shape)})")
+        return ho, wo, self.filters
+
+    def build(self, input_shape, rng):
+        self.compute_output_shape(input_shape)  # raises if the kernel does not fit
+        self._add_weights(self.kernel_size + (input_shape[-1], self.filters), rng)
+
+    def call(self, x, training):
+        self.compute_output_shape(x.shape[1:])
+        pads = self._pads(x.shape[1], x.shape[2])
+        return Conv2DFn.apply(x, self.kernel, self.bias, strides=self.strides, pads=pads,
+                              relu=self.relu)
+
+    def multiply_adds(self, input_shape):
+        ho, wo, o = self.compute_output_shape(input_shape)
+        return ho * wo * o * self.kernel_size[0] * self.kernel_size[1] * input_shape[-1]
+
+
+class Conv2DTranspose(_ConvBase):
+    """Transposed 2-D convolution ("deconvolution"), as ``keras.layers.Conv2DTranspose``.
+
+    Output size per axis, as Keras computes it: ``H * SH`` for ``same``;
+    ``H * SH + max(KH - SH, 0)`` for ``valid``.
+
+    Input (N, H, W, C) -> output (N, HO, WO, O). Weights: ``kernel`` (KH, KW, O, C)
+    (note: output channels before input, as in Keras), ``bias`` (O,).
+    """
+
+    def _out_size(self, size, axis):
+        k, s = self.kernel_size[axis], self.strides[axis]
+        return size * s if self.padding == "same" else size * s + max(k - s, 0)
+
+    def _pads(self, ho, wo):
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        # the padding of the forward convolution whose gradient this layer computes
+        return (K.same_padding(ho, self.kernel_size[0], self.strides[0]),
+                K.same_padding(wo, self.kernel_size[1], self.strides[1]))
+
+    def compute_output_shape(self, input_shape):
+        h, w, _ = input_shape
+        return self._out_size(h, 0), self._out_size(w, 1), self.filters
+
+    def build(self, input_shape, rng):
+        self._add_weights(self.kernel_size + (self.filters, input_shape[-1]), rng)
+
+    def call(self, x, training):
+        n, h, w, _ = x.shape
+        ho, wo, o = self.compute_output_shape((h, w, x.shape[3]))
+        return Conv2DTransposeFn.apply(x, self.kernel, self.bias, strides=self.strides,
+                                       pads=self._pads(ho, wo), out_shape=(n, ho, wo, o),
+                                       relu=self.relu)
+
+    def multiply_adds(self, input_shape):
+        h, w, c = input_shape
+        return h * w * c * self.kernel_size[0] * self.kernel_size[1] * self.filters

@@ -1,0 +1,71 @@
+"""BatchNormalization, after a convolution (per channel) or a Dense layer (per feature)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import norm as K
+from ..tensor import Function
+from .base import Layer
+
+
+class BatchNormFn(Function):
+    """Training-mode batch normalisation over every axis but the last.
+
+    x (..., C), gamma (C,), beta (C,) -> y (..., C). Saved: xhat (the normalised input)
+    and inv_std (C,): backward needs nothing else. ``stats`` receives the batch mean
+    and variance so the layer can update its moving averages.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps, stats):
+        c = x.shape[-1]
+        y2, xhat, mean, var, inv_std = K.batchnorm_forward(x.reshape(-1, c), gamma, beta, eps)
+        stats.update(mean=mean, var=var)
+        ctx.save(xhat=xhat, inv_std=inv_std, gamma=gamma, shape=x.shape)
+        return y2.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        c = ctx.shape[-1]
+        dx2, dgamma, dbeta = K.batchnorm_backward(g.reshape(-1, c), ctx.xhat, ctx.gamma, ctx.inv_std)
+        return dx2.reshape(ctx.shape), dgamma, dbeta
+
+
+class BatchNormalization(Layer):
+    """Batch normalisation, as ``keras.layers.BatchNormalization`` (axis -1).
+
+    Training: normalise with the batch's mean and (biased) variance, then update
+    ``moving = momentum * moving + (1 - momentum) * batch``. Inference: normalise with
+    the moving averages, an affine map.
+
+    Input (N, ..., C) -> output of the same shape. Weights: ``gamma``, ``beta``
+    (trainable), ``moving_mean``, ``moving_variance`` (not trainable), each (C,).
+    """
+
+    def __init__(self, momentum=0.99, epsilon=1e-3, name=None):
+        super().__init__(name)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"BatchNormalization: momentum must be in [0, 1], got {momentum}")
+        if epsilon <= 0:
+            raise ValueError(f"BatchNormalization: epsilon must be positive, got {epsilon}")
+        self.momentum, self.epsilon = float(momentum), float(epsilon)
+
+    def build(self, input_shape, rng):
+        c = input_shape[-1]
+        self.gamma = self.add_weight("gamma", np.ones(c, np.float32))
+        self.beta = self.add_weight("beta", np.zeros(c, np.float32))
+        self.moving_mean = self.add_weight("moving_mean", np.zeros(c, np.float32), trainable=False)
+        self.moving_variance = self.add_weight("moving_variance", np.ones(c, np.float32), trainable=False)
+
+    def call(self, x, training):
+        if training:
+            stats = {}
+            y = BatchNormFn.apply(x, self.gamma, self.beta, eps=self.epsilon, stats=stats)
+            m = self.momentum
+            self.moving_mean.data = m * self.moving_mean.data + (1 - m) * stats["mean"]
+            self.moving_variance.data = m * self.moving_variance.data + (1 - m) * stats["var"]
+            return y
+        # inference: a fixed per-channel affine map, differentiable through ordinary ops
+        scale = self.gamma * (1.0 / np.sqrt(self.moving_variance.data + self.epsilon))
+        shift = self.beta - scale * self.moving_mean.data
+        return x * scale + shift

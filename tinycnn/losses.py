@@ -1,0 +1,81 @@
+"""Losses, computed from logits."""
+from __future__ import annotations
+
+import numpy as np
+
+from .tensor import Function, _log_softmax, as_tensor
+
+
+class SoftmaxCrossEntropyFn(Function):
+    """Mean categorical cross-entropy of softmax(logits) against (smoothed) one-hot targets.
+
+    logits (N, K), targets (N, K) rows summing to 1, weights (N,) -> scalar
+
+        loss = sum_n w_n * (-sum_k t_nk * log_softmax(logits)_nk) / N
+
+    Dividing by N (not by sum w) is what Keras does with ``class_weight``.
+    The gradient is the well-known ``(softmax - t) * w / N``: no division by a
+    probability, so it stays finite where a separate log(softmax) could overflow.
+    Saved: softmax (N, K), targets, weights.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, weights):
+        logp = _log_softmax(logits, axis=1)
+        ctx.save(probs=np.exp(logp), targets=targets, weights=weights)
+        return np.float32(-(weights * (targets * logp).sum(axis=1)).sum() / len(logits))
+
+    @staticmethod
+    def backward(ctx, g):
+        n = len(ctx.targets)
+        dlogits = (ctx.probs - ctx.targets) * (ctx.weights[:, None] * (g / n))
+        return dlogits.astype(np.float32), None, None
+
+
+def softmax_cross_entropy(logits, labels, class_weights=None, label_smoothing=0.0):
+    """Cross-entropy loss from unnormalised scores.
+
+    Args:
+        logits: Tensor (N, K).
+        labels: integer class indices (N,).
+        class_weights: optional (K,) weight per class (see ``balanced_class_weights``).
+        label_smoothing: ``eps`` in [0, 1): targets become ``(1 - eps) * onehot + eps / K``.
+    Returns:
+        A scalar Tensor.
+    """
+    logits = as_tensor(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy: logits must be (batch, classes), got {logits.shape}")
+    n, k = logits.shape
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"softmax_cross_entropy: labels must be {n} integers for logits {logits.shape}, "
+                         f"got dtype {labels.dtype} shape {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}), got range "
+                         f"[{labels.min()}, {labels.max()}]")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"softmax_cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
+    targets = np.full((n, k), label_smoothing / k, np.float32)
+    targets[np.arange(n), labels] += 1.0 - label_smoothing
+    if class_weights is None:
+        weights = np.ones(n, np.float32)
+    else:
+        class_weights = np.asarray(class_weights, np.float32)
+        if class_weights.shape != (k,):
+            raise ValueError(f"softmax_cross_entropy: class_weights must have shape ({k},), "
+                             f"got {class_weights.shape}")
+        weights = class_weights[labels]
+    return SoftmaxCrossEntropyFn.apply(logits, targets, weights)
+
+
+def balanced_class_weights(labels, num_classes):
+    """n_samples / (n_classes * count_c), as scikit-learn's ``compute_class_weight('balanced')``.
+
+    A class absent from ``labels`` gets weight 0 (it can never be seen).
+    """
+    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = len(labels) / (num_classes * counts[present])
+    return weights.astype(np.float32)
