@@ -300,7 +300,9 @@ class Mul(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return unbroadcast(g * ctx.b, ctx.a.shape), unbroadcast(g * ctx.a, ctx.b.shape)
+        need_a, need_b = ctx.needs_input_grad
+        return (unbroadcast(g * ctx.b, ctx.a.shape) if need_a else None,
+                unbroadcast(g * ctx.a, ctx.b.shape) if need_b else None)
 
 
 class Div(Function):

@@ -62,15 +62,18 @@ def _tap_slice(a, b, ho, wo, strides):
 
 
 # -- readable reference: one matrix product per kernel tap -------------------------------
-def conv2d_reference(x, w, strides, pads):
-    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O)."""
+def conv2d_reference(x, w, strides, pads, keep_cols=False):
+    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O).
+
+    (``keep_cols`` exists for the fast kernel's sake; the reference keeps nothing and
+    returns ``(y, None)`` when asked.)"""
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     n, ho, wo, o = _output_shape(x.shape, w.shape, strides, pads)
     y = np.zeros((n, ho, wo, o), np.float32)
     for a in range(w.shape[0]):
         for b in range(w.shape[1]):
             y += xp[_tap_slice(a, b, ho, wo, strides)] @ w[a, b]
-    return y
+    return (y, None) if keep_cols else y
 
 
 def conv2d_grad_input_reference(dy, w, x_shape, strides, pads):
@@ -85,7 +88,7 @@ def conv2d_grad_input_reference(dy, w, x_shape, strides, pads):
     return dxp[:, pt:pt + h, pl:pl + wd, :]
 
 
-def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads):
+def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, cols=None):
     """dw (KH, KW, C, O): for each tap, its input slice correlated with dy."""
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     kh, kw, c, o = w_shape
@@ -150,21 +153,26 @@ def _chunk_size(n, ho, wo, k):
     return int(max(1, min(n, _CHUNK_BYTES // max(per_image, 1))))
 
 
-def conv2d_fast(x, w, strides, pads):
+def conv2d_fast(x, w, strides, pads, keep_cols=False):
+    """As conv2d_reference; with ``keep_cols`` also returns the full column matrix
+    (N*HO*WO, KH*KW*C), which the weight gradient can then reuse instead of gathering
+    the input again."""
     n, ho, wo, o = _output_shape(x.shape, w.shape, strides, pads)
     kh, kw, c, _ = w.shape
+    k = kh * kw * c
     x = np.ascontiguousarray(x)
-    w2 = np.ascontiguousarray(w).reshape(kh * kw * c, o)
+    w2 = np.ascontiguousarray(w).reshape(k, o)
     y = np.empty((n, ho, wo, o), np.float32)
     y2 = y.reshape(n * ho * wo, o)
-    step = _chunk_size(n, ho, wo, kh * kw * c)
-    cols = np.empty((step * ho * wo, kh * kw * c), np.float32)
+    step = _chunk_size(n, ho, wo, k)
+    cols = np.empty(((n if keep_cols else step) * ho * wo, k), np.float32)
     for s in range(0, n, step):
         m = min(step, n - s)
-        part = cols[:m * ho * wo]
+        rows = slice(s * ho * wo, (s + m) * ho * wo)
+        part = cols[rows] if keep_cols else cols[:m * ho * wo]
         im2col(x[s:s + m], kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, part)
-        np.matmul(part, w2, out=y2[s * ho * wo:(s + m) * ho * wo])
-    return y
+        np.matmul(part, w2, out=y2[rows])
+    return (y, cols) if keep_cols else y
 
 
 def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
@@ -183,11 +191,14 @@ def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     return dx
 
 
-def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads):
+def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=None):
+    """As conv2d_grad_weight_reference; ``cols`` is the column matrix kept by the forward."""
     n, ho, wo, o = dy.shape
     kh, kw, c, _ = w_shape
-    x = np.ascontiguousarray(x)
     dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
+    if cols is not None:
+        return (cols.T @ dy2).reshape(w_shape)
+    x = np.ascontiguousarray(x)
     dw = np.zeros((kh * kw * c, o), np.float32)
     step = _chunk_size(n, ho, wo, kh * kw * c)
     cols = np.empty((step * ho * wo, kh * kw * c), np.float32)

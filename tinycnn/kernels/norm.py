@@ -23,70 +23,98 @@ from ..backend import dispatch
 
 
 def batchnorm_forward_reference(x2, gamma, beta, eps):
-    """y2, xhat, mean, var, inv_std for x2 (M, C)."""
+    """y2 (M, C), mean (C,), var (C,), inv_std (C,) for x2 (M, C)."""
     mean = x2.mean(axis=0)
     var = x2.var(axis=0)
     inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
     xhat = (x2 - mean) * inv_std
-    return xhat * gamma + beta, xhat, mean, var, inv_std
+    return xhat * gamma + beta, mean, var, inv_std
 
 
-def batchnorm_backward_reference(g2, xhat, gamma, inv_std):
-    """dx2 (M, C), dgamma (C,), dbeta (C,)."""
+def batchnorm_backward_reference(g2, x2, mean, gamma, inv_std):
+    """dx2 (M, C), dgamma (C,), dbeta (C,) from g2 = dL/dy2 (M, C)."""
     m = g2.shape[0]
+    xhat = (x2 - mean) * inv_std
     dbeta = g2.sum(axis=0)
     dgamma = (g2 * xhat).sum(axis=0)
     dx2 = (gamma * inv_std) * (g2 - dbeta / m - xhat * (dgamma / m))
     return dx2.astype(np.float32), dgamma, dbeta
 
 
+# The fast kernels make as few passes over the (large) M x C arrays as they can: they
+# keep x rather than xhat (recomputing xhat costs nothing next to reading it) and
+# fuse each formula into one loop. Sums are accumulated in float64, per block of rows
+# so that the two cores share the work.
+_BLOCKS = 64
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def _column_sums(a, b):
-    """Per-column sums of a and of a*b over rows, in float64, split across threads."""
-    m, c = a.shape
-    blocks = 64
-    s_a = np.zeros((blocks, c))
-    s_ab = np.zeros((blocks, c))
-    rows = (m + blocks - 1) // blocks
-    for k in prange(blocks):
+def _moments(x2):
+    m, c = x2.shape
+    s1 = np.zeros((_BLOCKS, c))
+    s2 = np.zeros((_BLOCKS, c))
+    rows = (m + _BLOCKS - 1) // _BLOCKS
+    for k in prange(_BLOCKS):
         for i in range(k * rows, min(m, (k + 1) * rows)):
             for j in range(c):
-                s_a[k, j] += a[i, j]
-                s_ab[k, j] += a[i, j] * b[i, j]
-    return s_a.sum(axis=0), s_ab.sum(axis=0)
+                v = x2[i, j]
+                s1[k, j] += v
+                s2[k, j] += v * v
+    mean = s1.sum(axis=0) / m
+    var = np.maximum(s2.sum(axis=0) / m - mean * mean, 0.0)
+    return mean, var
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _affine(x2, scale, shift, out):
+def _normalise(x2, mean, scale, beta, y2):
     m, c = x2.shape
     for i in prange(m):
         for j in range(c):
-            out[i, j] = x2[i, j] * scale[j] + shift[j]
+            y2[i, j] = (x2[i, j] - mean[j]) * scale[j] + beta[j]
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _grad_sums(g2, x2, mean, inv_std):
+    """sum(g) and sum(g * xhat) per channel."""
+    m, c = g2.shape
+    s1 = np.zeros((_BLOCKS, c))
+    s2 = np.zeros((_BLOCKS, c))
+    rows = (m + _BLOCKS - 1) // _BLOCKS
+    for k in prange(_BLOCKS):
+        for i in range(k * rows, min(m, (k + 1) * rows)):
+            for j in range(c):
+                g = g2[i, j]
+                s1[k, j] += g
+                s2[k, j] += g * (x2[i, j] - mean[j]) * inv_std[j]
+    return s1.sum(axis=0), s2.sum(axis=0)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _grad_input(g2, x2, mean, inv_std, scale, dbeta_m, dgamma_m, dx2):
+    m, c = g2.shape
+    for i in prange(m):
+        for j in range(c):
+            xhat = (x2[i, j] - mean[j]) * inv_std[j]
+            dx2[i, j] = scale[j] * (g2[i, j] - dbeta_m[j] - xhat * dgamma_m[j])
 
 
 def batchnorm_forward_fast(x2, gamma, beta, eps):
     x2 = np.ascontiguousarray(x2)
-    m = x2.shape[0]
-    s, ss = _column_sums(x2, x2)
-    mean = s / m
-    var = np.maximum(ss / m - mean * mean, 0.0)  # float64 sums keep this subtraction exact enough
-    inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = np.empty_like(x2)
-    _affine(x2, inv_std.astype(np.float32), (-mean * inv_std).astype(np.float32), xhat)
+    mean, var = _moments(x2)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
+    mean, var = mean.astype(np.float32), var.astype(np.float32)
     y2 = np.empty_like(x2)
-    _affine(xhat, gamma, beta, y2)
-    return (y2, xhat, mean.astype(np.float32), var.astype(np.float32), inv_std.astype(np.float32))
+    _normalise(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
+    return y2, mean, var, inv_std
 
 
-def batchnorm_backward_fast(g2, xhat, gamma, inv_std):
+def batchnorm_backward_fast(g2, x2, mean, gamma, inv_std):
     g2 = np.ascontiguousarray(g2)
     m = g2.shape[0]
-    dbeta, dgamma = _column_sums(g2, xhat)
-    scale = gamma * inv_std
+    dbeta, dgamma = _grad_sums(g2, x2, mean, inv_std)
     dx2 = np.empty_like(g2)
-    # dx = scale*g - scale*dbeta/m - xhat*scale*dgamma/m, written as two affine passes
-    _affine(g2, scale, (-scale * dbeta / m).astype(np.float32), dx2)
-    dx2 -= xhat * (scale * dgamma / m).astype(np.float32)
+    _grad_input(g2, x2, mean, inv_std, (gamma * inv_std).astype(np.float32),
+                (dbeta / m).astype(np.float32), (dgamma / m).astype(np.float32), dx2)
     return dx2, dgamma.astype(np.float32), dbeta.astype(np.float32)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import initializers
 from ..kernels import conv as K
-from ..tensor import Function, Tensor
+from ..tensor import Function, Tensor, is_grad_enabled
 from .base import Layer
 
 _ACTIVATIONS = (None, "linear", "relu")
@@ -44,25 +44,28 @@ class Conv2DFn(Function):
     x (N, H, W, C), w (KH, KW, C, O), b (O,) -> y (N, HO, WO, O). The bias and ReLU are
     fused into the convolution: the output is written once and ReLU's mask comes from
     the saved output (y > 0), so no extra array is kept for the activation.
-    Saved: x, w, strides, pads, y (only when ``relu``).
+    Saved: x, w, strides, pads, y (only when ``relu``) and, when a gradient will be
+    needed, the fast kernel's column matrix ``cols`` so the weight gradient need not
+    gather x again (memory traded for time).
     """
 
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, relu):
-        y = K.conv2d(x, w, strides, pads)
+        keep = is_grad_enabled()
+        y, cols = K.conv2d(x, w, strides, pads, keep_cols=True) if keep else (K.conv2d(x, w, strides, pads), None)
         y += b
         if relu:
             np.maximum(y, 0, out=y)
-        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y if relu else None)
+        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y if relu else None, cols=cols)
         return y
 
     @staticmethod
     def backward(ctx, g):
         if ctx.y is not None:
-            g = g * (ctx.y > 0)
+            g = np.where(ctx.y > 0, g, np.float32(0))  # ReLU passes gradient where it passed input
         need_x, need_w, need_b = ctx.needs_input_grad
         dx = K.conv2d_grad_input(g, ctx.w, ctx.x.shape, ctx.strides, ctx.pads) if need_x else None
-        dw = K.conv2d_grad_weight(ctx.x, g, ctx.w.shape, ctx.strides, ctx.pads) if need_w else None
+        dw = K.conv2d_grad_weight(ctx.x, g, ctx.w.shape, ctx.strides, ctx.pads, cols=ctx.cols) if need_w else None
         db = g.sum(axis=(0, 1, 2)) if need_b else None
         return dx, dw, db
 
@@ -88,7 +91,7 @@ class Conv2DTransposeFn(Function):
     @staticmethod
     def backward(ctx, g):
         if ctx.y is not None:
-            g = g * (ctx.y > 0)
+            g = np.where(ctx.y > 0, g, np.float32(0))  # ReLU passes gradient where it passed input
         need_x, need_w, need_b = ctx.needs_input_grad
         dx = K.conv2d(g, ctx.w, ctx.strides, ctx.pads) if need_x else None
         # the "input" of the underlying convolution is g, its "output gradient" is x
@@ -119,8 +122,10 @@ class _ConvBase(Layer):
 
     def _add_weights(self, kernel_shape, rng):
         self.kernel = self.add_weight("kernel", self.kernel_initializer(kernel_shape, rng))
-        bias = self.bias_initializer((self.filters,), rng)
-        self.bias = self.add_weight("bias", bias, trainable=self.use_bias)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", self.bias_initializer((self.filters,), rng))
+        else:  # a constant zero: not a weight, so parameter counts match Keras
+            self.bias = Tensor(np.zeros(self.filters, np.float32))
 
 
 class Conv2D(_ConvBase):

@@ -51,7 +51,8 @@ class Dense(Layer):
 
     def build(self, input_shape, rng):
         self.kernel = self.add_weight("kernel", self.kernel_initializer((input_shape[0], self.units), rng))
-        self.bias = self.add_weight("bias", np.zeros(self.units, np.float32), trainable=self.use_bias)
+        self.bias = (self.add_weight("bias", np.zeros(self.units, np.float32)) if self.use_bias
+                     else Tensor(np.zeros(self.units, np.float32)))  # constant, not a weight
 
     def compute_output_shape(self, input_shape):
         return (self.units,)
@@ -74,6 +75,19 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
 
+class DropoutFn(Function):
+    """y = x * mask, mask (same shape) holding 0 or 1/(1-rate). Saved: mask."""
+
+    @staticmethod
+    def forward(ctx, x, mask):
+        ctx.save(mask=mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.mask, None
+
+
 class Dropout(Layer):
     """Inverted dropout, as ``keras.layers.Dropout``: when training, zero each value with
     probability ``rate`` and scale the rest by 1/(1-rate), so inference is the identity."""
@@ -93,7 +107,9 @@ class Dropout(Layer):
         if not training or self.rate == 0.0:
             return x
         keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
-        return x * (keep / np.float32(1.0 - self.rate))
+        mask = keep.astype(np.float32)
+        mask *= np.float32(1.0 / (1.0 - self.rate))
+        return DropoutFn.apply(x, mask)
 
 
 class Activation(Layer):

@@ -11,24 +11,25 @@ from .base import Layer
 class BatchNormFn(Function):
     """Training-mode batch normalisation over every axis but the last.
 
-    x (..., C), gamma (C,), beta (C,) -> y (..., C). Saved: xhat (the normalised input)
-    and inv_std (C,): backward needs nothing else. ``stats`` receives the batch mean
+    x (..., C), gamma (C,), beta (C,) -> y (..., C). Saved: x, the batch mean and
+    inv_std = 1/sqrt(var + eps), each (C,), and gamma: backward needs nothing else. ``stats`` receives the batch mean
     and variance so the layer can update its moving averages.
     """
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps, stats):
         c = x.shape[-1]
-        y2, xhat, mean, var, inv_std = K.batchnorm_forward(x.reshape(-1, c), gamma, beta, eps)
+        y2, mean, var, inv_std = K.batchnorm_forward(x.reshape(-1, c), gamma, beta, eps)
         stats.update(mean=mean, var=var)
-        ctx.save(xhat=xhat, inv_std=inv_std, gamma=gamma, shape=x.shape)
+        ctx.save(x=x, mean=mean, inv_std=inv_std, gamma=gamma)
         return y2.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
-        c = ctx.shape[-1]
-        dx2, dgamma, dbeta = K.batchnorm_backward(g.reshape(-1, c), ctx.xhat, ctx.gamma, ctx.inv_std)
-        return dx2.reshape(ctx.shape), dgamma, dbeta
+        c = ctx.x.shape[-1]
+        dx2, dgamma, dbeta = K.batchnorm_backward(g.reshape(-1, c), ctx.x.reshape(-1, c), ctx.mean,
+                                                  ctx.gamma, ctx.inv_std)
+        return dx2.reshape(ctx.x.shape), dgamma, dbeta
 
 
 class BatchNormalization(Layer):

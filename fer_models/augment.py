@@ -1,0 +1,130 @@
+"""Random flips, rotations, shifts and zooms of face batches, as one affine warp per image.
+
+    aug = Augmenter(flip=True, rotation=10.0, shift=0.1, zoom=0.1)
+    rng = np.random.default_rng(0)
+    x_batch = aug(x_batch, rng)            # (N, 48, 48, 1) float32 -> same shape and dtype
+
+The four transforms are composed into one 2x3 matrix per image and applied by a
+single ``cv2.warpAffine`` (bilinear), so each pixel is interpolated once, not once
+per transform, and a batch of 128 faces takes about a millisecond. The border is
+``BORDER_REFLECT_101`` (mirror without repeating the edge pixel): a face shifted or
+shrunk away from an edge is continued by more face-like texture instead of black
+bars that the network could learn to look for. Bilinear weights are convex, so
+values stay inside the input's range ([0, 1] stays [0, 1]).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+def augment_batch(x, rng, flip=True, rotation=10.0, shift=0.1, zoom=0.1) -> np.ndarray:
+    """Randomly transform each image of a batch.
+
+    Per image, independently: a horizontal flip with probability 0.5 (if ``flip``),
+    a rotation by an angle uniform in [-rotation, rotation] degrees, a zoom by a
+    factor uniform in [1 - zoom, 1 + zoom] (> 1 magnifies), both about the image
+    centre, then a shift uniform in [-shift * W, shift * W] pixels horizontally and
+    [-shift * H, shift * H] vertically.
+
+    Args:
+        x: float32 (N, H, W, C) with C in 1..4, e.g. (N, 48, 48, 1).
+        rng: a ``numpy.random.Generator``; the same state gives the same output.
+            Five draws of N numbers are taken whatever the settings, so switching
+            one transform off does not change the random values of the others.
+        flip, rotation, shift, zoom: as above; all off (False, 0, 0, 0) returns an
+            unchanged copy of ``x``.
+    Returns:
+        float32 (N, H, W, C), a new array.
+    """
+    _check_settings("augment_batch", rotation, shift, zoom)
+    x = _check_batch(x)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"augment_batch: rng must be a numpy.random.Generator "
+                        f"(np.random.default_rng(seed)), got {type(rng).__name__}")
+    n, h, w, c = x.shape
+    flips = rng.random(n) < 0.5
+    angles = rng.uniform(-rotation, rotation, n)
+    scales = rng.uniform(1.0 - zoom, 1.0 + zoom, n)
+    shifts = rng.uniform(-shift, shift, (n, 2)) * np.array([w, h])
+    if not flip and rotation == 0 and shift == 0 and zoom == 0:
+        return x.copy()
+    matrices = _affine_matrices(flips & bool(flip), angles, scales, shifts, h, w)
+    out = np.empty_like(x)
+    for i in range(n):
+        src = x[i, :, :, 0] if c == 1 else x[i]     # cv2 wants (H, W) or (H, W, C)
+        dst = out[i, :, :, 0] if c == 1 else out[i]
+        cv2.warpAffine(src, matrices[i], (w, h), dst=dst, flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REFLECT_101)
+    return out
+
+
+def _affine_matrices(flips, angles, scales, shifts, h, w) -> np.ndarray:
+    """The (N, 2, 3) float64 matrices mapping input pixel (x, y, 1) to output pixel.
+
+    Composed right to left: flip (x -> W-1-x), then rotate-and-zoom about the centre
+    ((W-1)/2, (H-1)/2), then shift. Using the pixel-centre convention keeps a flip
+    on the integer grid, so flip alone is an exact mirror.
+    """
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    theta = np.deg2rad(angles)
+    a, b = scales * np.cos(theta), scales * np.sin(theta)
+    # Rotation about the centre, as cv2.getRotationMatrix2D (counter-clockwise on screen).
+    m = np.zeros((len(angles), 2, 3))
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = a, b, (1 - a) * cx - b * cy + shifts[:, 0]
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = -b, a, b * cx + (1 - a) * cy + shifts[:, 1]
+    # Flip first: M @ F with F: x -> (W-1) - x, i.e. negate column 0 and move it into the offset.
+    m[flips, :, 2] += m[flips, :, 0] * (w - 1)
+    m[flips, :, 0] *= -1
+    return m
+
+
+def _check_settings(where, rotation, shift, zoom):
+    if not np.isfinite(rotation) or rotation < 0:
+        raise ValueError(f"{where}: rotation must be a finite number of degrees >= 0, got {rotation}")
+    if not 0 <= shift < 1:
+        raise ValueError(f"{where}: shift must be a fraction of the image size in [0, 1), got {shift}")
+    if not 0 <= zoom < 1:
+        raise ValueError(f"{where}: zoom must be in [0, 1) (factor in [1 - zoom, 1 + zoom]), got {zoom}")
+
+
+def _check_batch(x) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"augment_batch: x must be a numpy array (N, H, W, C), got {type(x).__name__}")
+    if x.ndim != 4 or not 1 <= x.shape[3] <= 4:
+        raise ValueError(f"augment_batch: x must be (N, H, W, C) with 1 to 4 channels, "
+                         f"e.g. (N, 48, 48, 1), got shape {x.shape}")
+    if x.dtype != np.float32:
+        raise ValueError(f"augment_batch: x must be float32, got {x.dtype} (shape {x.shape}); "
+                         f"scale images to [0, 1] with x.astype(np.float32) / 255 first")
+    return np.ascontiguousarray(x)
+
+
+@dataclass(frozen=True)
+class Augmenter:
+    """The settings of ``augment_batch``, kept together: ``Augmenter(...)(x, rng)``.
+
+    ``Augmenter(False, 0, 0, 0)`` (or ``Augmenter.none()``) is the identity.
+    """
+
+    flip: bool = True
+    rotation: float = 10.0
+    shift: float = 0.1
+    zoom: float = 0.1
+
+    def __post_init__(self):
+        _check_settings("Augmenter", self.rotation, self.shift, self.zoom)
+
+    @classmethod
+    def none(cls) -> "Augmenter":
+        return cls(flip=False, rotation=0.0, shift=0.0, zoom=0.0)
+
+    def __call__(self, x, rng) -> np.ndarray:
+        """x float32 (N, H, W, C) -> augmented float32 (N, H, W, C); see ``augment_batch``."""
+        return augment_batch(x, rng, flip=self.flip, rotation=self.rotation, shift=self.shift,
+                             zoom=self.zoom)
+
+
+__all__ = ["augment_batch", "Augmenter"]

@@ -1,0 +1,127 @@
+"""Inference: load a trained model and classify faces.
+
+    >>> from fer_models import predict_emotion
+    >>> label, probs = predict_emotion("face.jpg")      # probs: {class: probability}
+
+Faces are prepared exactly as in training (``prepare_face``): grayscale, resized to
+48x48 with area interpolation, scaled to [0, 1], shape (48, 48, 1).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+import tinycnn as tc
+
+from .architectures import build, names
+from .classes import CLASSES
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "bundled.npz"
+MODEL_KEY = "__model__"  # the architecture's name, stored beside the weights
+
+
+def save_model(model: tc.Sequential, path) -> None:
+    """Weights plus the architecture's name, so ``load_model(path)`` needs nothing else."""
+    from tinycnn.model import save_npz_atomic
+    save_npz_atomic(path, {MODEL_KEY: np.array(model.name), **model.get_weights()})
+
+
+def load_model(weights=None, model: str | None = None) -> tc.Sequential:
+    """Build the architecture and load weights.
+
+    Args:
+        weights: an .npz written by ``save_model``/train.py, or a run directory holding
+            ``best.npz``; default: the bundled model.
+        model: architecture name; default: the one recorded in the file.
+    """
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    if path.is_dir():
+        path = path / "best.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {path} does not exist"
+                                + ("" if weights else " (the bundled model is missing from the install)"))
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    stored = str(arrays.pop(MODEL_KEY)) if MODEL_KEY in arrays else None
+    name = model or stored
+    if name is None:
+        raise ValueError(f"{path} does not record its architecture; pass model= (one of {names()})")
+    net = build(name)
+    try:
+        net.set_weights(arrays)
+    except ValueError as e:
+        raise ValueError(f"{path} does not fit model '{name}': {e}") from None
+    return net
+
+
+def prepare_face(image) -> np.ndarray:
+    """Any face crop (H, W), (H, W, 1), (H, W, 3) BGR, uint8 or float in [0, 1] ->
+    float32 (48, 48, 1) in [0, 1], as the training data."""
+    import cv2
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 3:
+        a = cv2.cvtColor(a.astype(np.uint8) if a.dtype == np.uint8 else a.astype(np.float32),
+                         cv2.COLOR_BGR2GRAY)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    elif a.ndim != 2:
+        raise ValueError(f"prepare_face: expected an image (H, W), (H, W, 1) or (H, W, 3), got {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"prepare_face: empty image {a.shape}")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    else:
+        a = a.astype(np.float32)
+        if a.max(initial=0) > 1.0 + 1e-6:  # float pixels given in 0..255
+            a = a / 255.0
+    if a.shape != (48, 48):
+        a = cv2.resize(a, (48, 48), interpolation=cv2.INTER_AREA)
+    return np.clip(a, 0.0, 1.0)[:, :, None]
+
+
+class EmotionClassifier:
+    """A loaded model that turns face crops into the seven class probabilities."""
+
+    def __init__(self, weights=None, model: str | None = None):
+        self.model = load_model(weights, model)
+        self.classes = CLASSES
+
+    def predict_proba(self, faces) -> np.ndarray:
+        """faces: a list of crops (any size, gray or BGR) or an array (N, 48, 48, 1) in
+        [0, 1] -> probabilities (N, 7), all in one batch."""
+        if isinstance(faces, np.ndarray) and faces.ndim == 4 and faces.shape[1:] == (48, 48, 1):
+            batch = faces.astype(np.float32, copy=False)
+        else:
+            batch = np.stack([prepare_face(f) for f in faces]) if len(faces) else np.zeros((0, 48, 48, 1), np.float32)
+        if len(batch) == 0:
+            return np.zeros((0, len(CLASSES)), np.float32)
+        with tc.no_grad():
+            return tc.softmax(self.model(batch, training=False)).numpy()
+
+
+_default: EmotionClassifier | None = None
+
+
+def predict_emotion(image, weights=None, model: str | None = None):
+    """Classify one face: a path to an image file or an array (a face crop).
+
+    Returns ``(label, probabilities)`` where probabilities maps each of the seven
+    class names to its probability.
+    """
+    global _default
+    if isinstance(image, (str, os.PathLike)):
+        import cv2
+        arr = cv2.imread(os.fspath(image), cv2.IMREAD_GRAYSCALE)
+        if arr is None:
+            raise ValueError(f"predict_emotion: cannot read an image from {image}")
+        image = arr
+    if weights is None and model is None:
+        _default = _default or EmotionClassifier()
+        clf = _default
+    else:
+        clf = EmotionClassifier(weights, model)
+    p = clf.predict_proba([image])[0]
+    return CLASSES[int(p.argmax())], {c: float(v) for c, v in zip(CLASSES, p)}

@@ -1,0 +1,19 @@
+"""Shared fixtures: every test that takes ``backend`` runs once per kernel path."""
+import os
+
+# TensorFlow reads these at import: keep it to one thread each on a small shared machine.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+
+import pytest  # noqa: E402
+
+import tinycnn  # noqa: E402
+from helpers import BACKENDS  # noqa: E402
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """The kernel path under test, selected with ``tinycnn.use_backend`` for the whole test."""
+    with tinycnn.use_backend(request.param):
+        yield request.param

@@ -1,0 +1,213 @@
+"""The one comparison the whole suite is built on, and what feeds it.
+
+``check_against_reference`` runs a tinycnn call (a Function, a layer or a model),
+compares its output with a reference output, back-propagates a given upstream
+gradient and compares the gradient of every input and parameter with the
+reference's. The reference comes from one of two places:
+
+* ``numerical_gradients``: float64 central differences of a float64 NumPy
+  re-implementation (``reference64.py``), contracted with the same random upstream
+  gradient (never ``sum(output)``: for BatchNorm in training mode that gradient is
+  exactly zero whatever backward returns);
+* TensorFlow/Keras, ``tape.gradient(y, [x] + weights, output_gradients=g)``.
+
+A failure names the call, the argument, the index, what came and what was expected,
+and the backend, e.g.::
+
+    Conv2D(kernel_size=(3, 3), strides=(2, 2), padding='same') kernel grad at index
+    (1, 0, 2, 3): got 0.1234, expected 0.125 (numba backend); 1 of 108 values ...
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+import tinycnn
+
+BACKENDS = ("numpy", "numba")
+
+# float32 library against a float64 (or float32 TensorFlow) reference. A value passes
+# if |got - expected| <= RTOL * |expected| + ATOL * max(1, max|expected|): the absolute
+# part scales with the array so that a gradient that is large everywhere is not held
+# to an absolute 1e-5 where its entries happen to cross zero.
+RTOL = 1e-4
+ATOL = 1e-5
+
+
+def assert_close(label, what, got, expected, rtol=RTOL, atol=ATOL):
+    """Fail with the worst offending index if ``got`` and ``expected`` differ.
+
+    Args:
+        label: the call under test, e.g. ``"Conv2D(strides=2, padding='same')"``.
+        what: which value, e.g. ``"output"`` or ``"kernel grad"``.
+    """
+    backend = tinycnn.get_backend()
+    if got is None:
+        raise AssertionError(f"{label} {what}: got None, expected an array of shape "
+                             f"{np.shape(expected)} ({backend} backend)")
+    got = np.asarray(got, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if got.shape != expected.shape:
+        raise AssertionError(f"{label} {what}: got shape {got.shape}, expected shape "
+                             f"{expected.shape} ({backend} backend)")
+    if got.size == 0:
+        return
+    scale = max(1.0, float(np.abs(expected).max()))
+    tol = rtol * np.abs(expected) + atol * scale
+    err = np.abs(got - expected)
+    bad = ~(err <= tol)  # NaN in got counts as bad
+    if bad.any():
+        ratio = np.where(np.isnan(err), np.inf, err / tol)
+        idx = np.unravel_index(int(np.argmax(ratio)), got.shape)
+        raise AssertionError(
+            f"{label} {what} at index {tuple(int(i) for i in idx)}: got {got[idx]:.6g}, "
+            f"expected {expected[idx]:.6g} ({backend} backend); {int(bad.sum())} of {got.size} "
+            f"values outside rtol={rtol:g}, atol={atol * scale:.3g}; "
+            f"max abs error {np.nanmax(err) if not np.isnan(err).all() else np.nan:.3g}")
+
+
+def check_against_reference(label, run, tensors, expected_output, expected_grads, upstream,
+                            rtol=RTOL, atol=ATOL):
+    """Run a tinycnn call; compare its output and every gradient with a reference.
+
+    Args:
+        label: names the call in failure messages (layer and its settings).
+        run: no-argument callable that performs the call and returns the output Tensor.
+        tensors: ``{name: Tensor}``, every input and parameter whose gradient is
+            checked (``"input"``, ``"kernel"``, ``"bias"``, ...). Their ``grad`` is
+            cleared first, so the gradients compared are those of this one call.
+        expected_output: the reference output.
+        expected_grads: ``{name: array}``, one per entry of ``tensors``.
+        upstream: dL/d(output), a random array of the output's shape.
+    Returns:
+        The output Tensor (after backward), for further checks by the caller.
+    """
+    assert set(expected_grads) == set(tensors), (
+        f"{label}: test bug, gradients expected for {sorted(expected_grads)}, "
+        f"tensors given for {sorted(tensors)}")
+    for t in tensors.values():
+        t.grad = None
+    out = run()
+    assert_close(label, "output", out.data, expected_output, rtol, atol)
+    out.backward(np.asarray(upstream, np.float32))
+    for name, t in tensors.items():
+        if not t.requires_grad:
+            raise AssertionError(f"{label} {name}: does not require a gradient "
+                                 f"({tinycnn.get_backend()} backend)")
+        assert_close(label, f"{name} grad", t.grad, expected_grads[name], rtol, atol)
+    return out
+
+
+# -- numerical gradients of a float64 reference --------------------------------------------
+EPS = 1e-6            # central-difference step, on float64 data
+KINK_MARGIN = 1e-3    # inputs must be this far from any ReLU zero or max-pool tie
+
+_kink_margins: list | None = None
+
+
+def record_kink_margin(margin):
+    """Reference functions report how far they are from a kink (a ReLU's zero, the gap
+    between the two largest values of a max-pool window). Checked by ``away_from_kinks``."""
+    margin = np.asarray(margin)
+    if _kink_margins is not None and margin.size:
+        _kink_margins.append(float(margin.min()))
+
+
+@contextlib.contextmanager
+def _recording_kinks():
+    global _kink_margins
+    previous, _kink_margins = _kink_margins, []
+    try:
+        yield _kink_margins
+    finally:
+        _kink_margins = previous
+
+
+def _as64(arrays):
+    return {k: np.array(v, dtype=np.float64) for k, v in arrays.items()}
+
+
+def kink_distance(ref, arrays):
+    """The smallest margin to a kink that ``ref`` meets at ``arrays`` (inf if none)."""
+    with _recording_kinks() as margins:
+        ref(**_as64(arrays))
+    return min(margins, default=np.inf)
+
+
+def away_from_kinks(draw, ref, rng, tries=200):
+    """``draw(rng)`` until ``ref`` evaluated there is at least KINK_MARGIN from every kink.
+
+    Near a kink a finite difference straddles it and the float32 library may also
+    round to the other side; far from it both are exact. Seeded, so deterministic.
+    """
+    for _ in range(tries):
+        arrays = draw(rng)
+        if kink_distance(ref, arrays) >= KINK_MARGIN:
+            return arrays
+    raise AssertionError(f"test bug: no draw in {tries} tries was {KINK_MARGIN} away from kinks")
+
+
+def numerical_gradients(ref, arrays, upstream, eps=EPS):
+    """Output and gradients of ``L = sum(ref(**arrays) * upstream)``, in float64.
+
+    Why this method: the library stores float32, so finite differences of the library
+    itself would need a large step (rounding error ~ 1e-7 / eps) and loose tolerances.
+    Instead ``ref`` re-implements the layer's math in float64 NumPy: a step of 1e-6
+    then gives derivatives to ~1e-9, so the only error left in the comparison is the
+    library's own float32 rounding (~1e-6 relative) and the tolerance can be tight
+    (RTOL = 1e-4). The library's forward is compared with ``ref`` too, so together
+    the two checks say that the library's backward is the derivative of its forward.
+
+    Args:
+        ref: ``ref(**arrays) -> output`` on float64 arrays.
+        arrays: ``{name: array}``, every argument to differentiate (float32 values,
+            computed on in float64).
+        upstream: the random upstream gradient, shape of the output.
+    Returns:
+        (output, {name: gradient}), float64.
+    """
+    args = _as64(arrays)
+    g = np.asarray(upstream, np.float64)
+    with _recording_kinks() as margins:
+        out = np.asarray(ref(**args), np.float64)
+    if margins and min(margins) < 100 * eps:
+        raise AssertionError(f"test bug: input within {min(margins):.2g} of a kink; use away_from_kinks")
+    if out.shape != g.shape:
+        raise AssertionError(f"test bug: upstream shape {g.shape}, reference output {out.shape}")
+    grads = {}
+    for name, a in args.items():
+        grad = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            keep = a[idx]
+            a[idx] = keep + eps
+            plus = np.sum(np.asarray(ref(**args)) * g)
+            a[idx] = keep - eps
+            minus = np.sum(np.asarray(ref(**args)) * g)
+            a[idx] = keep
+            grad[idx] = (plus - minus) / (2 * eps)
+        grads[name] = grad
+    return out, grads
+
+
+# -- test data ---------------------------------------------------------------------------------
+def random_array(rng, shape, scale=1.0):
+    """Normal(0, scale) float32."""
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def distinct_values(rng, shape, low=-1.0, high=1.0):
+    """A random permutation of evenly spaced values: no two equal (no max-pool ties)."""
+    n = int(np.prod(shape))
+    values = np.linspace(low, high, n) if n > 1 else np.array([low])
+    return rng.permutation(values).reshape(shape).astype(np.float32)
+
+
+def upstream_like(rng, shape):
+    """A random upstream gradient dL/dy: never all ones (sum(y) hides BatchNorm bugs)."""
+    return random_array(rng, shape)
+
+
+def describe(layer_type, **settings):
+    """``"Conv2D(kernel_size=(3, 3), strides=2)"``: a label for failure messages."""
+    return f"{layer_type}(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")"

@@ -1,0 +1,104 @@
+"""Batch augmentation: identity when off, exact flips, reproducible, shape/dtype/range kept."""
+import time
+
+import numpy as np
+import pytest
+
+from fer_models.augment import Augmenter, augment_batch
+
+
+def faces(n=16, seed=0):
+    """Smooth random images in [0, 1], float32 (n, 48, 48, 1), asymmetric so a flip shows."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:48, 0:48] / 47.0
+    freq = rng.uniform(1, 4, (n, 2))
+    img = 0.5 + 0.25 * np.sin(freq[:, :1, None] * 6 * xx + 1.0) * np.cos(freq[:, 1:, None] * 5 * yy) + 0.2 * xx
+    return np.clip(img, 0, 1).astype(np.float32)[..., None]
+
+
+def test_all_off_is_identity():
+    x = faces()
+    out = augment_batch(x, np.random.default_rng(0), flip=False, rotation=0, shift=0, zoom=0)
+    np.testing.assert_array_equal(out, x)
+    assert out is not x
+    np.testing.assert_array_equal(Augmenter.none()(x, np.random.default_rng(0)), x)
+
+
+@pytest.mark.parametrize("settings", [{}, {"rotation": 30.0, "shift": 0.2, "zoom": 0.3},
+                                      {"flip": False, "rotation": 5.0, "shift": 0.0, "zoom": 0.0}])
+def test_shape_dtype_and_range_kept(settings):
+    x = faces()
+    out = augment_batch(x, np.random.default_rng(1), **settings)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert out.min() >= x.min() - 1e-6 and out.max() <= x.max() + 1e-6
+    assert not np.array_equal(out, x)
+
+
+def test_constant_image_stays_constant():
+    # reflected borders: no black bars appear whatever the transform
+    x = np.full((8, 48, 48, 1), 0.7, np.float32)
+    out = augment_batch(x, np.random.default_rng(2), rotation=30, shift=0.2, zoom=0.3)
+    np.testing.assert_allclose(out, 0.7, atol=1e-6)
+
+
+def test_flip_only_gives_exact_mirror_or_original():
+    x = faces(64)
+    out = augment_batch(x, np.random.default_rng(3), flip=True, rotation=0, shift=0, zoom=0)
+    mirrored = [np.array_equal(out[i], x[i, :, ::-1]) for i in range(len(x))]
+    kept = [np.array_equal(out[i], x[i]) for i in range(len(x))]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 10 < sum(mirrored) < 54   # p = 0.5 of 64; both outcomes occur
+
+
+def test_same_seed_same_output_different_seed_different():
+    x = faces()
+    aug = Augmenter(flip=True, rotation=10.0, shift=0.1, zoom=0.1)
+    a = aug(x, np.random.default_rng(7))
+    b = aug(x, np.random.default_rng(7))
+    c = aug(x, np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    np.testing.assert_array_equal(augment_batch(x, np.random.default_rng(7)), a)   # same defaults
+
+
+def test_input_is_not_modified_and_channels_work():
+    x = np.random.default_rng(0).random((4, 32, 40, 3), dtype=np.float32)
+    before = x.copy()
+    out = augment_batch(x, np.random.default_rng(0))
+    np.testing.assert_array_equal(x, before)
+    assert out.shape == (4, 32, 40, 3)
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (np.zeros((4, 48, 48), np.float32), ValueError, r"\(N, H, W, C\).*got shape \(4, 48, 48\)"),
+    (np.zeros((4, 48, 48, 1), np.float64), ValueError, "float32, got float64"),
+    (np.zeros((4, 48, 48, 1), np.uint8), ValueError, "float32, got uint8"),
+    ([[0.0]], TypeError, "numpy array"),
+])
+def test_bad_input_raises_clear_errors(x, error, match):
+    with pytest.raises(error, match=match):
+        augment_batch(x, np.random.default_rng(0))
+
+
+def test_bad_settings_and_rng_raise():
+    x = faces(2)
+    with pytest.raises(TypeError, match="Generator"):
+        augment_batch(x, 0)
+    with pytest.raises(ValueError, match="rotation"):
+        Augmenter(rotation=-5)
+    with pytest.raises(ValueError, match="shift"):
+        augment_batch(x, np.random.default_rng(0), shift=1.5)
+    with pytest.raises(ValueError, match="zoom"):
+        Augmenter(zoom=1.0)
+
+
+def test_speed_is_printed():
+    """Prints the time per batch of 128 (run with -s to see it); nothing is asserted on it."""
+    x = faces(128)
+    rng = np.random.default_rng(0)
+    augment_batch(x, rng)
+    repeats = 50
+    start = time.perf_counter()
+    for _ in range(repeats):
+        augment_batch(x, rng)
+    print(f"\naugment_batch: {(time.perf_counter() - start) / repeats * 1e3:.2f} ms per batch of 128")

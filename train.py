@@ -1,0 +1,334 @@
+#!/usr/bin/env python
+"""Train and evaluate a tinycnn emotion recogniser on FER-2013.
+
+    python train.py --data ../shared/fer2013 --model resfer --epochs 30 --out runs/resfer
+    python train.py --resume runs/resfer                  # continue where it stopped
+    python train.py --evaluate runs/resfer --data ../shared/fer2013
+    python train.py --list-models
+
+Protocol: train on Training, choose the epoch (the best checkpoint) on PublicTest,
+report PrivateTest once at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / "shared" / "fer2013"
+
+
+def parse_args(argv=None):
+    import fer_models
+    p = argparse.ArgumentParser(
+        description="Train a tinycnn model on FER-2013, validate on PublicTest each epoch, "
+                    "report PrivateTest at the end.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="FER-2013: an image-folder tree (train/, test/ [validation/]) or fer2013.csv")
+    p.add_argument("--model", default="resfer", choices=fer_models.names(), help="architecture (see --list-models)")
+    p.add_argument("--epochs", type=int, default=30, help="number of passes over Training")
+    p.add_argument("--batch-size", type=int, default=64, help="images per optimiser step")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="Adam (Keras defaults) or SGD with Nesterov momentum")
+    p.add_argument("--lr", type=float, default=None, help="base learning rate (default: 1e-3 Adam, 0.01 SGD)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay (AdamW-style)")
+    p.add_argument("--schedule", choices=("none", "cosine", "plateau"), default="cosine",
+                   help="learning-rate schedule: cosine decay over all epochs (per step), or halve "
+                        "the rate when PublicTest accuracy stalls for --plateau-patience epochs")
+    p.add_argument("--plateau-patience", type=int, default=3, help="epochs without improvement before halving")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random flip, rotation, shift and zoom on Training images")
+    p.add_argument("--class-weights", choices=("none", "balanced"), default="none",
+                   help="'balanced' weights each class by n / (7 * count), as scikit-learn")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--early-stopping", type=int, default=0, metavar="N",
+                   help="stop when PublicTest accuracy has not improved for N epochs (0: never)")
+    p.add_argument("--limit", type=int, default=0, metavar="N",
+                   help="use only the first N Training images (stratified); 0 for all. For quick trials")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, shuffling, augmentation and dropout")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<model>-<time>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN",
+                   help="continue the run in RUN from its last checkpoint (its settings are reused)")
+    p.add_argument("--evaluate", type=Path, default=None, metavar="RUN_OR_WEIGHTS",
+                   help="only evaluate a run directory or weights file on PrivateTest, then exit")
+    p.add_argument("--list-models", action="store_true", help="list architectures with parameters and multiply-adds")
+    p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                   help="tinycnn kernels: fast Numba or the readable NumPy reference")
+    p.add_argument("--cache-dir", type=Path, default=None, help="where decoded data is cached")
+    return p.parse_args(argv)
+
+
+# -- small pieces ------------------------------------------------------------------------------
+def list_models():
+    import fer_models
+    print(f"{'model':<8} {'params':>11} {'mult-adds/image':>16}  description")
+    for name in fer_models.names():
+        m = fer_models.build(name)
+        print(f"{name:<8} {m.count_params():>11,} {m.multiply_adds() / 1e6:>14.1f}M  {fer_models.describe(name)}")
+
+
+def stratified_subset(y, n, seed):
+    """The first ``n`` images of a seeded shuffle, taken per class in proportion."""
+    rng = np.random.default_rng(seed)
+    idx = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        rng.shuffle(members)
+        idx.append(members[:max(1, round(n * len(members) / len(y)))])
+    return np.sort(np.concatenate(idx))
+
+
+def evaluate_model(model, x, y, batch_size=256):
+    """(predictions, mean cross-entropy) of a model on (x, y), in inference mode."""
+    import tinycnn as tc
+    preds, losses = [], []
+    with tc.no_grad():
+        for s in range(0, len(x), batch_size):
+            logits = model(x[s:s + batch_size], training=False)
+            preds.append(logits.data.argmax(1))
+            losses.append(tc.losses.softmax_cross_entropy(logits, y[s:s + batch_size]).item() * len(logits))
+    return np.concatenate(preds), float(np.sum(losses) / max(len(x), 1))
+
+
+def write_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def make_optimizer(args, model):
+    import tinycnn as tc
+    if args.optimizer == "adam":
+        return tc.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    return tc.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
+                        weight_decay=args.weight_decay)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def save_checkpoint(run, model, opt, epoch, history, best, plateau):
+    """Everything needed to continue exactly: weights, optimiser slots, epoch, history.
+
+    The random streams need no saving: each epoch's shuffle, augmentation and dropout
+    draws come from generators seeded with (seed, epoch), so epoch k+1 after a resume
+    draws exactly what it would have drawn without the interruption.
+    """
+    from tinycnn.model import save_npz_atomic
+    arrays = {f"model/{k}": v for k, v in model.get_weights().items()}
+    arrays.update({f"opt/{k}": v for k, v in opt.state_dict().items()})
+    meta = {"epoch": epoch, "history": history, "best": best,
+            "plateau": plateau.state_dict() if plateau else None}
+    arrays["meta"] = np.array(json.dumps(meta))
+    save_npz_atomic(run / "checkpoint.npz", arrays)
+
+
+def load_checkpoint(run, model, opt):
+    with np.load(run / "checkpoint.npz") as f:
+        model.set_weights({k[6:]: f[k] for k in f.files if k.startswith("model/")})
+        opt.load_state_dict({k[4:]: f[k] for k in f.files if k.startswith("opt/")})
+        return json.loads(str(f["meta"]))
+
+
+def seed_dropout(model, seed, epoch):
+    from tinycnn.layers import Dropout
+    for i, layer in enumerate(model.all_layers()):
+        if isinstance(layer, Dropout):
+            layer.rng = np.random.default_rng([seed, epoch, i])
+
+
+# -- training -------------------------------------------------------------------------------
+def train(args):
+    import tinycnn as tc
+    from tqdm import tqdm
+
+    import fer_models
+    from fer_models.augment import Augmenter
+    from fer_models.data import load_fer2013
+    from fer_models.predict import save_model
+
+    if args.resume:
+        run = args.resume
+        if not (run / "checkpoint.npz").exists():
+            sys.exit(f"error: {run} holds no checkpoint.npz to resume from")
+        saved = json.loads((run / "args.json").read_text())
+        keep = {"resume": run, "epochs": args.epochs if args.epochs != saved["epochs"] else saved["epochs"],
+                "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend}
+        args = argparse.Namespace(**{**saved, **keep})
+        args.data, args.out = Path(args.data), run
+    else:
+        args.lr = args.lr or (1e-3 if args.optimizer == "adam" else 0.01)
+        run = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run / "checkpoint.npz").exists():
+            sys.exit(f"error: {run} already holds a run; use --resume {run} or another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                       if k not in ("resume", "evaluate", "list_models")})
+    tc.set_backend(args.backend)
+
+    data = load_fer2013(args.data, cache_dir=args.cache_dir)
+    x_train, y_train = data["Training"]
+    x_val, y_val = data["PublicTest"]
+    if args.limit:
+        keep = stratified_subset(y_train, args.limit, args.seed)
+        x_train, y_train = x_train[keep], y_train[keep]
+    if len(x_val) == 0:
+        sys.exit("error: the data has no PublicTest split to validate on")
+
+    model = fer_models.build(args.model, seed=args.seed)
+    opt = make_optimizer(args, model)
+    weights = (tc.losses.balanced_class_weights(y_train, fer_models.NUM_CLASSES)
+               if args.class_weights == "balanced" else None)
+    augment = Augmenter() if args.augment else None
+    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
+    cosine = (tc.optim.CosineDecay(args.lr, args.epochs * steps_per_epoch, min_lr=args.lr * 0.01)
+              if args.schedule == "cosine" else None)
+    plateau = (tc.optim.ReduceLROnPlateau(args.lr, patience=args.plateau_patience, mode="max")
+               if args.schedule == "plateau" else None)
+
+    history, best, start = [], {"acc": -1.0, "epoch": 0}, 1
+    if args.resume:
+        meta = load_checkpoint(run, model, opt)
+        history, best, start = meta["history"], meta["best"], meta["epoch"] + 1
+        if plateau and meta["plateau"]:
+            plateau.load_state_dict(meta["plateau"])
+        print(f"resuming {run} after epoch {meta['epoch']} (best PublicTest {best['acc']:.4f} at epoch {best['epoch']})")
+
+    print(f"{args.model}: {model.count_params():,} parameters, {model.multiply_adds() / 1e6:.1f}M mult-adds/image; "
+          f"{len(x_train):,} training images, {len(x_val):,} PublicTest; run directory {run}")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+
+    for epoch in range(start, args.epochs + 1):
+        rng = np.random.default_rng([args.seed, epoch])
+        seed_dropout(model, args.seed, epoch)
+        order = rng.permutation(len(x_train))
+        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", unit="batch",
+                   dynamic_ncols=True, leave=True, file=sys.stdout)
+        try:
+            for step in bar:
+                idx = order[step * args.batch_size:(step + 1) * args.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                if augment:
+                    xb = augment(xb, rng)
+                if cosine:
+                    opt.lr = cosine((epoch - 1) * steps_per_epoch + step)
+                elif plateau:
+                    opt.lr = plateau.lr
+                logits = model(xb, training=True)
+                loss = tc.losses.softmax_cross_entropy(logits, yb, class_weights=weights,
+                                                       label_smoothing=args.label_smoothing)
+                if not np.isfinite(loss.item()):
+                    bar.close()
+                    sys.exit(f"error: the loss became {loss.item()} at epoch {epoch}, step {step + 1}. "
+                             f"Training stopped; the last good checkpoint (epoch {epoch - 1}) is kept in {run}. "
+                             "Try a lower --lr.")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                seen += len(yb)
+                correct += int((logits.data.argmax(1) == yb).sum())
+                loss_sum += loss.item() * len(yb)
+                if step % 10 == 0 or step == steps_per_epoch - 1:
+                    rate = seen / (time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                    img_s=f"{rate:.0f}", lr=f"{opt.lr:.2e}")
+                if stop["now"]:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            bar.close()
+            save_model(model, run / "interrupted.npz")
+            print(f"\ninterrupted during epoch {epoch}: its partial weights are in {run / 'interrupted.npz'}; "
+                  f"the last checkpoint (epoch {epoch - 1}) is intact. Continue with: "
+                  f"python train.py --resume {run}")
+            sys.exit(130)
+        bar.close()
+        train_time = time.perf_counter() - t0
+
+        pred, val_loss = evaluate_model(model, x_val, y_val)
+        val_acc = float((pred == y_val).mean())
+        history.append({"epoch": epoch, "loss": loss_sum / seen, "acc": correct / seen, "val_loss": val_loss,
+                        "val_acc": val_acc, "lr": opt.lr, "seconds": train_time, "img_per_s": seen / train_time})
+        improved = val_acc > best["acc"]
+        if improved:
+            best = {"acc": val_acc, "epoch": epoch}
+            save_model(model, run / "best.npz")
+        if plateau:
+            plateau.step(val_acc)
+        save_checkpoint(run, model, opt, epoch, history, best, plateau)
+        write_json(run / "history.json", history)
+        print(f"epoch {epoch}: loss {loss_sum / seen:.4f} acc {correct / seen:.4f} | PublicTest loss {val_loss:.4f} "
+              f"acc {val_acc:.4f}{' (best)' if improved else ''} | {seen / train_time:.0f} img/s, {train_time:.0f} s")
+        if args.early_stopping and epoch - best["epoch"] >= args.early_stopping:
+            print(f"early stopping: no PublicTest improvement for {args.early_stopping} epochs")
+            break
+
+    print(f"best PublicTest accuracy {best['acc']:.4f} at epoch {best['epoch']}; evaluating it on PrivateTest")
+    evaluate(run, data=data, out=run)
+    return run
+
+
+# -- evaluation -------------------------------------------------------------------------------
+def evaluate(target, data=None, data_path=None, cache_dir=None, out=None):
+    """PrivateTest accuracy, confusion matrix and per-class figures, printed and saved."""
+    import fer_models
+    from fer_models.data import load_fer2013
+    from fer_models.metrics import classification_report, confusion_matrix, format_report
+    from fer_models.predict import load_model
+    from fer_models.plots import plot_confusion, plot_history
+
+    target = Path(target)
+    model = load_model(target)
+    if data is None:
+        data = load_fer2013(data_path, cache_dir=cache_dir)
+    out = Path(out) if out else (target if target.is_dir() else target.parent)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"weights": str(target / "best.npz" if target.is_dir() else target), "model": model.name}
+    for split in ("PublicTest", "PrivateTest"):
+        x, y = data[split]
+        if len(x) == 0:
+            continue
+        pred, loss = evaluate_model(model, x, y)
+        cm = confusion_matrix(y, pred, fer_models.NUM_CLASSES)
+        report = classification_report(y, pred)
+        result[split] = {"loss": loss, "report": report, "confusion_matrix": cm.tolist()}
+        print(f"\n== {split}: accuracy {report['accuracy']:.4f} on {len(y):,} images ==")
+        print(format_report(report, cm))
+        if split == "PrivateTest":
+            plot_confusion(cm, out / "confusion.png", title=f"{model.name} on PrivateTest "
+                                                             f"(accuracy {report['accuracy']:.3f})")
+    write_json(out / "report.json", result)
+    history = out / "history.json"
+    if history.exists():
+        plot_history(json.loads(history.read_text()), out / "curves.png")
+    print(f"\nreport written to {out / 'report.json'}, plots to {out}")
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.list_models:
+        list_models()
+        return
+    if args.evaluate:
+        import tinycnn as tc
+        tc.set_backend(args.backend)
+        if not args.evaluate.exists():
+            sys.exit(f"error: {args.evaluate} does not exist")
+        evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out)
+        return
+    if args.epochs < 1 or args.batch_size < 1:
+        sys.exit("error: --epochs and --batch-size must be positive")
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
