@@ -73,6 +73,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.name = name
         self._ctx: Context | None = None
+        self._freed = False  # set once backward() has released the graph that made it
 
     # -- views of the data ---------------------------------------------------------
     @property
@@ -126,6 +127,11 @@ class Tensor:
         self.grad = grad if self.grad is None else self.grad + grad
         for node in reversed(order):
             ctx = node._ctx
+            if node._freed and node.grad is not None:
+                # silently stopping here would drop every gradient behind this node
+                raise RuntimeError(
+                    f"backward() reached a tensor of shape {node.shape} whose graph an earlier "
+                    "backward() freed; call backward once per forward (e.g. on the sum of the losses)")
             if ctx is None or node.grad is None:
                 continue  # a leaf: its grad stays for the optimiser to read
             grads = ctx.function.backward(ctx, node.grad)
@@ -142,6 +148,7 @@ class Tensor:
                 parent.grad = g if parent.grad is None else parent.grad + g
             node.grad = None  # intermediate gradients are not kept
             node._ctx = None  # nor the graph: backward is called once per forward
+            node._freed = True
 
     # -- operators ------------------------------------------------------------------
     def __add__(self, other):
