@@ -34,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="FER-2013: an image-folder tree (train/, test/ [validation/]) or fer2013.csv")
     p.add_argument("--model", default="resfer", choices=fer_models.names(), help="architecture (see --list-models)")
-    p.add_argument("--epochs", type=int, default=30, help="number of passes over Training")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="number of passes over Training (default 30; when resuming, the run's own)")
     p.add_argument("--batch-size", type=int, default=64, help="images per optimiser step")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                    help="Adam (Keras defaults) or SGD with Nesterov momentum")
@@ -159,11 +160,12 @@ def train(args):
         if not (run / "checkpoint.npz").exists():
             sys.exit(f"error: {run} holds no checkpoint.npz to resume from")
         saved = json.loads((run / "args.json").read_text())
-        keep = {"resume": run, "epochs": args.epochs if args.epochs != saved["epochs"] else saved["epochs"],
+        keep = {"resume": run, "epochs": args.epochs or saved["epochs"],
                 "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend}
         args = argparse.Namespace(**{**saved, **keep})
         args.data, args.out = Path(args.data), run
     else:
+        args.epochs = args.epochs or 30
         args.lr = args.lr or (1e-3 if args.optimizer == "adam" else 0.01)
         run = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run / "checkpoint.npz").exists():
@@ -325,7 +327,7 @@ def main(argv=None):
             sys.exit(f"error: {args.evaluate} does not exist")
         evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out)
         return
-    if args.epochs < 1 or args.batch_size < 1:
+    if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1:
         sys.exit("error: --epochs and --batch-size must be positive")
     train(args)
 

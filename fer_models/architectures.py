@@ -98,6 +98,14 @@ def resfer():
             + conv_bn(256) + [MaxPool2D(), GlobalAveragePooling2D(), Dropout(0.4), Dense(NUM_CLASSES)])
 
 
+@register("mini", "ours: a tiny conv-BN net (16-64 channels) for quick trials, tests and notebooks")
+def mini():
+    layers = []
+    for f in (16, 32, 64):
+        layers += conv_bn(f) + [MaxPool2D()]
+    return layers + [GlobalAveragePooling2D(), Dense(NUM_CLASSES)]
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 

@@ -61,7 +61,7 @@ class Optimizer:
         state = {"iterations": np.array(self.iterations), "lr": np.array(self.lr)}
         for slot, arrays in self._slots().items():
             for i, a in enumerate(arrays):
-                state[f"{slot}/{i}"] = a
+                state[f"{slot}/{i}"] = a.copy()  # a snapshot: later steps update the slots in place
         return state
 
     def load_state_dict(self, state):

@@ -423,7 +423,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return (g * (ctx.out > 0),)
+        return (np.where(ctx.out > 0, g, np.float32(0)),)
 
 
 def _log_softmax(a, axis):

@@ -57,7 +57,7 @@ def _moments(x2):
     for k in prange(_BLOCKS):
         for i in range(k * rows, min(m, (k + 1) * rows)):
             for j in range(c):
-                v = x2[i, j]
+                v = np.float64(x2[i, j])  # square in float64: x*x in float32 would lose var when |mean| >> std
                 s1[k, j] += v
                 s2[k, j] += v * v
     mean = s1.sum(axis=0) / m

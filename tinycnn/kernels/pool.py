@@ -49,17 +49,21 @@ def _maxpool_numba(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
         n, oy = r // ho, r % ho
         for ox in range(wo):
             for ch in range(c):
-                best, best_tap = -np.inf, 0
-                for a in range(ph):
-                    iy = oy * sh + a - pt
-                    if iy < 0 or iy >= h:
+                y[n, oy, ox, ch] = -np.inf
+                argmax[n, oy, ox, ch] = 0
+            for a in range(ph):  # taps outside, channels inside: reads stay contiguous
+                iy = oy * sh + a - pt
+                if iy < 0 or iy >= h:
+                    continue
+                for b in range(pw):
+                    ix = ox * sw + b - pl
+                    if ix < 0 or ix >= w:
                         continue
-                    for b in range(pw):
-                        ix = ox * sw + b - pl
-                        if 0 <= ix < w and x[n, iy, ix, ch] > best:
-                            best, best_tap = x[n, iy, ix, ch], a * pw + b
-                y[n, oy, ox, ch] = best
-                argmax[n, oy, ox, ch] = best_tap
+                    for ch in range(c):
+                        v = x[n, iy, ix, ch]
+                        if v > y[n, oy, ox, ch]:  # strict: the first tap wins a tie
+                            y[n, oy, ox, ch] = v
+                            argmax[n, oy, ox, ch] = a * pw + b
 
 
 @njit(parallel=True, cache=True)

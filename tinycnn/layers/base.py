@@ -122,6 +122,6 @@ def to_input_tensor(x, who: str) -> Tensor:
     if a.ndim < 2:
         raise ValueError(f"{who}: input needs a batch axis, got shape {a.shape}")
     if not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{who}: input of shape {a.shape} holds NaN or inf, first at index {tuple(bad)}")
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])  # plain ints: "(1, 2)", not np.int64
+        raise ValueError(f"{who}: input of shape {a.shape} holds NaN or inf, first at index {bad}")
     return Tensor(a.astype(np.float32, copy=False))

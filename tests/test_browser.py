@@ -1,0 +1,111 @@
+"""The browser app end to end: Debian's Chromium, headless, with its fake camera
+playing a video of real FER-2013 faces, against the real server on a free port.
+The test waits until the page shows a face box and an emotion label; then uploads a
+photo, and a file that is not an image.
+
+Needs the ``chromium`` package (/usr/bin/chromium; ``.ci/run`` installs it) and the
+``playwright`` Python package, driving that Chromium (no ``playwright install``).
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import cv2
+import pytest
+
+from fer_models.classes import CLASSES
+from fer_models.detect import EmotionPipeline
+from fer_models.server import create_app
+from fixtures_faces import face_frame, fer_faces, random_weights, write_y4m
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    found = shutil.which("chromium")
+    CHROMIUM = Path(found) if found else CHROMIUM
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="Chromium not installed (apt-get install chromium; .ci/run does)")
+WAIT_MS = 90_000   # a busy CI machine: Chromium's start, the first frames, the first answers
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    from werkzeug.serving import make_server
+    weights = random_weights(tmp_path_factory.mktemp("weights") / "small3.npz")
+    app = create_app(EmotionPipeline.from_weights(weights))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    folder = tmp_path_factory.mktemp("chromium")
+    faces = fer_faces(4)
+    camera = write_y4m(folder / "faces.y4m", [face_frame([f]) for f in faces for _ in range(5)])
+    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={camera}",
+            "--disable-background-networking", "--disable-component-update", "--no-first-run",
+            "--disable-sync", "--disable-quic", "--autoplay-policy=no-user-gesture-required"]
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(folder / "profile"), executable_path=str(CHROMIUM), headless=True, args=args,
+            ignore_default_args=["--headless"], viewport={"width": 1200, "height": 800})
+        page = context.pages[0] if context.pages else context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        try:
+            yield page
+        finally:
+            context.close()
+
+
+def first_face(page) -> tuple[str, list[int]]:
+    item = page.locator("#results li.face").first
+    return item.get_attribute("data-label"), [int(v) for v in item.get_attribute("data-box").split(",")]
+
+
+def test_camera_frames_get_boxes_and_labels(page, server_url):
+    page.goto(server_url)
+    page.click("#start")
+    page.wait_for_selector("#results li.face", timeout=WAIT_MS)
+    label, box = first_face(page)
+    assert label in CLASSES
+    x, y, w, h = box
+    assert w > 50 and h > 50 and 0 <= x < 640 and 0 <= y < 480, box
+    assert page.locator("#results li.face .bar").count() == len(CLASSES)
+    assert label in page.locator("#results li.face .label").first.inner_text()
+    # the boxes are drawn too: the overlay canvas, sized as the video, is no longer blank
+    drawn = page.evaluate("""() => {
+        const c = document.getElementById('overlay');
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < px.length; i += 4) n += px[i] > 0;
+        return [c.width, c.height, n];
+    }""")
+    assert drawn[:2] == [640, 480] and drawn[2] > 1000, drawn
+    assert page.errors == [], page.errors
+
+
+def test_uploaded_photo(page, server_url, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    cv2.imwrite(str(photo), face_frame(fer_faces(2)))
+    page.goto(server_url)
+    page.set_input_files("#photo-input", str(photo))
+    page.wait_for_function("document.getElementById('status').textContent.includes('face(s)')", timeout=WAIT_MS)
+    assert page.locator("#results li.face").count() >= 1
+    label, _ = first_face(page)
+    assert label in CLASSES
+    assert page.is_visible("#photo") and not page.is_visible("#video")
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    page.set_input_files("#photo-input", str(text))
+    page.wait_for_selector("#status.error", timeout=WAIT_MS)
+    assert "not an image" in page.inner_text("#status")
+    assert page.errors == [], page.errors

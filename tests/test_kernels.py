@@ -1,0 +1,255 @@
+"""The Numba kernels (``.fast``) against the readable NumPy kernels (``.reference``),
+and proof that the layers call whichever the backend setting selects.
+
+Random shapes, strides and (asymmetric) paddings come from hypothesis, derandomised.
+The fast kernels use ``fastmath`` and another summation order, so they are compared
+with a float32 tolerance: RTOL = 1e-5, ATOL = 1e-5 (scaled to the array's largest value).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import tinycnn as tc
+from helpers import assert_close, distinct_values, random_array
+from tinycnn import backend as B
+from tinycnn.kernels import conv, norm, pool
+
+RTOL, ATOL = 1e-5, 1e-5
+SOME = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def conv_problems(draw):
+    """(x, w, strides, pads, out_shape, label): any padding below the kernel size."""
+    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = ((draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1))),
+            (draw(st.integers(0, kw - 1)), draw(st.integers(0, kw - 1))))
+    h = draw(st.integers(max(1, kh - sum(pads[0])), 9))
+    w = draw(st.integers(max(1, kw - sum(pads[1])), 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x, k = random_array(rng, (n, h, w, c)), random_array(rng, (kh, kw, c, o))
+    out = conv._output_shape(x.shape, k.shape, strides, pads)
+    return x, k, strides, pads, out, f"conv x {x.shape} w {k.shape} strides {strides} pads {pads}"
+
+
+@SOME
+@given(conv_problems(), st.integers(0, 2**16))
+def test_conv2d_fast_equals_reference(problem, seed):
+    x, w, strides, pads, out_shape, label = problem
+    dy = random_array(np.random.default_rng(seed), out_shape)
+    assert_close(label, "conv2d", conv.conv2d.fast(x, w, strides, pads), conv.conv2d.reference(x, w, strides, pads),
+                 RTOL, ATOL)
+    assert_close(label, "conv2d_grad_input", conv.conv2d_grad_input.fast(dy, w, x.shape, strides, pads),
+                 conv.conv2d_grad_input.reference(dy, w, x.shape, strides, pads), RTOL, ATOL)
+    expected_dw = conv.conv2d_grad_weight.reference(x, dy, w.shape, strides, pads)
+    assert_close(label, "conv2d_grad_weight", conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads),
+                 expected_dw, RTOL, ATOL)
+    # the forward may keep its column matrix for the weight gradient to reuse
+    y, cols = conv.conv2d.fast(x, w, strides, pads, keep_cols=True)
+    assert_close(label, "conv2d(keep_cols=True)", y, conv.conv2d.reference(x, w, strides, pads), RTOL, ATOL)
+    assert_close(label, "conv2d_grad_weight(cols=kept)",
+                 conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads, cols=cols), expected_dw, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+@SOME
+@given(conv_problems(), st.integers(0, 2**16))
+def test_conv_gradients_are_adjoints(impl, problem, seed):
+    """<conv(x, w), dy> = <x, grad_input(dy, w)> = <w, grad_weight(x, dy)>, exactly the
+    statement that the two gradients are the transposes of the forward map."""
+    x, w, strides, pads, out_shape, label = problem
+    dy = random_array(np.random.default_rng(seed), out_shape)
+    f = {k: getattr(getattr(conv, k), impl) for k in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight")}
+    y = f["conv2d"](x, w, strides, pads)
+    lhs = np.sum(y.astype(np.float64) * dy)
+    via_x = np.sum(x.astype(np.float64) * f["conv2d_grad_input"](dy, w, x.shape, strides, pads))
+    via_w = np.sum(w.astype(np.float64) * f["conv2d_grad_weight"](x, dy, w.shape, strides, pads))
+    scale = np.sum(np.abs(y.astype(np.float64) * dy)) + 1.0
+    assert abs(lhs - via_x) < 1e-5 * scale, f"{label} ({impl}): <conv(x), dy> = {lhs}, <x, grad_input(dy)> = {via_x}"
+    assert abs(lhs - via_w) < 1e-5 * scale, f"{label} ({impl}): <conv(x), dy> = {lhs}, <w, grad_weight> = {via_w}"
+
+
+def test_conv2d_fast_in_chunks(monkeypatch):
+    """A batch larger than one chunk of the column matrix: every chunk boundary right."""
+    rng = np.random.default_rng(0)
+    x, w = random_array(rng, (5, 6, 7, 3)), random_array(rng, (3, 3, 3, 4))
+    strides, pads = (2, 1), ((1, 1), (1, 0))
+    dy = random_array(rng, conv._output_shape(x.shape, w.shape, strides, pads))
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 2 * 1024)  # a few images per chunk
+    assert conv._chunk_size(5, *dy.shape[1:3], 27) < 5
+    label = f"conv in chunks, x {x.shape}"
+    assert_close(label, "conv2d", conv.conv2d.fast(x, w, strides, pads), conv.conv2d.reference(x, w, strides, pads),
+                 RTOL, ATOL)
+    y, cols = conv.conv2d.fast(x, w, strides, pads, keep_cols=True)
+    assert cols.shape == (dy.size // 4, 27)
+    assert_close(label, "conv2d_grad_input", conv.conv2d_grad_input.fast(dy, w, x.shape, strides, pads),
+                 conv.conv2d_grad_input.reference(dy, w, x.shape, strides, pads), RTOL, ATOL)
+    expected_dw = conv.conv2d_grad_weight.reference(x, dy, w.shape, strides, pads)
+    assert_close(label, "conv2d_grad_weight", conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads),
+                 expected_dw, RTOL, ATOL)
+    assert_close(label, "conv2d_grad_weight(cols)", conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads, cols),
+                 expected_dw, RTOL, ATOL)
+
+
+def test_kernels_accept_non_contiguous_arrays():
+    rng = np.random.default_rng(1)
+    x = random_array(rng, (2, 9, 8, 6))[:, ::2, 1:, ::2]  # a strided view
+    w = random_array(rng, (3, 2, 4, 3)).transpose(0, 1, 2, 3)[:, :, 1:, :]
+    assert not x.flags.c_contiguous and not w.flags.c_contiguous
+    pads = ((1, 1), (0, 1))
+    label = "non-contiguous x, w"
+    assert_close(label, "conv2d", conv.conv2d.fast(x, w, (1, 1), pads), conv.conv2d.reference(x, w, (1, 1), pads),
+                 RTOL, ATOL)
+    xs = distinct_values(rng, (2, 9, 8, 6))[:, ::2, 1:, ::2]
+    y_f, a_f = pool.maxpool.fast(xs, (2, 2), (2, 2), ((0, 1), (0, 1)), (3, 4))
+    y_r, a_r = pool.maxpool.reference(xs, (2, 2), (2, 2), ((0, 1), (0, 1)), (3, 4))
+    assert np.array_equal(y_f, y_r) and np.array_equal(a_f, a_r)
+    x2 = random_array(rng, (12, 8))[:, ::2]
+    for got, exp, what in zip(norm.batchnorm_forward.fast(x2, np.ones(4, np.float32), np.zeros(4, np.float32), 1e-3),
+                              norm.batchnorm_forward.reference(x2, np.ones(4, np.float32), np.zeros(4, np.float32), 1e-3),
+                              ("y", "mean", "var", "inv_std")):
+        assert_close(label, f"batchnorm_forward {what}", got, exp, RTOL, ATOL)
+
+
+# -- max pooling -----------------------------------------------------------------------------------
+@st.composite
+def pool_problems(draw, ties=False):
+    n, c = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pool_hw = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    same = draw(st.booleans())
+    h, w = draw(st.integers(pool_hw[0], 8)), draw(st.integers(pool_hw[1], 8))
+    if same:
+        pads = (conv.same_padding(h, pool_hw[0], strides[0]), conv.same_padding(w, pool_hw[1], strides[1]))
+    else:
+        pads = ((0, 0), (0, 0))
+    out_hw = conv._output_shape((n, h, w, c), pool_hw + (c, c), strides, pads)[1:3]
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.integers(0, 3, (n, h, w, c)).astype(np.float32) if ties else distinct_values(rng, (n, h, w, c))
+    label = f"maxpool x {x.shape} pool {pool_hw} strides {strides} pads {pads}" + (" with ties" if ties else "")
+    return x, pool_hw, strides, pads, out_hw, label
+
+
+@SOME
+@given(st.one_of(pool_problems(), pool_problems(ties=True)), st.integers(0, 2**16))
+@example((np.array([[[[1.0], [1.0]], [[1.0], [1.0]]]], np.float32), (2, 2), (1, 1), ((0, 1), (0, 1)), (2, 2),
+          "maxpool all equal, same padding"), 0)
+def test_maxpool_fast_equals_reference(problem, seed):
+    """Same maxima, the same winning taps (ties: the first in row-major order), the same
+    gradient routing."""
+    x, pool_hw, strides, pads, out_hw, label = problem
+    y_f, arg_f = pool.maxpool.fast(x, pool_hw, strides, pads, out_hw)
+    y_r, arg_r = pool.maxpool.reference(x, pool_hw, strides, pads, out_hw)
+    assert_close(label, "maxpool output", y_f, y_r, 0, 0)
+    assert np.array_equal(arg_f, arg_r), f"{label}: argmax differs at {np.argwhere(arg_f != arg_r)[:3].tolist()}"
+    dy = random_array(np.random.default_rng(seed), y_r.shape)
+    assert_close(label, "maxpool_grad", pool.maxpool_grad.fast(dy, arg_r, x.shape, pool_hw, strides, pads),
+                 pool.maxpool_grad.reference(dy, arg_r, x.shape, pool_hw, strides, pads), RTOL, ATOL)
+
+
+def test_maxpool_tie_goes_to_first_tap():
+    x = np.array([[[[2.0], [5.0]], [[5.0], [1.0]]]], np.float32)  # 5 at taps 1 and 2
+    for impl in ("reference", "fast"):
+        y, argmax = getattr(pool.maxpool, impl)(x, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 1))
+        assert y.item() == 5.0 and argmax.item() == 1, f"maxpool {impl}: got {y.item()} at tap {argmax.item()}"
+
+
+# -- batch normalisation ------------------------------------------------------------------------------
+@SOME
+@given(m=st.integers(1, 300), c=st.integers(1, 5), offset=st.sampled_from([0.0, 3.0, 100.0]),
+       seed=st.integers(0, 2**16))
+@example(m=1, c=2, offset=0.0, seed=0)
+def test_batchnorm_fast_equals_reference(m, c, offset, seed):
+    """Including a large mean (100): the fast kernel's one-pass variance must hold up."""
+    rng = np.random.default_rng(seed)
+    x2 = random_array(rng, (m, c)) + np.float32(offset)
+    gamma, beta = random_array(rng, (c,)) + 1, random_array(rng, (c,))
+    g2 = random_array(rng, (m, c))
+    label = f"batchnorm x2 {x2.shape} offset {offset}"
+    fast = norm.batchnorm_forward.fast(x2, gamma, beta, 1e-3)
+    ref = norm.batchnorm_forward.reference(x2, gamma, beta, 1e-3)
+    assert len(fast) == len(ref)
+    for what, got, exp in zip(("y", "mean", "var", "inv_std"), fast, ref):
+        assert_close(label, f"batchnorm_forward {what}", got, exp, 1e-4, 1e-5)
+    _, mean, _, inv_std = ref
+    fast = norm.batchnorm_backward.fast(g2, x2, mean, gamma, inv_std)
+    ref = norm.batchnorm_backward.reference(g2, x2, mean, gamma, inv_std)
+    for what, got, exp in zip(("dx", "dgamma", "dbeta"), fast, ref):
+        assert_close(label, f"batchnorm_backward {what}", got, exp, 1e-4, 1e-5)
+
+
+# -- which kernel the layers call ----------------------------------------------------------------------
+def test_backend_setting():
+    assert B.get_backend() in B.BACKENDS
+    with tc.use_backend("numpy"):
+        assert tc.get_backend() == "numpy"
+        with pytest.raises(RuntimeError):
+            with tc.use_backend("numba"):
+                assert tc.get_backend() == "numba"
+                raise RuntimeError
+        assert tc.get_backend() == "numpy"  # restored after the exception
+    with pytest.raises(ValueError, match="cuda"):
+        tc.set_backend("cuda")
+
+
+def test_dispatch_selects_by_backend():
+    kernel = B.dispatch(lambda: "reference", lambda: "fast")
+    with tc.use_backend("numpy"):
+        assert kernel() == "reference"
+    with tc.use_backend("numba"):
+        assert kernel() == "fast"
+
+
+KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"), pool: ("maxpool", "maxpool_grad"),
+           norm: ("batchnorm_forward", "batchnorm_backward")}
+
+
+def test_each_kernel_dispatches_between_its_two_implementations():
+    for module, names in KERNELS.items():
+        for name in names:
+            kernel = getattr(module, name)
+            assert kernel.reference is getattr(module, f"{name}_reference"), f"{name}.reference"
+            assert kernel.fast is getattr(module, f"{name}_fast"), f"{name}.fast"
+
+
+LAYER_CALLS = [
+    ("Conv2D", lambda: tc.layers.Conv2D(2, 3, strides=2, padding="same"), (2, 5, 5, 3),
+     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight"}),
+    ("Conv2DTranspose", lambda: tc.layers.Conv2DTranspose(2, 3, strides=2), (2, 3, 3, 3),
+     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight"}),
+    ("MaxPooling2D", lambda: tc.layers.MaxPooling2D(2), (2, 4, 4, 3), {"maxpool", "maxpool_grad"}),
+    ("BatchNormalization", lambda: tc.layers.BatchNormalization(), (2, 3, 3, 3),
+     {"batchnorm_forward", "batchnorm_backward"}),
+]
+
+
+@pytest.mark.parametrize("name, make, shape, expected", LAYER_CALLS, ids=[c[0] for c in LAYER_CALLS])
+def test_layers_call_the_selected_kernel(backend, monkeypatch, name, make, shape, expected):
+    """Every kernel is swapped for a dispatcher over recording wrappers of its two
+    implementations; a layer's forward and backward must go through them, and only
+    through the implementation the backend selects."""
+    calls = []
+
+    def recording(kernel_name, impl, fn):
+        def wrapper(*args, **kwargs):
+            calls.append((kernel_name, impl))
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for module, names in KERNELS.items():
+        for kernel_name in names:
+            kernel = getattr(module, kernel_name)
+            monkeypatch.setattr(module, kernel_name, B.dispatch(recording(kernel_name, "reference", kernel.reference),
+                                                                recording(kernel_name, "fast", kernel.fast)))
+    x = tc.Tensor(distinct_values(np.random.default_rng(0), shape), requires_grad=True)
+    y = make()(x, training=True)
+    y.backward(random_array(np.random.default_rng(1), y.shape))
+    impl = "fast" if backend == "numba" else "reference"
+    assert {k for k, _ in calls} == expected, f"{name} called {sorted({k for k, _ in calls})}"
+    assert {i for _, i in calls} == {impl}, f"{name} on the {backend} backend called {calls}"

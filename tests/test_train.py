@@ -1,0 +1,95 @@
+"""train.py end to end on real FER-2013 images: a short run learns, resume is exact,
+evaluation writes its report and plots, bad runs fail clearly."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tinycnn as tc
+import train
+from fer_models.predict import load_model
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
+pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fer-cache")
+
+
+def run(argv, cache):
+    return train.main([*map(str, argv), "--data", str(DATA), "--cache-dir", str(cache)])
+
+
+def test_short_training_run_learns(tmp_path, cache, capsys):
+    out = tmp_path / "run"
+    run(["--model", "mini", "--limit", "3000", "--epochs", "3", "--batch-size", "32", "--lr", "3e-3",
+         "--out", out], cache)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["loss"] < history[0]["loss"], history
+    report = json.loads((out / "report.json").read_text())
+    # above guessing the most frequent class (happy: 24.5% of PrivateTest), not just above 1/7
+    assert report["PrivateTest"]["report"]["accuracy"] > 0.27, report["PrivateTest"]["report"]["accuracy"]
+    for name in ("best.npz", "checkpoint.npz", "curves.png", "confusion.png"):
+        assert (out / name).stat().st_size > 0, name
+    printed = capsys.readouterr().out
+    assert "PrivateTest: accuracy" in printed and "confusion matrix" in printed
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch):
+    common = ["--model", "mini", "--limit", "400", "--epochs", "2", "--batch-size", "50", "--seed", "3"]
+    run(common + ["--out", tmp_path / "straight"], cache)
+
+    # the same run, interrupted by Ctrl-C in the middle of epoch 2 ...
+    real_step, calls = tc.optim.Adam.step, {"n": 0}
+
+    def step_then_interrupt(self):
+        calls["n"] += 1
+        if calls["n"] == 12:  # 8 steps per epoch: this is inside epoch 2
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(tc.optim.Adam, "step", step_then_interrupt)
+    with pytest.raises(SystemExit) as stopped:
+        run(common + ["--out", tmp_path / "cut"], cache)
+    assert stopped.value.code == 130
+    assert (tmp_path / "cut" / "interrupted.npz").exists()
+    monkeypatch.setattr(tc.optim.Adam, "step", real_step)
+
+    # ... and resumed from its last checkpoint (end of epoch 1)
+    run(["--resume", tmp_path / "cut"], cache)
+    a = load_model(tmp_path / "straight" / "best.npz").get_weights()
+    b = load_model(tmp_path / "cut" / "best.npz").get_weights()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    h_a = json.loads((tmp_path / "straight" / "history.json").read_text())
+    h_b = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [h["val_acc"] for h in h_a] == [h["val_acc"] for h in h_b]
+
+
+def test_evaluate_weights_file(tmp_path, cache):
+    from fer_models import build
+    from fer_models.predict import save_model
+    save_model(build("small3", seed=1), tmp_path / "w.npz")
+    run(["--evaluate", tmp_path / "w.npz", "--out", tmp_path / "eval"], cache)
+    result = json.loads((tmp_path / "eval" / "report.json").read_text())
+    cm = np.array(result["PrivateTest"]["confusion_matrix"])
+    assert cm.sum() == 3589 and cm.shape == (7, 7)
+    # accuracy in the report is the trace of the confusion matrix over its total
+    assert result["PrivateTest"]["report"]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert (tmp_path / "eval" / "confusion.png").exists()
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path, cache):
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        run(["--resume", tmp_path / "nothing"], cache)
+
+
+def test_list_models_shows_every_architecture(capsys):
+    train.main(["--list-models"])
+    out = capsys.readouterr().out
+    for name in ("updown", "vggbn", "deep4", "small3", "gap4", "resfer", "mini"):
+        assert name in out

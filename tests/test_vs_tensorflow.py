@@ -1,0 +1,308 @@
+"""Every layer against its Keras 3 (TensorFlow) twin, with the same weights.
+
+For each configuration the Keras layer is built, given random weights, and run under
+``tf.GradientTape``; ``tape.gradient(y, [x] + weights, output_gradients=g)`` with a
+random ``g`` gives the reference gradients. The tinycnn layer gets the same weights
+and must match output, every gradient and (BatchNorm) the moving statistics after the
+step, on both backends. Keras' results are computed once per configuration.
+
+Both sides are float32 (TensorFlow may use oneDNN's summation order), so the tolerance
+is looser than the float64 gradient checks: RTOL = 2e-4, ATOL = 2e-5 (scaled).
+"""
+from __future__ import annotations
+
+import functools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tinycnn as tc
+from helpers import assert_close, check_against_reference, describe, distinct_values, random_array
+from tinycnn import Tensor
+
+RTOL, ATOL = 2e-4, 2e-5
+
+
+def _random_weight(rng, name, shape):
+    if name == "moving_variance":
+        return rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    if name == "gamma":
+        return (1.0 + 0.3 * rng.standard_normal(shape)).astype(np.float32)
+    return random_array(rng, shape, 0.5)
+
+
+@functools.lru_cache(maxsize=None)
+def keras_reference(kind, settings, input_shape, training, seed=0):
+    """Run ``keras.layers.<kind>(**settings)`` on random data, once per configuration.
+
+    Returns a dict: x, weights {name: array} (what was loaded), g, output, grads
+    {"input" or weight name: array}, after {weight name: array after the call},
+    output_shape (Keras' compute_output_shape, batch axis dropped).
+    """
+    rng = np.random.default_rng(seed)
+    layer = getattr(keras.layers, kind)(**dict(settings))
+    layer.build(input_shape)
+    weights = {w.name: _random_weight(rng, w.name, tuple(w.shape)) for w in layer.weights}
+    layer.set_weights([weights[w.name] for w in layer.weights])
+    # max-pooling sees distinct values (no ties), every other layer normal noise
+    x = distinct_values(rng, input_shape) if kind == "MaxPooling2D" else random_array(rng, input_shape)
+    x_tf = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tf)
+        y = layer(x_tf, training=training)
+    g = random_array(rng, tuple(y.shape))
+    trainable = list(layer.trainable_weights)
+    grads = tape.gradient(y, [x_tf] + trainable, output_gradients=tf.constant(g))
+    names = ["input"] + [w.name for w in trainable]
+    return dict(x=x, weights=weights, g=g, output=y.numpy(),
+                grads={n: gr.numpy() for n, gr in zip(names, grads)},
+                after={w.name: w.numpy() for w in layer.weights},
+                output_shape=tuple(layer.compute_output_shape(input_shape))[1:])
+
+
+def compare_with_keras(kind, settings, input_shape, training):
+    """Build tinycnn's ``kind`` with ``settings``, load Keras' weights, compare everything."""
+    ref = keras_reference(kind, tuple(sorted(settings.items())), input_shape, training)
+    label = describe(kind, **settings)
+    layer = getattr(tc.layers, kind)(**settings)
+    out_shape = layer.ensure_built(input_shape[1:])
+    assert out_shape == ref["output_shape"], (
+        f"{label} on input {input_shape}: output shape {out_shape}, Keras gives {ref['output_shape']}")
+    ours = {k: (tuple(w.shape), w.requires_grad) for k, w in layer.weights.items()}
+    theirs = {k: (v.shape, k in ref["grads"]) for k, v in ref["weights"].items()}
+    assert ours == theirs, f"{label}: weights (shape, trainable) {ours}, Keras has {theirs}"
+    for name, value in ref["weights"].items():
+        layer.weights[name].data = value.copy()
+
+    x = Tensor(ref["x"], requires_grad=True)
+    tensors = {"input": x, **{k: w for k, w in layer.weights.items() if w.requires_grad}}
+    mode = "training" if training else "inference"
+    check_against_reference(f"{label} on input {input_shape} ({mode}, vs Keras)",
+                            lambda: layer(x, training=training), tensors, ref["output"], ref["grads"],
+                            ref["g"], RTOL, ATOL)
+    for name, value in ref["after"].items():  # BatchNorm's moving statistics
+        assert_close(f"{label} ({mode}, vs Keras)", f"{name} after the call", layer.weights[name].data,
+                     value, RTOL, ATOL)
+    return layer, ref
+
+
+# -- Conv2D: kernel 1/3/5, strides 1/2, valid/same, odd and even sizes (Keras' same padding
+#    is asymmetric there), with and without ReLU and bias ---------------------------------------
+CONV_CASES = [(dict(filters=3, kernel_size=k, strides=s, padding=p, activation=a, use_bias=b), shape)
+              for k in (1, 3, 5) for s in (1, 2) for p in ("valid", "same")
+              for a, b in ((None, True), ("relu", True), ("relu", False), (None, False))
+              for shape in ((2, 7, 7, 3), (1, 8, 6, 2))]
+
+
+def _ids(cases):
+    return ["-".join(f"{v}" for v in settings.values()) + f"-{'x'.join(map(str, shape))}" for settings, shape in cases]
+
+
+@pytest.mark.parametrize("settings, shape", CONV_CASES, ids=_ids(CONV_CASES))
+def test_conv2d(backend, settings, shape):
+    compare_with_keras("Conv2D", settings, shape, training=True)
+
+
+def test_conv2d_rectangular_kernel_and_strides(backend):
+    compare_with_keras("Conv2D", dict(filters=2, kernel_size=(2, 3), strides=(1, 2), padding="same"),
+                       (2, 5, 6, 3), training=False)
+
+
+# -- Conv2DTranspose: kernel 2/3/4, strides 1/2/3, valid/same: sizes must equal Keras' ---------------
+CONVT_CASES = [(dict(filters=2, kernel_size=k, strides=s, padding=p, activation=a, use_bias=b), shape)
+               for k in (2, 3, 4) for s in (1, 2, 3) for p in ("valid", "same")
+               for (a, b), shape in (((None, True), (2, 3, 3, 2)), (("relu", False), (1, 4, 5, 3)))]
+
+
+@pytest.mark.parametrize("settings, shape", CONVT_CASES, ids=_ids(CONVT_CASES))
+def test_conv2d_transpose(backend, settings, shape):
+    compare_with_keras("Conv2DTranspose", settings, shape, training=True)
+
+
+# -- MaxPooling2D: pool 2/3, strides None/1/2, valid/same ------------------------------------------
+POOL_CASES = [(dict(pool_size=k, strides=s, padding=p), shape)
+              for k in (2, 3) for s in (None, 1, 2) for p in ("valid", "same")
+              for shape in ((2, 7, 7, 2), (1, 6, 8, 3))]
+
+
+@pytest.mark.parametrize("settings, shape", POOL_CASES, ids=_ids(POOL_CASES))
+def test_maxpooling2d(backend, settings, shape):
+    compare_with_keras("MaxPooling2D", settings, shape, training=False)
+
+
+# -- BatchNormalization after a conv (4-D) and after a dense layer (2-D) ----------------------------
+@pytest.mark.parametrize("shape", [(2, 5, 5, 3), (1, 3, 4, 2), (6, 4), (1, 4)])
+@pytest.mark.parametrize("momentum", [0.99, 0.9])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm(backend, shape, momentum, training):
+    layer, ref = compare_with_keras("BatchNormalization", dict(momentum=momentum), shape, training)
+    if training:  # the moving statistics really moved (checked equal to Keras' above)
+        assert not np.allclose(layer.moving_mean.data, ref["weights"]["moving_mean"])
+        assert not np.allclose(layer.moving_variance.data, ref["weights"]["moving_variance"])
+    else:
+        assert np.array_equal(layer.moving_mean.data, ref["weights"]["moving_mean"])
+
+
+def test_batchnorm_inference_after_training_steps(backend):
+    """Three training steps on both, then inference: the moving averages agree and are used."""
+    rng = np.random.default_rng(0)
+    ours, theirs = tc.layers.BatchNormalization(momentum=0.8), keras.layers.BatchNormalization(momentum=0.8)
+    batches = [random_array(rng, (4, 3, 3, 2), 2.0) + 1.0 for _ in range(4)]
+    ours.ensure_built((3, 3, 2))
+    theirs.build((4, 3, 3, 2))
+    for x in batches[:3]:
+        ours(x, training=True)
+        theirs(tf.constant(x), training=True)
+    for w in theirs.weights:
+        assert_close("BatchNormalization(momentum=0.8) after 3 steps", w.name, ours.weights[w.name].data,
+                     w.numpy(), RTOL, ATOL)
+    assert_close("BatchNormalization(momentum=0.8) after 3 steps", "inference output",
+                 ours(batches[3], training=False).data, theirs(tf.constant(batches[3]), training=False).numpy(),
+                 RTOL, ATOL)
+
+
+# -- Dropout ---------------------------------------------------------------------------------------
+def test_dropout_inference_is_identity(backend):
+    compare_with_keras("Dropout", dict(rate=0.3), (4, 5, 6), training=False)
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.5])
+def test_dropout_training_scales_kept_values(backend, rate):
+    """Kept values are x / (1 - rate), the others 0, for tinycnn and for Keras alike; the
+    gradient follows the same mask; about ``rate`` of the values are dropped."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.5, 1.5, (20, 50, 10)).astype(np.float32)  # no zeros: a zero output means dropped
+    g = random_array(rng, x.shape)
+    label = describe("Dropout", rate=rate)
+    xt = Tensor(x, requires_grad=True)
+    y = tc.layers.Dropout(rate, seed=3)(xt, training=True)
+    y.backward(g)
+    for who, out in (("tinycnn", y.data), ("Keras", keras.layers.Dropout(rate, seed=3)(x, training=True).numpy())):
+        kept = out != 0
+        assert abs(1 - kept.mean() - rate) < 0.03, f"{label} ({who}): dropped {1 - kept.mean():.3f} of the values"
+        assert_close(f"{label} ({who})", "kept values", out[kept], x[kept] / (1 - rate), 1e-6, 1e-7)
+    assert_close(label, "input grad", xt.grad, g * (y.data != 0) / (1 - rate), 1e-6, 1e-7)
+
+
+# -- GlobalAveragePooling2D, Dense, Flatten ------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 1, 1, 3)])
+def test_global_average_pooling2d(backend, shape):
+    compare_with_keras("GlobalAveragePooling2D", {}, shape, training=False)
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense(backend, activation, use_bias):
+    compare_with_keras("Dense", dict(units=4, activation=activation, use_bias=use_bias), (3, 5), training=True)
+
+
+def test_flatten(backend):
+    compare_with_keras("Flatten", {}, (2, 3, 4, 2), training=False)
+
+
+@pytest.mark.parametrize("activation", ["relu", "softmax", "linear"])
+def test_activation(backend, activation):
+    compare_with_keras("Activation", dict(activation=activation), (2, 3, 5), training=False)
+
+
+def test_relu(backend):
+    compare_with_keras("ReLU", {}, (2, 4, 3, 2), training=False)
+
+
+# -- whole models --------------------------------------------------------------------------------------
+def _stack(lib, with_transpose):
+    L = lib.layers
+    layers = [L.Conv2D(4, 3, padding="same", activation="relu"), L.BatchNormalization(),
+              L.MaxPooling2D(2), L.Conv2D(6, 3, use_bias=False), L.BatchNormalization()]
+    if with_transpose:
+        layers += [L.Conv2DTranspose(3, 3, strides=2, padding="same", activation="relu"),
+                   L.Conv2DTranspose(2, 2, strides=2)]
+    layers += [L.Flatten(), L.Dense(8, activation="relu"), L.BatchNormalization(), L.Dropout(0.25), L.Dense(3)]
+    return layers
+
+
+INPUT_SHAPE = (10, 10, 3)
+
+
+@pytest.mark.parametrize("with_transpose", [False, True])
+def test_summary_and_count_params_match_keras(backend, with_transpose):
+    keras.backend.clear_session()  # Keras numbers layer names per session: start from conv2d again
+    theirs = keras.Sequential([keras.Input(INPUT_SHAPE)] + _stack(keras, with_transpose))
+    ours = tc.Sequential(_stack(tc, with_transpose), input_shape=INPUT_SHAPE)
+    assert ours.count_params() == theirs.count_params()
+    lines = []
+    ours.summary(print_fn=lines.append)
+    text = "\n".join(lines)
+    trainable = sum(int(np.prod(w.shape)) for w in theirs.trainable_weights)
+    non_trainable = sum(int(np.prod(w.shape)) for w in theirs.non_trainable_weights)
+    for expected in (f"Total params: {theirs.count_params():,}", f"Trainable params: {trainable:,}",
+                     f"Non-trainable params: {non_trainable:,}"):
+        assert expected in text, f"summary lacks {expected!r}:\n{text}"
+    rows = [line for line in text.splitlines() if line.split(" ")[0] in {l.name for l in ours.layers}]
+    assert len(rows) == len(theirs.layers), text
+    for row, mine, keras_layer in zip(rows, ours.layers, theirs.layers):
+        assert mine.name == keras_layer.name, f"layer {mine.name!r}, Keras names it {keras_layer.name!r}"
+        assert mine.count_params() == keras_layer.count_params(), (
+            f"layer {mine.name!r}: {mine.count_params()} parameters, Keras {keras_layer.count_params()}")
+        shape = str(tuple(keras_layer.output.shape))
+        assert shape in row and f"{keras_layer.count_params():,}" in row, f"summary row {row!r}: Keras {shape}"
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_model_matches_keras(backend, training):
+    """A conv-BN-pool-transpose-dense-BN stack: output, the gradient of every weight and
+    the moving statistics after one step, weights matched by position."""
+    rng = np.random.default_rng(7)
+    theirs = keras.Sequential([keras.Input(INPUT_SHAPE)] + [l for l in _stack(keras, True)
+                                                             if not isinstance(l, keras.layers.Dropout)])
+    ours = tc.Sequential([l for l in _stack(tc, True) if not isinstance(l, tc.layers.Dropout)],
+                         input_shape=INPUT_SHAPE)
+    mine = ours.named_weights()
+    assert [tuple(w.shape) for w in mine.values()] == [tuple(w.shape) for w in theirs.weights]
+    values = [_random_weight(rng, w.name, tuple(w.shape)) for w in theirs.weights]
+    theirs.set_weights(values)
+    for t, v in zip(mine.values(), values):
+        t.data = v.copy()
+
+    x = random_array(rng, (3,) + INPUT_SHAPE)
+    x_tf = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tf)
+        y = theirs(x_tf, training=training)
+    g = random_array(rng, tuple(y.shape))
+    grads = tape.gradient(y, [x_tf] + theirs.trainable_weights, output_gradients=tf.constant(g))
+    trainable = {k: t for k, t in mine.items() if t.requires_grad}
+    expected = dict(zip(["input"] + list(trainable), [gr.numpy() for gr in grads]))
+
+    xt = Tensor(x, requires_grad=True)
+    label = f"Sequential[conv, BN, pool, conv, BN, convT, convT, dense, BN, dense] ({'training' if training else 'inference'}, vs Keras)"
+    check_against_reference(label, lambda: ours(xt, training=training), {"input": xt, **trainable},
+                            y.numpy(), expected, g, RTOL, ATOL)
+    for (name, t), w in zip(mine.items(), theirs.weights):
+        assert_close(label, f"{name} after the call", t.data, w.numpy(), RTOL, ATOL)
+
+
+# -- the loss ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("class_weights", [None, (0.5, 2.0, 1.0, 3.0, 0.25)])
+def test_loss_matches_keras(backend, label_smoothing, class_weights):
+    """softmax_cross_entropy == CategoricalCrossentropy(from_logits=True, label_smoothing),
+    class weights given to Keras as per-sample weights (as ``fit(class_weight=)`` does)."""
+    rng = np.random.default_rng(2)
+    logits = random_array(rng, (6, 5), 2.0)
+    labels = np.array([0, 1, 4, 4, 2, 1])
+    cce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing)
+    z = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        sample_weight = None if class_weights is None else np.asarray(class_weights, np.float32)[labels]
+        loss = cce(np.eye(5, dtype=np.float32)[labels], z, sample_weight=sample_weight)
+    g = np.float32(1.7)
+    dz = tape.gradient(loss, z, output_gradients=tf.constant(g))
+    t = Tensor(logits, requires_grad=True)
+    label = describe("softmax_cross_entropy", class_weights=class_weights, label_smoothing=label_smoothing)
+    check_against_reference(label + " vs Keras",
+                            lambda: tc.losses.softmax_cross_entropy(t, labels, class_weights, label_smoothing),
+                            {"logits": t}, loss.numpy(), {"logits": dz.numpy()}, g, RTOL, ATOL)
