@@ -541,6 +541,13 @@ def markdown(report):
     return "\n".join(lines)
 
 
+def write_atomic(path, text):
+    """Write via a temporary file and a rename, so an interrupted run leaves the old results."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -657,11 +664,8 @@ def main(argv=None):
     md = markdown(report)
     print(md)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
-        f.write(md + "\n")
+    write_atomic(args.json, json.dumps(report, indent=2) + "\n")
+    write_atomic(os.path.splitext(args.json)[0] + ".md", md + "\n")
     log(f"wrote {args.json} and its .md in {report['wall_s']:.0f} s")
     return 1 if report["errors"] else 0
 

@@ -175,8 +175,11 @@ def test_batchnorm_fast_equals_reference(m, c, offset, seed):
     fast = norm.batchnorm_forward.fast(x2, gamma, beta, 1e-3)
     ref = norm.batchnorm_forward.reference(x2, gamma, beta, 1e-3)
     assert len(fast) == len(ref)
+    # float32 x near `offset` carries only ~1e-7 * offset of absolute precision, and the two
+    # kernels sum in different orders: the absolute tolerance scales with the offset
+    atol = 1e-5 * (1.0 + offset)
     for what, got, exp in zip(("y", "mean", "var", "inv_std"), fast, ref):
-        assert_close(label, f"batchnorm_forward {what}", got, exp, 1e-4, 1e-5)
+        assert_close(label, f"batchnorm_forward {what}", got, exp, 1e-4, atol)
     _, mean, _, inv_std = ref
     fast = norm.batchnorm_backward.fast(g2, x2, mean, gamma, inv_std)
     ref = norm.batchnorm_backward.reference(g2, x2, mean, gamma, inv_std)

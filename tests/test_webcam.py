@@ -21,9 +21,11 @@ from fixtures_faces import (FRAME_SIZE, ROOT, WEBCAM, blank_frame, count_video_f
                             face_video_frames, fer_faces, random_weights, write_video)
 
 
-def run_webcam(*args, timeout=300):
+def run_webcam(*args, timeout=300, display=None):
     """webcam.py as a user runs it, headless -> CompletedProcess (text)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    if display:
+        env["DISPLAY"] = display
     return subprocess.run([sys.executable, str(WEBCAM), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -132,6 +134,17 @@ def test_folder_source_skips_unreadable_files(tmp_path, weights):
     assert len(records[0]["faces"]) == 1 and records[1]["faces"] == []
     assert "b.jpg" in proc.stderr and "skipping" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "c.png"]
+
+
+def test_no_display_falls_back_to_json(tmp_path, weights):
+    """$DISPLAY naming no X server would make Qt abort the process: webcam.py must not
+    try to open a window then, and print JSON lines instead."""
+    image = tmp_path / "face.jpg"
+    cv2.imwrite(str(image), face_frame(fer_faces(1)))
+    proc = run_webcam("--source", image, "--weights", weights, display=":97")
+    records = json_lines(proc)
+    assert len(records) == 1 and len(records[0]["faces"]) == 1
+    assert "no window" in proc.stderr
 
 
 def test_camera_that_cannot_open(weights):
