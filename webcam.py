@@ -83,7 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     web = p.add_argument_group("browser app")
     web.add_argument("--serve", action="store_true",
                      help="start the web app instead: the page uses your browser's camera or an uploaded photo")
-    web.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 exposes it to the network)")
+    web.add_argument("--host", default="127.0.0.1",
+                     help="address to serve on; 0.0.0.0 exposes it to the network (browsers allow the camera "
+                          "only on localhost or over HTTPS; photo upload works anyway)")
     web.add_argument("--port", type=int, default=8000, help="port to serve on")
     return p.parse_args(argv)
 
@@ -356,7 +358,7 @@ def serve(args) -> int:
     pipeline = load_pipeline(args)
     app = create_app(pipeline)
     print(f"open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops)", file=sys.stderr)
-    app.run(host=args.host, port=args.port, threaded=True)
+    app.run(host=args.host, port=args.port, threaded=True)   # a taken port: Werkzeug says so, exit 1
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import pytest
@@ -43,7 +44,8 @@ def server_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def browser(tmp_path_factory):
+    """Headless Chromium whose camera plays FER-2013 faces -> (page, JavaScript errors)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     folder = tmp_path_factory.mktemp("chromium")
     faces = fer_faces(4)
@@ -58,10 +60,10 @@ def page(tmp_path_factory):
             str(folder / "profile"), executable_path=str(CHROMIUM), headless=True, args=args,
             ignore_default_args=["--headless"], viewport={"width": 1200, "height": 800})
         page = context.pages[0] if context.pages else context.new_page()
-        page.errors = []
-        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        errors = []   # JavaScript errors on the page: there should be none
+        page.on("pageerror", lambda e: errors.append(str(e)))
         try:
-            yield page
+            yield SimpleNamespace(page=page, errors=errors)
         finally:
             context.close()
 
@@ -71,7 +73,8 @@ def first_face(page) -> tuple[str, list[int]]:
     return item.get_attribute("data-label"), [int(v) for v in item.get_attribute("data-box").split(",")]
 
 
-def test_camera_frames_get_boxes_and_labels(page, server_url):
+def test_camera_frames_get_boxes_and_labels(browser, server_url):
+    page = browser.page
     page.goto(server_url)
     page.click("#start")
     page.wait_for_selector("#results li.face", timeout=WAIT_MS)
@@ -89,10 +92,11 @@ def test_camera_frames_get_boxes_and_labels(page, server_url):
         return [c.width, c.height, n];
     }""")
     assert drawn[:2] == [640, 480] and drawn[2] > 1000, drawn
-    assert page.errors == [], page.errors
+    assert browser.errors == [], browser.errors
 
 
-def test_uploaded_photo(page, server_url, tmp_path):
+def test_uploaded_photo(browser, server_url, tmp_path):
+    page = browser.page
     photo = tmp_path / "photo.jpg"
     cv2.imwrite(str(photo), face_frame(fer_faces(2)))
     page.goto(server_url)
@@ -108,4 +112,4 @@ def test_uploaded_photo(page, server_url, tmp_path):
     page.set_input_files("#photo-input", str(text))
     page.wait_for_selector("#status.error", timeout=WAIT_MS)
     assert "not an image" in page.inner_text("#status")
-    assert page.errors == [], page.errors
+    assert browser.errors == [], browser.errors

@@ -120,6 +120,10 @@ function show(answer, width, height, scale) {
 // -- camera ------------------------------------------------------------------------------
 
 async function startCamera() {
+  if (!navigator.mediaDevices) {   // browsers offer cameras to secure pages only
+    setStatus("The camera needs this page on localhost or over HTTPS. Uploading a photo works anyway.", true);
+    return;
+  }
   try {
     stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
   } catch (e) {

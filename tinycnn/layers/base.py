@@ -58,7 +58,9 @@ class Layer:
             self.input_shape = input_shape
             self.built = True
         elif input_shape != self.input_shape:
-            self._check_shape(input_shape)
+            self._check_rank(input_shape)
+            if self.weights:  # weights fix the channel count; weightless layers take any
+                self._check_shape(input_shape)
         return self.compute_output_shape(input_shape)
 
     # -- checks where the input enters ---------------------------------------------------------
