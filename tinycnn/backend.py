@@ -16,6 +16,15 @@ import contextlib
 import os
 
 BACKENDS = ("numba", "numpy")
+
+# Whether the Numba kernels run their ``prange`` loops (over images or rows) on several
+# threads. Off by default: the big matrix products already use every core through
+# BLAS, and BLAS's idle worker threads spin for a while after each product, so Numba
+# threads started in between fight them for the cores. Measured on 2 cores
+# (vggbn, batch 128): 61 img/s with both threaded, 113 img/s with only BLAS threaded;
+# one-image latency 52 ms against 2.9 ms. ``TINYCNN_NUMBA_PARALLEL=1`` turns it on
+# (read at import; Numba compiles and caches each setting separately).
+PARALLEL = os.environ.get("TINYCNN_NUMBA_PARALLEL", "0") == "1"
 _current = os.environ.get("TINYCNN_BACKEND", "numba")
 if _current not in BACKENDS:
     raise ValueError(f"TINYCNN_BACKEND={_current!r}: expected one of {BACKENDS}")

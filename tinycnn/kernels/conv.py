@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..backend import dispatch
+from ..backend import PARALLEL, dispatch
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
@@ -102,7 +102,7 @@ def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, cols=None):
 
 
 # -- fast: im2col / col2im in Numba, one BLAS product per chunk of the batch -----------------
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
 def im2col(x, kh, kw, sh, sw, pt, pl, ho, wo, cols):
     """Fill cols (N*HO*WO, KH*KW*C): row = output pixel, columns = (tap, channel)."""
     n_img, h, w, c = x.shape
@@ -123,7 +123,7 @@ def im2col(x, kh, kw, sh, sw, pt, pl, ho, wo, cols):
                             cols[row, base + ch] = 0.0
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
 def col2im(cols, kh, kw, sh, sw, pt, pl, ho, wo, dx):
     """The adjoint of im2col: add every (tap, channel) column back into dx (N, H, W, C)."""
     n_img, h, w, c = dx.shape

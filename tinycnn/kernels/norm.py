@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..backend import dispatch
+from ..backend import PARALLEL, dispatch
 
 
 def batchnorm_forward_reference(x2, gamma, beta, eps):
@@ -48,7 +48,7 @@ def batchnorm_backward_reference(g2, x2, mean, gamma, inv_std):
 _BLOCKS = 64
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
 def _moments(x2):
     m, c = x2.shape
     s1 = np.zeros((_BLOCKS, c))
@@ -65,7 +65,7 @@ def _moments(x2):
     return mean, var
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
 def _normalise(x2, mean, scale, beta, y2):
     m, c = x2.shape
     for i in prange(m):
@@ -73,7 +73,7 @@ def _normalise(x2, mean, scale, beta, y2):
             y2[i, j] = (x2[i, j] - mean[j]) * scale[j] + beta[j]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
 def _grad_sums(g2, x2, mean, inv_std):
     """sum(g) and sum(g * xhat) per channel."""
     m, c = g2.shape
@@ -89,7 +89,7 @@ def _grad_sums(g2, x2, mean, inv_std):
     return s1.sum(axis=0), s2.sum(axis=0)
 
 
-@njit(parallel=True, cache=True, fastmath=True)
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
 def _grad_input(g2, x2, mean, inv_std, scale, dbeta_m, dgamma_m, dx2):
     m, c = g2.shape
     for i in prange(m):

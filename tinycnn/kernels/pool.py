@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..backend import dispatch
+from ..backend import PARALLEL, dispatch
 
 
 def _tap_slice(a, b, ho, wo, strides):
@@ -42,7 +42,7 @@ def maxpool_grad_reference(dy, argmax, x_shape, pool, strides, pads):
     return dxp[:, pt:pt + h, pl:pl + w, :]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _maxpool_numba(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
     n_img, h, w, c = x.shape
     for r in prange(n_img * ho):
@@ -66,7 +66,7 @@ def _maxpool_numba(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
                             argmax[n, oy, ox, ch] = a * pw + b
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _maxpool_grad_numba(dy, argmax, pw, sh, sw, pt, pl, dx):
     n_img, ho, wo, c = dy.shape
     for n in prange(n_img):  # overlapping windows (stride < pool) stay within one image
