@@ -188,6 +188,20 @@ def test_batchnorm_fast_equals_reference(m, c, offset, seed):
 
 
 # -- which kernel the layers call ----------------------------------------------------------------------
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 4), (3, 7)])
+def test_bias_relu_fast_equals_reference(shape, relu):
+    rng = np.random.default_rng(len(shape))
+    y, b, g = random_array(rng, shape), random_array(rng, shape[-1:]), random_array(rng, shape)
+    label = f"bias_relu {shape} relu={relu}"
+    out_ref = conv.bias_relu.reference(y.copy(), b, relu)
+    out_fast = conv.bias_relu.fast(y.copy(), b, relu)
+    assert_close(label, "output", out_fast, out_ref, 1e-6, 1e-7)
+    for what, got, exp in zip(("masked gradient", "bias gradient"), conv.bias_relu_grad.fast(g, out_ref, relu),
+                              conv.bias_relu_grad.reference(g, out_ref, relu)):
+        assert_close(label, what, got, exp, 1e-5, 1e-6)
+
+
 def test_backend_setting():
     assert B.get_backend() in B.BACKENDS
     with tc.use_backend("numpy"):
@@ -209,7 +223,7 @@ def test_dispatch_selects_by_backend():
         assert kernel() == "fast"
 
 
-KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"), pool: ("maxpool", "maxpool_grad"),
+KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"), pool: ("maxpool", "maxpool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward")}
 
 
@@ -223,9 +237,9 @@ def test_each_kernel_dispatches_between_its_two_implementations():
 
 LAYER_CALLS = [
     ("Conv2D", lambda: tc.layers.Conv2D(2, 3, strides=2, padding="same"), (2, 5, 5, 3),
-     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight"}),
+     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"}),
     ("Conv2DTranspose", lambda: tc.layers.Conv2DTranspose(2, 3, strides=2), (2, 3, 3, 3),
-     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight"}),
+     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"}),
     ("MaxPooling2D", lambda: tc.layers.MaxPooling2D(2), (2, 4, 4, 3), {"maxpool", "maxpool_grad"}),
     ("BatchNormalization", lambda: tc.layers.BatchNormalization(), (2, 3, 3, 3),
      {"batchnorm_forward", "batchnorm_backward"}),

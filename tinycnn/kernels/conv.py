@@ -224,6 +224,57 @@ def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=None):
     return dw.reshape(w_shape)
 
 
+# -- the epilogue: bias and ReLU, fused into one pass each way ---------------------------------
+def bias_relu_reference(y, b, relu):
+    """In place: y += b (per channel, last axis), then max(y, 0) if ``relu``."""
+    y += b
+    if relu:
+        np.maximum(y, 0, out=y)
+    return y
+
+
+def bias_relu_grad_reference(g, y, relu):
+    """(g masked by y > 0 if ``relu``, the bias gradient: g summed over all but channels)."""
+    if relu:
+        g = np.where(y > 0, g, np.float32(0))  # ReLU passes gradient where it passed input
+    return g, g.reshape(-1, g.shape[-1]).sum(axis=0)
+
+
+@njit(cache=True, fastmath=True)
+def _bias_relu(y2, b, relu):
+    m, c = y2.shape
+    for i in range(m):
+        for j in range(c):
+            v = y2[i, j] + b[j]
+            y2[i, j] = max(v, 0.0) if relu else v
+
+
+@njit(cache=True, fastmath=True)
+def _bias_relu_grad(g2, y2, relu, out, db):
+    m, c = g2.shape
+    acc = np.zeros(c)
+    for i in range(m):
+        for j in range(c):
+            v = g2[i, j] if (not relu or y2[i, j] > 0) else 0.0
+            out[i, j] = v
+            acc[j] += v
+    db[:] = acc
+
+
+def bias_relu_fast(y, b, relu):
+    _bias_relu(y.reshape(-1, y.shape[-1]), b, relu)
+    return y
+
+
+def bias_relu_grad_fast(g, y, relu):
+    c = g.shape[-1]
+    out, db = np.empty_like(g), np.empty(c, np.float32)
+    _bias_relu_grad(np.ascontiguousarray(g).reshape(-1, c), y.reshape(-1, c), relu, out.reshape(-1, c), db)
+    return out, db
+
+
 conv2d = dispatch(conv2d_reference, conv2d_fast)
 conv2d_grad_input = dispatch(conv2d_grad_input_reference, conv2d_grad_input_fast)
 conv2d_grad_weight = dispatch(conv2d_grad_weight_reference, conv2d_grad_weight_fast)
+bias_relu = dispatch(bias_relu_reference, bias_relu_fast)
+bias_relu_grad = dispatch(bias_relu_grad_reference, bias_relu_grad_fast)

@@ -42,9 +42,9 @@ class Conv2DFn(Function):
     """y = relu?(conv(x, w) + b).
 
     x (N, H, W, C), w (KH, KW, C, O), b (O,) -> y (N, HO, WO, O). The bias and ReLU are
-    fused into the convolution: the output is written once and ReLU's mask comes from
-    the saved output (y > 0), so no extra array is kept for the activation.
-    Saved: x, w, strides, pads, y (only when ``relu``) and, when a gradient will be
+    fused into the convolution (``K.bias_relu``, one pass) and ReLU's mask comes from the
+    saved output (y > 0): backward masks the gradient and sums the bias gradient in one
+    pass (``K.bias_relu_grad``). Saved: x, w, strides, pads, y, relu and, when a gradient will be
     needed, the fast kernel's column matrix ``cols`` so the weight gradient need not
     gather x again (memory traded for time).
     """
@@ -53,21 +53,17 @@ class Conv2DFn(Function):
     def forward(ctx, x, w, b, strides, pads, relu):
         keep = is_grad_enabled()
         y, cols = K.conv2d(x, w, strides, pads, keep_cols=True) if keep else (K.conv2d(x, w, strides, pads), None)
-        y += b
-        if relu:
-            np.maximum(y, 0, out=y)
-        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y if relu else None, cols=cols)
+        K.bias_relu(y, b, relu)
+        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y, relu=relu, cols=cols)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        if ctx.y is not None:
-            g = np.where(ctx.y > 0, g, np.float32(0))  # ReLU passes gradient where it passed input
+        g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
         need_x, need_w, need_b = ctx.needs_input_grad
         dx = K.conv2d_grad_input(g, ctx.w, ctx.x.shape, ctx.strides, ctx.pads) if need_x else None
         dw = K.conv2d_grad_weight(ctx.x, g, ctx.w.shape, ctx.strides, ctx.pads, cols=ctx.cols) if need_w else None
-        db = g.sum(axis=(0, 1, 2)) if need_b else None
-        return dx, dw, db
+        return dx, dw, db if need_b else None
 
 
 class Conv2DTransposeFn(Function):
@@ -76,28 +72,24 @@ class Conv2DTransposeFn(Function):
     x (N, H, W, C), w (KH, KW, O, C) as Keras stores it, b (O,) -> y (N, HO, WO, O),
     where (N, HO, WO, O) is ``out_shape``. Computed as the input gradient of a
     convolution from (N, HO, WO, O) to (N, H, W, C) with the same kernel.
-    Saved: x, w, strides, pads, y (only when ``relu``).
+    Saved: x, w, strides, pads, y, relu.
     """
 
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, out_shape, relu):
         y = K.conv2d_grad_input(x, w, out_shape, strides, pads)
-        y += b
-        if relu:
-            np.maximum(y, 0, out=y)
-        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y if relu else None)
+        K.bias_relu(y, b, relu)
+        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y, relu=relu)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        if ctx.y is not None:
-            g = np.where(ctx.y > 0, g, np.float32(0))  # ReLU passes gradient where it passed input
+        g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
         need_x, need_w, need_b = ctx.needs_input_grad
         dx = K.conv2d(g, ctx.w, ctx.strides, ctx.pads) if need_x else None
         # the "input" of the underlying convolution is g, its "output gradient" is x
         dw = K.conv2d_grad_weight(g, ctx.x, ctx.w.shape, ctx.strides, ctx.pads) if need_w else None
-        db = g.sum(axis=(0, 1, 2)) if need_b else None
-        return dx, dw, db
+        return dx, dw, db if need_b else None
 
 
 class _ConvBase(Layer):
