@@ -202,6 +202,15 @@ def test_bias_relu_fast_equals_reference(shape, relu):
         assert_close(label, what, got, exp, 1e-5, 1e-6)
 
 
+def test_batchnorm_inference_fast_equals_reference():
+    rng = np.random.default_rng(7)
+    x2 = random_array(rng, (37, 5))
+    mean, inv_std = random_array(rng, (5,)), np.abs(random_array(rng, (5,))) + 0.5
+    gamma, beta = random_array(rng, (5,)), random_array(rng, (5,))
+    assert_close("batchnorm_inference (37, 5)", "y", norm.batchnorm_inference.fast(x2, mean, inv_std, gamma, beta),
+                 norm.batchnorm_inference.reference(x2, mean, inv_std, gamma, beta), 1e-5, 1e-6)
+
+
 def test_backend_setting():
     assert B.get_backend() in B.BACKENDS
     with tc.use_backend("numpy"):
@@ -224,7 +233,7 @@ def test_dispatch_selects_by_backend():
 
 
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"), pool: ("maxpool", "maxpool_grad"),
-           norm: ("batchnorm_forward", "batchnorm_backward")}
+           norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference")}
 
 
 def test_each_kernel_dispatches_between_its_two_implementations():

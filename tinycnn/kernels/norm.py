@@ -118,5 +118,18 @@ def batchnorm_backward_fast(g2, x2, mean, gamma, inv_std):
     return dx2, dgamma.astype(np.float32), dbeta.astype(np.float32)
 
 
+def batchnorm_inference_reference(x2, mean, inv_std, gamma, beta):
+    """Inference: y2 = (x2 - mean) * inv_std * gamma + beta with the moving statistics."""
+    return ((x2 - mean) * (inv_std * gamma) + beta).astype(np.float32)
+
+
+def batchnorm_inference_fast(x2, mean, inv_std, gamma, beta):
+    x2 = np.ascontiguousarray(x2)
+    y2 = np.empty_like(x2)
+    _normalise(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
+    return y2
+
+
 batchnorm_forward = dispatch(batchnorm_forward_reference, batchnorm_forward_fast)
 batchnorm_backward = dispatch(batchnorm_backward_reference, batchnorm_backward_fast)
+batchnorm_inference = dispatch(batchnorm_inference_reference, batchnorm_inference_fast)

@@ -32,6 +32,32 @@ class BatchNormFn(Function):
         return dx2.reshape(ctx.x.shape), dgamma, dbeta
 
 
+class BatchNormInferenceFn(Function):
+    """Inference-mode batch normalisation: a fixed affine map per channel.
+
+    x (..., C), gamma, beta (C,) -> y = (x - mean) * inv_std * gamma + beta, with the
+    moving mean and inv_std = 1/sqrt(moving_variance + eps) as constants.
+    Saved: x, mean, inv_std, gamma.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, mean, inv_std):
+        c = x.shape[-1]
+        ctx.save(x=x, mean=mean, inv_std=inv_std, gamma=gamma)
+        return K.batchnorm_inference(x.reshape(-1, c), mean, inv_std, gamma, beta).reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        need_x, need_gamma, need_beta = ctx.needs_input_grad
+        c = ctx.x.shape[-1]
+        g2 = g.reshape(-1, c)
+        dx = (g * (ctx.gamma * ctx.inv_std)).astype(np.float32) if need_x else None
+        dgamma = ((g2 * ((ctx.x.reshape(-1, c) - ctx.mean) * ctx.inv_std)).sum(axis=0)
+                  if need_gamma else None)
+        dbeta = g2.sum(axis=0) if need_beta else None
+        return dx, dgamma, dbeta
+
+
 class BatchNormalization(Layer):
     """Batch normalisation, as ``keras.layers.BatchNormalization`` (axis -1).
 
@@ -66,7 +92,5 @@ class BatchNormalization(Layer):
             self.moving_mean.data = m * self.moving_mean.data + (1 - m) * stats["mean"]
             self.moving_variance.data = m * self.moving_variance.data + (1 - m) * stats["var"]
             return y
-        # inference: a fixed per-channel affine map, differentiable through ordinary ops
-        scale = self.gamma * (1.0 / np.sqrt(self.moving_variance.data + self.epsilon))
-        shift = self.beta - scale * self.moving_mean.data
-        return x * scale + shift
+        inv_std = (1.0 / np.sqrt(self.moving_variance.data + self.epsilon)).astype(np.float32)
+        return BatchNormInferenceFn.apply(x, self.gamma, self.beta, mean=self.moving_mean.data, inv_std=inv_std)
