@@ -62,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--evaluate", type=Path, default=None, metavar="RUN_OR_WEIGHTS",
                    help="only evaluate a run directory or weights file on PrivateTest, then exit")
     p.add_argument("--list-models", action="store_true", help="list architectures with parameters and multiply-adds")
+    p.add_argument("--model-card", type=Path, default=None, metavar="RUN",
+                   help="print a markdown model card of a finished, evaluated run directory, then exit")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                    help="tinycnn kernels: fast Numba or the readable NumPy reference")
     p.add_argument("--cache-dir", type=Path, default=None, help="where decoded data is cached")
@@ -319,6 +321,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.list_models:
         list_models()
+        return
+    if args.model_card:
+        from fer_models.card import model_card
+        print(model_card(args.model_card), end="")
         return
     if args.evaluate:
         import tinycnn as tc

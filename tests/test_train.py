@@ -38,6 +38,10 @@ def test_short_training_run_learns(tmp_path, cache, capsys):
         assert (out / name).stat().st_size > 0, name
     printed = capsys.readouterr().out
     assert "PrivateTest: accuracy" in printed and "confusion matrix" in printed
+    train.main(["--model-card", str(out)])
+    card = capsys.readouterr().out
+    accuracy = report["PrivateTest"]["report"]["accuracy"]
+    assert "Architecture `mini`" in card and f"| PrivateTest | {accuracy:.4f} |" in card
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch):

@@ -1,0 +1,60 @@
+"""Write a model card (markdown) from a finished run directory of train.py."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from .classes import CLASSES
+
+
+def model_card(run, title="FER-2013 emotion model") -> str:
+    """Markdown describing the run in ``run``: architecture, recipe, training time and
+    throughput, PublicTest and PrivateTest figures. Reads ``args.json``,
+    ``history.json`` and ``report.json`` (written by ``train.py`` and its evaluation)."""
+    from .architectures import build, describe
+
+    run = Path(run)
+    args = json.loads((run / "args.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    report = json.loads((run / "report.json").read_text())
+    model = build(args["model"])
+    best = max(history, key=lambda h: h["val_acc"])
+    seconds = sum(h["seconds"] for h in history)
+    rates = sorted(h["img_per_s"] for h in history)
+    lines = [f"# {title}", "",
+             f"Architecture `{args['model']}`: {describe(args['model'])}. "
+             f"{model.count_params():,} parameters, {model.multiply_adds() / 1e6:.1f}M multiply-adds per "
+             "48x48 face. Input: grayscale 48x48 in [0, 1]; output: logits for "
+             f"{', '.join(CLASSES)} (in that order).", "",
+             "## Recipe", "",
+             f"- data: FER-2013 Training ({'all' if not args.get('limit') else args['limit']} images), "
+             "model chosen on PublicTest, reported once on PrivateTest",
+             f"- optimiser: {args['optimizer']}, learning rate {args['lr']}, schedule {args['schedule']}, "
+             f"weight decay {args['weight_decay']}, batch {args['batch_size']}",
+             f"- augmentation: {'random flip, rotation ±10°, shift ±10%, zoom ±10%' if args['augment'] else 'none'}; "
+             f"class weights: {args['class_weights']}; label smoothing: {args['label_smoothing']}; seed {args['seed']}",
+             f"- epochs run: {len(history)} (planned {args['epochs']}); best PublicTest at epoch {best['epoch']}",
+             f"- training time: {seconds / 3600:.2f} h of training passes on {platform.machine()} "
+             f"({platform.processor() or 'CPU'}), median {rates[len(rates) // 2]:.0f} images/s "
+             "(the machine was shared with other jobs: see history.json per epoch)", "",
+             "## Accuracy", "",
+             "| split | accuracy | loss |", "|---|---:|---:|"]
+    for split in ("PublicTest", "PrivateTest"):
+        if split in report:
+            lines.append(f"| {split} | {report[split]['report']['accuracy']:.4f} | {report[split]['loss']:.4f} |")
+    if "PrivateTest" in report:
+        r, cm = report["PrivateTest"]["report"], report["PrivateTest"]["confusion_matrix"]
+        lines += ["", "## PrivateTest per class", "", "| class | precision | recall | F1 | support |",
+                  "|---|---:|---:|---:|---:|"]
+        for c in CLASSES:
+            lines.append(f"| {c} | {r[c]['precision']:.3f} | {r[c]['recall']:.3f} | {r[c]['f1-score']:.3f} | "
+                         f"{r[c]['support']} |")
+        lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+                  "| | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * len(CLASSES)]
+        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(CLASSES, cm)]
+    lines += ["", "## Per epoch", "", "| epoch | train loss | train acc | PublicTest acc | lr | img/s |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['acc']:.4f} | {h['val_acc']:.4f} | {h['lr']:.2e} | "
+              f"{h['img_per_s']:.0f} |" for h in history]
+    return "\n".join(lines) + "\n"
