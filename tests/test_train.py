@@ -75,6 +75,26 @@ def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch):
     assert [h["val_acc"] for h in h_a] == [h["val_acc"] for h in h_b]
 
 
+def test_nan_loss_stops_clearly_and_keeps_the_last_checkpoint(tmp_path, cache, monkeypatch):
+    real_loss, calls = tc.losses.softmax_cross_entropy, {"n": 0}
+
+    def loss_turning_nan(logits, labels, **kw):
+        calls["n"] += logits.requires_grad  # count training steps, not validation batches
+        loss = real_loss(logits, labels, **kw)
+        if calls["n"] == 12:  # inside epoch 2 (8 steps per epoch)
+            loss.data = np.float32(np.nan) * loss.data
+        return loss
+
+    monkeypatch.setattr(tc.losses, "softmax_cross_entropy", loss_turning_nan)
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit, match=r"loss became nan at epoch 2, step 4.*epoch 1.*lower --lr"):
+        run(["--model", "mini", "--limit", "400", "--epochs", "3", "--batch-size", "50", "--out", out], cache)
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1]
+    with np.load(out / "checkpoint.npz") as f:
+        assert json.loads(str(f["meta"]))["epoch"] == 1
+
+
 def test_evaluate_weights_file(tmp_path, cache):
     from fer_models import build
     from fer_models.predict import save_model

@@ -1,0 +1,83 @@
+"""fer_models.predict: faces prepared as in training, the bundled model, clear errors."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import fer_models
+from fer_models.classes import CLASSES
+from fer_models.predict import DEFAULT_WEIGHTS, EmotionClassifier, load_model, predict_emotion, prepare_face, save_model
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
+needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "small3.npz"
+    save_model(fer_models.build("small3", seed=0), path)
+    return path
+
+
+def a_face(split="PublicTest", emotion="happy"):
+    return sorted((DATA / "test" / emotion).glob(f"{split}_*.jpg"))[0]
+
+
+def test_prepare_face_matches_the_training_conversion():
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 256, (96, 80), dtype=np.uint8)
+    bgr = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    a, b = prepare_face(gray), prepare_face(bgr)
+    assert a.shape == (48, 48, 1) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1 / 255)
+    expected = cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    np.testing.assert_allclose(a[:, :, 0], expected, atol=1 / 255)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    with pytest.raises(ValueError, match="prepare_face"):
+        prepare_face(np.zeros((4, 4, 2)))
+
+
+@needs_data
+def test_predict_emotion_on_a_path_and_an_array(weights):
+    path = a_face()
+    label, probs = predict_emotion(path, weights=weights)
+    assert label in CLASSES and list(probs) == list(CLASSES)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert label == max(probs, key=probs.get)
+    label2, probs2 = predict_emotion(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), weights=weights)
+    assert label2 == label and probs2 == pytest.approx(probs, abs=1e-6)
+
+
+def test_unreadable_image_and_missing_weights_fail_clearly(tmp_path, weights):
+    bad = tmp_path / "not-an-image.jpg"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="cannot read an image"):
+        predict_emotion(bad, weights=weights)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="does not fit model 'vggbn'"):
+        load_model(weights, model="vggbn")
+
+
+def test_classifier_batches_faces_of_any_size(weights):
+    clf = EmotionClassifier(weights)
+    faces = [np.full((60, 50), 128, np.uint8), np.zeros((48, 48, 3), np.uint8)]
+    p = clf.predict_proba(faces)
+    assert p.shape == (2, 7)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    assert clf.predict_proba([]).shape == (0, 7)
+
+
+@needs_data
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="the bundled model is not in this checkout")
+def test_bundled_model_recognises_publictest_faces():
+    """A sanity check of the bundled weights on PublicTest (never PrivateTest: that split
+    is reported once, in the model card, and used for nothing else)."""
+    from fer_models.data import load_fer2013
+    x, y = load_fer2013(DATA, progress=False)["PublicTest"]
+    model = load_model()
+    accuracy = (model.predict(x[:600]).argmax(1) == y[:600]).mean()
+    assert accuracy > 0.5, accuracy
+    label, _ = predict_emotion(a_face(emotion="happy"))
+    assert label in CLASSES
