@@ -166,6 +166,8 @@ def train(args):
                 "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend}
         args = argparse.Namespace(**{**saved, **keep})
         args.data, args.out = Path(args.data), run
+        if args.epochs != saved["epochs"]:  # a new length is the run's from now on, for later resumes too
+            write_json(run / "args.json", {**saved, "epochs": args.epochs})
     else:
         args.epochs = args.epochs or 30
         args.lr = args.lr or (1e-3 if args.optimizer == "adam" else 0.01)

@@ -74,6 +74,11 @@ def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch):
     h_b = json.loads((tmp_path / "cut" / "history.json").read_text())
     assert [h["val_acc"] for h in h_a] == [h["val_acc"] for h in h_b]
 
+    # a finished run can be extended; the new length sticks for later resumes
+    run(["--resume", tmp_path / "cut", "--epochs", "3"], cache)
+    assert json.loads((tmp_path / "cut" / "args.json").read_text())["epochs"] == 3
+    assert [h["epoch"] for h in json.loads((tmp_path / "cut" / "history.json").read_text())] == [1, 2, 3]
+
 
 def test_nan_loss_stops_clearly_and_keeps_the_last_checkpoint(tmp_path, cache, monkeypatch):
     real_loss, calls = tc.losses.softmax_cross_entropy, {"n": 0}
