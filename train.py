@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--list-models", action="store_true", help="list architectures with parameters and multiply-adds")
     p.add_argument("--model-card", type=Path, default=None, metavar="RUN",
                    help="print a markdown model card of a finished, evaluated run directory, then exit")
+    p.add_argument("--tta", action="store_true",
+                   help="evaluate with test-time augmentation: average each face with its mirror image")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                    help="tinycnn kernels: fast Numba or the readable NumPy reference")
     p.add_argument("--cache-dir", type=Path, default=None, help="where decoded data is cached")
@@ -90,16 +92,16 @@ def stratified_subset(y, n, seed):
     return np.sort(np.concatenate(idx))
 
 
-def evaluate_model(model, x, y, batch_size=256):
-    """(predictions, mean cross-entropy) of a model on (x, y), in inference mode."""
-    import tinycnn as tc
-    preds, losses = [], []
-    with tc.no_grad():
-        for s in range(0, len(x), batch_size):
-            logits = model(x[s:s + batch_size], training=False)
-            preds.append(logits.data.argmax(1))
-            losses.append(tc.losses.softmax_cross_entropy(logits, y[s:s + batch_size]).item() * len(logits))
-    return np.concatenate(preds), float(np.sum(losses) / max(len(x), 1))
+def evaluate_model(model, x, y, batch_size=256, tta=False):
+    """(predictions, mean cross-entropy) of a model on (x, y), in inference mode.
+
+    ``tta``: average each face's probabilities with those of its mirror image (a face
+    and its mirror show the same emotion), a cheap test-time augmentation."""
+    from fer_models.predict import predict_probabilities
+    probs = np.concatenate([predict_probabilities(model, x[s:s + batch_size], tta=tta)
+                            for s in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 7))
+    loss = -np.log(np.maximum(probs[np.arange(len(y)), y], 1e-12)).mean() if len(y) else 0.0
+    return probs.argmax(1), float(loss)
 
 
 def write_json(path, obj):
@@ -283,7 +285,7 @@ def train(args):
 
 
 # -- evaluation -------------------------------------------------------------------------------
-def evaluate(target, data=None, data_path=None, cache_dir=None, out=None):
+def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=False):
     """PrivateTest accuracy, confusion matrix and per-class figures, printed and saved."""
     import fer_models
     from fer_models.data import load_fer2013
@@ -297,12 +299,13 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None):
         data = load_fer2013(data_path, cache_dir=cache_dir)
     out = Path(out) if out else (target if target.is_dir() else target.parent)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"weights": str(target / "best.npz" if target.is_dir() else target), "model": model.name}
+    result = {"weights": str(target / "best.npz" if target.is_dir() else target), "model": model.name,
+              "tta": tta}
     for split in ("PublicTest", "PrivateTest"):
         x, y = data[split]
         if len(x) == 0:
             continue
-        pred, loss = evaluate_model(model, x, y)
+        pred, loss = evaluate_model(model, x, y, tta=tta)
         cm = confusion_matrix(y, pred, fer_models.NUM_CLASSES)
         report = classification_report(y, pred)
         result[split] = {"loss": loss, "report": report, "confusion_matrix": cm.tolist()}
@@ -333,7 +336,7 @@ def main(argv=None):
         tc.set_backend(args.backend)
         if not args.evaluate.exists():
             sys.exit(f"error: {args.evaluate} does not exist")
-        evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out)
+        evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out, tta=args.tta)
         return
     if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1:
         sys.exit("error: --epochs and --batch-size must be positive")

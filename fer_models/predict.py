@@ -82,12 +82,26 @@ def prepare_face(image) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)[:, :, None]
 
 
+def predict_probabilities(model, batch, tta=False) -> np.ndarray:
+    """Softmax probabilities (N, 7) of a model for faces (N, 48, 48, 1), without a graph.
+
+    ``tta``: also classify each face's mirror image and average the two: a face and
+    its mirror show the same emotion, so the average removes some of the noise."""
+    with tc.no_grad():
+        probs = tc.softmax(model(batch, training=False)).numpy()
+        if tta:
+            mirrored = np.ascontiguousarray(batch[:, :, ::-1])
+            probs = (probs + tc.softmax(model(mirrored, training=False)).numpy()) / 2
+    return probs
+
+
 class EmotionClassifier:
     """A loaded model that turns face crops into the seven class probabilities."""
 
-    def __init__(self, weights=None, model: str | None = None):
+    def __init__(self, weights=None, model: str | None = None, tta: bool = False):
         self.model = load_model(weights, model)
         self.classes = CLASSES
+        self.tta = tta
 
     def predict_proba(self, faces) -> np.ndarray:
         """faces: a list of crops (any size, gray or BGR) or an array (N, 48, 48, 1) in
@@ -98,8 +112,7 @@ class EmotionClassifier:
             batch = np.stack([prepare_face(f) for f in faces]) if len(faces) else np.zeros((0, 48, 48, 1), np.float32)
         if len(batch) == 0:
             return np.zeros((0, len(CLASSES)), np.float32)
-        with tc.no_grad():
-            return tc.softmax(self.model(batch, training=False)).numpy()
+        return predict_probabilities(self.model, batch, tta=self.tta)
 
 
 _default: EmotionClassifier | None = None

@@ -81,3 +81,14 @@ def test_bundled_model_recognises_publictest_faces():
     assert accuracy > 0.5, accuracy
     label, _ = predict_emotion(a_face(emotion="happy"))
     assert label in CLASSES
+
+
+def test_test_time_augmentation_averages_a_face_and_its_mirror():
+    from fer_models.predict import predict_probabilities
+    model = fer_models.build("mini", seed=2)
+    x = np.random.default_rng(0).random((3, 48, 48, 1), dtype=np.float32)
+    plain, mirrored = predict_probabilities(model, x), predict_probabilities(model, x[:, :, ::-1])
+    np.testing.assert_allclose(predict_probabilities(model, x, tta=True), (plain + mirrored) / 2, atol=1e-6)
+    symmetric = (x + x[:, :, ::-1]) / 2  # a face equal to its mirror: TTA changes nothing
+    np.testing.assert_allclose(predict_probabilities(model, symmetric, tta=True),
+                               predict_probabilities(model, symmetric), atol=1e-6)
