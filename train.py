@@ -25,12 +25,21 @@ import numpy as np
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "shared" / "fer2013"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones whose help already says what happens."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None):
     import fer_models
     p = argparse.ArgumentParser(
         description="Train a tinycnn model on FER-2013, validate on PublicTest each epoch, "
                     "report PrivateTest at the end.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="FER-2013: an image-folder tree (train/, test/ [validation/]) or fer2013.csv")
     p.add_argument("--model", default="resfer", choices=fer_models.names(), help="architecture (see --list-models)")
