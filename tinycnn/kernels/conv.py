@@ -178,7 +178,7 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
 def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     n, ho, wo, o = dy.shape
     kh, kw, c, _ = w.shape
-    w2t = np.ascontiguousarray(w.reshape(kh * kw * c, o).T)
+    w2t = w.reshape(kh * kw * c, o).T  # a transposed view: BLAS reads it as it is, no copy
     dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
     dx = np.empty(x_shape, np.float32)
     step = _chunk_size(n, ho, wo, kh * kw * c)
