@@ -259,7 +259,7 @@ class Window:
         cv2.imshow(WINDOW, image)
         while True:
             key = cv2.waitKey(50 if wait_for_key else 1) & 0xFF
-            if cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+            if not self.visible():
                 return False          # closed with the window's own button
             if key in (ord("q"), 27):
                 return False
@@ -267,6 +267,17 @@ class Window:
                 self.snapshot(image)
             elif not wait_for_key or key != 255:
                 return True
+
+    @staticmethod
+    def visible() -> bool:
+        """False once the user has closed the window. OpenCV's Qt backend answers 0 for a
+        hidden window, but raises (NULL guiReceiver) once the window manager's close
+        button has destroyed it."""
+        import cv2
+        try:
+            return cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) >= 1
+        except cv2.error:
+            return False
 
     def snapshot(self, image) -> None:
         import cv2
@@ -278,7 +289,10 @@ class Window:
 
     def close(self) -> None:
         import cv2
-        cv2.destroyAllWindows()
+        try:
+            cv2.destroyAllWindows()
+        except cv2.error:     # already destroyed by the window manager
+            pass
 
 
 # -- main ---------------------------------------------------------------------------------
