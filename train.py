@@ -74,7 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--model-card", type=Path, default=None, metavar="RUN",
                    help="print a markdown model card of a finished, evaluated run directory, then exit")
     p.add_argument("--tta", action="store_true",
-                   help="evaluate with test-time augmentation: average each face with its mirror image")
+                   help="evaluate with test-time augmentation: average each face with its mirror image "
+                        "(saved as report-tta.json beside the plain report)")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                    help="tinycnn kernels: fast Numba or the readable NumPy reference")
     p.add_argument("--cache-dir", type=Path, default=None, help="where decoded data is cached")
@@ -295,7 +296,9 @@ def train(args):
 
 # -- evaluation -------------------------------------------------------------------------------
 def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=False):
-    """PrivateTest accuracy, confusion matrix and per-class figures, printed and saved."""
+    """PrivateTest accuracy, confusion matrix and per-class figures, printed and saved
+    (``report.json``, ``confusion.png``; with ``tta``: ``report-tta.json`` and
+    ``confusion-tta.png``, beside the plain ones)."""
     import fer_models
     from fer_models.data import load_fer2013
     from fer_models.metrics import classification_report, confusion_matrix, format_report
@@ -308,6 +311,7 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
         data = load_fer2013(data_path, cache_dir=cache_dir)
     out = Path(out) if out else (target if target.is_dir() else target.parent)
     out.mkdir(parents=True, exist_ok=True)
+    suffix = "-tta" if tta else ""
     result = {"weights": str(target / "best.npz" if target.is_dir() else target), "model": model.name,
               "tta": tta}
     for split in ("PublicTest", "PrivateTest"):
@@ -321,13 +325,14 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
         print(f"\n== {split}: accuracy {report['accuracy']:.4f} on {len(y):,} images ==")
         print(format_report(report, cm))
         if split == "PrivateTest":
-            plot_confusion(cm, out / "confusion.png", title=f"{model.name} on PrivateTest "
-                                                             f"(accuracy {report['accuracy']:.3f})")
-    write_json(out / "report.json", result)
+            plot_confusion(cm, out / f"confusion{suffix}.png",
+                           title=f"{model.name}{' + mirror TTA' if tta else ''} on PrivateTest "
+                                 f"(accuracy {report['accuracy']:.3f})")
+    write_json(out / f"report{suffix}.json", result)
     history = out / "history.json"
     if history.exists():
         plot_history(json.loads(history.read_text()), out / "curves.png")
-    print(f"\nreport written to {out / 'report.json'}, plots to {out}")
+    print(f"\nreport written to {out / f'report{suffix}.json'}, plots to {out}")
     return result
 
 

@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "default: the bundled model fer_models/weights/bundled.npz")
     mod.add_argument("--model", metavar="NAME",
                      help="architecture name, for weights files that do not record it (see train.py --list-models)")
+    mod.add_argument("--tta", action="store_true",
+                     help="also classify each face's mirror image and average the two (the bundled "
+                          "model's best configuration on PublicTest; doubles the classification time)")
     mod.add_argument("--threads", type=int, default=1, metavar="N",
                      help="threads for the model (Numba's kernels and NumPy's BLAS); 0: their defaults "
                           "(all cores). One is fastest: a frame's few faces are too small a batch to share "
@@ -308,7 +311,7 @@ def load_pipeline(args, smooth: int = 0):
         raise UserError(f"--weights {args.weights}: no such file or folder")
     try:
         detector = FaceDetector(min_face=args.min_face, detect_width=args.detect_width)
-        pipeline = EmotionPipeline.from_weights(args.weights, args.model, detector=detector,
+        pipeline = EmotionPipeline.from_weights(args.weights, args.model, tta=args.tta, detector=detector,
                                                 margin=DEFAULT_MARGIN if args.margin is None else args.margin,
                                                 smooth=smooth)
     except (ValueError, FileNotFoundError) as e:

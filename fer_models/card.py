@@ -8,10 +8,32 @@ from pathlib import Path
 from .classes import CLASSES
 
 
+def _accuracy_sections(report, heading, intro=None) -> list[str]:
+    """Markdown lines: accuracy and loss per split, then PrivateTest's per-class table
+    and confusion matrix, from a report written by ``train.py --evaluate``."""
+    lines = [f"## {heading}", ""] + ([intro, ""] if intro else [])
+    lines += ["| split | accuracy | loss |", "|---|---:|---:|"]
+    for split in ("PublicTest", "PrivateTest"):
+        if split in report:
+            lines.append(f"| {split} | {report[split]['report']['accuracy']:.4f} | {report[split]['loss']:.4f} |")
+    if "PrivateTest" in report:
+        r, cm = report["PrivateTest"]["report"], report["PrivateTest"]["confusion_matrix"]
+        lines += ["", "PrivateTest per class:", "", "| class | precision | recall | F1 | support |",
+                  "|---|---:|---:|---:|---:|"]
+        for c in CLASSES:
+            lines.append(f"| {c} | {r[c]['precision']:.3f} | {r[c]['recall']:.3f} | {r[c]['f1-score']:.3f} | "
+                         f"{r[c]['support']} |")
+        lines += ["", "Confusion matrix on PrivateTest (rows: true class, columns: predicted):", "",
+                  "| | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * len(CLASSES)]
+        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(CLASSES, cm)]
+    return lines
+
+
 def model_card(run, title="FER-2013 emotion model") -> str:
     """Markdown describing the run in ``run``: architecture, recipe, training time and
     throughput, PublicTest and PrivateTest figures. Reads ``args.json``,
-    ``history.json`` and ``report.json`` (written by ``train.py`` and its evaluation)."""
+    ``history.json`` and ``report.json`` (written by ``train.py`` and its evaluation), and
+    ``report-tta.json`` when ``train.py --evaluate RUN --tta`` has been run."""
     from .architectures import build, describe
 
     run = Path(run)
@@ -37,22 +59,14 @@ def model_card(run, title="FER-2013 emotion model") -> str:
              f"- epochs run: {len(history)} (planned {args['epochs']}); best PublicTest at epoch {best['epoch']}",
              f"- training time: {seconds / 3600:.2f} h of training passes on {platform.machine()} "
              f"({platform.processor() or 'CPU'}), median {rates[len(rates) // 2]:.0f} images/s "
-             "(the machine was shared with other jobs: see history.json per epoch)", "",
-             "## Accuracy", "",
-             "| split | accuracy | loss |", "|---|---:|---:|"]
-    for split in ("PublicTest", "PrivateTest"):
-        if split in report:
-            lines.append(f"| {split} | {report[split]['report']['accuracy']:.4f} | {report[split]['loss']:.4f} |")
-    if "PrivateTest" in report:
-        r, cm = report["PrivateTest"]["report"], report["PrivateTest"]["confusion_matrix"]
-        lines += ["", "## PrivateTest per class", "", "| class | precision | recall | F1 | support |",
-                  "|---|---:|---:|---:|---:|"]
-        for c in CLASSES:
-            lines.append(f"| {c} | {r[c]['precision']:.3f} | {r[c]['recall']:.3f} | {r[c]['f1-score']:.3f} | "
-                         f"{r[c]['support']} |")
-        lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
-                  "| | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * len(CLASSES)]
-        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(CLASSES, cm)]
+             "(per epoch below)", "",
+             *_accuracy_sections(report, "Accuracy")]
+    tta = run / "report-tta.json"
+    if tta.exists():
+        lines += ["", *_accuracy_sections(json.loads(tta.read_text()), "With test-time augmentation",
+                                          "Each face is classified together with its mirror image and the "
+                                          "two probability vectors are averaged (`train.py --evaluate RUN "
+                                          "--tta`, `predict_emotion`'s default, `webcam.py --tta`).")]
     lines += ["", "## Per epoch", "", "| epoch | train loss | train acc | PublicTest acc | lr | img/s |",
               "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['acc']:.4f} | {h['val_acc']:.4f} | {h['lr']:.2e} | "

@@ -285,9 +285,11 @@ class EmotionPipeline:
         self.tracker = FaceTracker(smooth) if smooth > 1 else None
 
     @classmethod
-    def from_weights(cls, weights=None, model: str | None = None, **kwargs) -> "EmotionPipeline":
-        """Load ``weights`` (default: the bundled model) and build the pipeline."""
-        return cls(EmotionClassifier(weights, model), **kwargs)
+    def from_weights(cls, weights=None, model: str | None = None, tta: bool = False,
+                     **kwargs) -> "EmotionPipeline":
+        """Load ``weights`` (default: the bundled model) and build the pipeline;
+        ``tta``: classify each face and its mirror image and average them."""
+        return cls(EmotionClassifier(weights, model, tta=tta), **kwargs)
 
     def warm_up(self) -> None:
         """One dummy batch, so that loading compiled kernels is not timed on frame 1."""

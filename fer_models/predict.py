@@ -115,16 +115,18 @@ class EmotionClassifier:
         return predict_probabilities(self.model, batch, tta=self.tta)
 
 
-_default: EmotionClassifier | None = None
+_default: dict[bool, EmotionClassifier] = {}
 
 
-def predict_emotion(image, weights=None, model: str | None = None):
+def predict_emotion(image, weights=None, model: str | None = None, tta: bool = True):
     """Classify one face: a path to an image file or an array (a face crop).
+
+    ``tta`` (default on): average the face's probabilities with its mirror image's, the
+    configuration chosen for the bundled model on PublicTest (see its model card).
 
     Returns ``(label, probabilities)`` where probabilities maps each of the seven
     class names to its probability.
     """
-    global _default
     if isinstance(image, (str, os.PathLike)):
         import cv2
         arr = cv2.imread(os.fspath(image), cv2.IMREAD_GRAYSCALE)
@@ -132,9 +134,10 @@ def predict_emotion(image, weights=None, model: str | None = None):
             raise ValueError(f"predict_emotion: cannot read an image from {image}")
         image = arr
     if weights is None and model is None:
-        _default = _default or EmotionClassifier()
-        clf = _default
+        if tta not in _default:
+            _default[tta] = EmotionClassifier(tta=tta)
+        clf = _default[tta]
     else:
-        clf = EmotionClassifier(weights, model)
+        clf = EmotionClassifier(weights, model, tta=tta)
     p = clf.predict_proba([image])[0]
     return CLASSES[int(p.argmax())], {c: float(v) for c, v in zip(CLASSES, p)}

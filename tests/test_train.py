@@ -42,6 +42,17 @@ def test_short_training_run_learns(tmp_path, cache, capsys):
     card = capsys.readouterr().out
     accuracy = report["PrivateTest"]["report"]["accuracy"]
     assert "Architecture `mini`" in card and f"| PrivateTest | {accuracy:.4f} |" in card
+    assert "test-time augmentation" not in card
+    # a mirror-TTA evaluation lands beside the plain report, and the card shows both
+    run(["--evaluate", out, "--tta"], cache)
+    tta = json.loads((out / "report-tta.json").read_text())
+    assert tta["tta"] is True and (out / "confusion-tta.png").stat().st_size > 0
+    assert json.loads((out / "report.json").read_text()) == report   # the plain report is kept
+    capsys.readouterr()
+    train.main(["--model-card", str(out)])
+    card = capsys.readouterr().out
+    tta_accuracy = tta["PrivateTest"]["report"]["accuracy"]
+    assert "## With test-time augmentation" in card and f"| PrivateTest | {tta_accuracy:.4f} |" in card
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch):
