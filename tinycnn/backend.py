@@ -2,7 +2,8 @@
 
 Every heavy op (convolution, pooling, batch normalisation) has two implementations
 with the same signature: ``reference`` (plain NumPy, written to be read) and
-``numba`` (compiled, parallel over the batch). The Numba path is the default.
+``numba`` (compiled; serial unless ``TINYCNN_NUMBA_PARALLEL=1``, see ``PARALLEL``
+below). The Numba path is the default.
 
     tc.set_backend("numpy")          # for the rest of the program
     with tc.use_backend("numpy"):    # for one block
