@@ -140,6 +140,12 @@ def pool_problems(draw, ties=False):
 @given(st.one_of(pool_problems(), pool_problems(ties=True)), st.integers(0, 2**16))
 @example((np.array([[[[1.0], [1.0]], [[1.0], [1.0]]]], np.float32), (2, 2), (1, 1), ((0, 1), (0, 1)), (2, 2),
           "maxpool all equal, same padding"), 0)
+@example((distinct_values(np.random.default_rng(1), (2, 7, 5, 3)), (2, 2), (2, 2), ((0, 0), (0, 0)), (3, 2),
+          "maxpool tiled (stride == pool), valid, odd sizes: uncovered last row and column"), 1)
+@example((distinct_values(np.random.default_rng(2), (1, 7, 8, 2)), (3, 3), (3, 3), ((1, 1), (0, 1)), (3, 3),
+          "maxpool tiled (stride == pool), same padding before and after"), 2)
+@example((distinct_values(np.random.default_rng(3), (2, 6, 6, 4)), (2, 3), (2, 2), ((0, 0), (0, 0)), (3, 2),
+          "maxpool overlapping in width only: the scatter kernel"), 3)
 def test_maxpool_fast_equals_reference(problem, seed):
     """Same maxima, the same winning taps (ties: the first in row-major order), the same
     gradient routing."""
