@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="architecture name, for weights files that do not record it (see train.py --list-models)")
     mod.add_argument("--tta", action="store_true",
                      help="also classify each face's mirror image and average the two (the bundled "
-                          "model's best configuration on PublicTest; doubles the classification time)")
+                          "model's best configuration on PublicTest; nearly doubles the classification time)")
     mod.add_argument("--threads", type=int, default=1, metavar="N",
                      help="threads for the model (Numba's kernels and NumPy's BLAS); 0: their defaults "
                           "(all cores). One is fastest: a frame's few faces are too small a batch to share "

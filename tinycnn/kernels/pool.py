@@ -84,8 +84,8 @@ def _maxpool_grad_numba(dy, argmax, pw, sh, sw, pt, pl, dx):
 def _maxpool_grad_tiled_numba(dy, argmax, ph, pw, pt, pl, dx):
     """Windows that tile the input (stride == pool, the usual case): each input position
     lies in at most one window, so dx is written once, in its own order, as a gather:
-    dy where the position won its window, else 0. No zeroing pass, no scatter, and the
-    channel loop is a branch-free select that compiles to vector instructions."""
+    dy where the position won its window, else 0. No zeroing pass, no scatter, no
+    division per element; the channel loop reads and writes contiguous memory."""
     n_img, ho, wo, c = dy.shape
     h, w = dx.shape[1], dx.shape[2]
     for n in prange(n_img):
