@@ -1,6 +1,6 @@
 """FER-2013 loading: labels by folder name, splits, the three layouts, skipping, caching.
 
-Most tests build a small tree in tmp_path from a handful of real FER-2013 JPEGs (with
+Most tests build a small tree in tmp_path from a handful of real FER-2013 PNGs (with
 their real names); one session-scoped test loads the whole shared data set.
 """
 import csv
@@ -162,11 +162,11 @@ def test_unknown_class_folder_is_named_in_the_error(tmp_path):
 def test_test_folder_without_prefix_is_public_test_with_warning(tmp_path):
     expected = build_tree(tmp_path / "fer", IMAGE_FOLDER[:1])
     expected.update(build_tree(tmp_path / "fer", [("test", "test", "PrivateTest_", "PublicTest")],
-                               rename=lambda name, i: f"face_{i}.jpg"))
+                               rename=lambda name, i: f"face_{i}.png"))
     loaded, messages = load_warning(tmp_path / "fer", tmp_path)
     assert len(messages) == 1 and "14 file(s) in test/ have no PublicTest_/PrivateTest_ prefix" in messages[0]
     assert len(loaded["PrivateTest"][1]) == 0 and loaded["PrivateTest"][0].shape == (0, 48, 48, 1)
-    # file names repeat across classes (face_0.jpg in every class): order by name, then path
+    # file names repeat across classes (face_0.png in every class): order by name, then path
     assert class_counts(loaded["PublicTest"][1]).tolist() == [2] * 7
     assert len(loaded["Training"][1]) == 14
 
@@ -183,7 +183,7 @@ def test_validation_variant_with_prefixes(tmp_path, val_name):
 @needs_data
 def test_validation_variant_without_prefixes_uses_folders(tmp_path):
     def plain(name, i):
-        return name.split("_", 1)[1]        # PublicTest_123.jpg -> 123.jpg
+        return name.split("_", 1)[1]        # PublicTest_123.png -> 123.png
     expected = build_tree(tmp_path / "fer", [("train", "train", "Training_", "Training"),
                                              ("validation", "test", "PublicTest_", "PublicTest"),
                                              ("test", "test", "PrivateTest_", "PrivateTest")], rename=plain)
@@ -265,7 +265,7 @@ def test_cache_rebuilt_when_files_added_changed_or_removed(tmp_path, monkeypatch
     assert len(calls) == 21
 
     # added: a new training face of class "disgust"
-    added = root / "train" / "disgust" / "Training_added.jpg"
+    added = root / "train" / "disgust" / "Training_added.png"
     shutil.copy2(real_file("train", "disgust", "Training_", 3), added)
     calls.clear()
     grown = load_quietly(root, tmp_path)
@@ -278,7 +278,7 @@ def test_cache_rebuilt_when_files_added_changed_or_removed(tmp_path, monkeypatch
     calls.clear()
     changed = load_quietly(root, tmp_path)
     assert len(calls) == 22
-    i = sorted(p.name for p in root.glob("train/*/*.jpg")).index("Training_added.jpg")
+    i = sorted(p.name for p in root.glob("train/*/*.png")).index("Training_added.png")
     want = cv2.imread(str(real_file("train", "happy", "Training_", 4)), cv2.IMREAD_GRAYSCALE) / 255.0
     np.testing.assert_allclose(changed["Training"][0][i, ..., 0], want, atol=1e-6)
 

@@ -21,7 +21,7 @@ def weights(tmp_path_factory):
 
 
 def a_face(split="PublicTest", emotion="happy"):
-    return sorted((DATA / "test" / emotion).glob(f"{split}_*.jpg"))[0]
+    return sorted((DATA / "test" / emotion).glob(f"{split}_*.png"))[0]
 
 
 def test_prepare_face_matches_the_training_conversion():
