@@ -105,6 +105,29 @@ def test_conv2d(backend, stride, padding, n, h, w, c, filters, kh, kw, stride_w,
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
+@FEW
+@given(n=st.sampled_from([1, 2]), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 4),
+       filters=st.integers(1, 3), activation=st.sampled_from([None, "relu"]), seed=st.integers(0, 2**16))
+def test_conv2d_winograd(backend, padding, n, h, w, c, filters, activation, seed):
+    """3x3 stride-1 convolutions by Winograd F(4x4, 3x3): partial tiles, odd sizes."""
+    if padding == "valid":
+        h, w = h + 2, w + 2
+    layer = Conv2D(filters, 3, padding=padding, activation=activation)
+    layer.ensure_built((h, w, c))
+
+    def draw(rng):
+        return {"input": random_array(rng, (n, h, w, c)), "kernel": random_array(rng, (3, 3, c, filters), 0.5),
+                "bias": random_array(rng, (filters,), 0.5)}
+
+    def ref(input, kernel, bias):
+        return R.conv2d(input, kernel, bias, (1, 1), padding, activation)
+
+    with tc.use_conv_algorithm("winograd"):
+        gradcheck_layer(describe("Conv2D", kernel_size=(3, 3), padding=padding, activation=activation) + " winograd",
+                        layer, ref, draw, np.random.default_rng(seed))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @FEW
 @given(n=st.sampled_from([1, 2]), h=st.integers(1, 4), w=st.integers(1, 4), c=st.integers(1, 3),
@@ -345,6 +368,26 @@ def test_small_model(backend, training):
 
     gradcheck_layer("Sequential[Conv2D(relu), BN, MaxPool2D, Flatten, Dense]", model, ref, draw,
                     np.random.default_rng(6), training=training)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_conv_then_global_average_pooling(backend, algorithm):
+    """conv(relu) straight into GAP (as updown ends): GAP's gradient is a broadcast view."""
+    model = tc.Sequential([Conv2D(4, 3, padding="same", activation="relu"), GlobalAveragePooling2D(), Dense(3)])
+    model.build((6, 5, 3))
+
+    def draw(rng):
+        return {"input": random_array(rng, (2, 6, 5, 3)), "conv2d/kernel": random_array(rng, (3, 3, 3, 4), 0.5),
+                "conv2d/bias": random_array(rng, (4,), 0.3), "dense/kernel": random_array(rng, (4, 3), 0.5),
+                "dense/bias": random_array(rng, (3,))}
+
+    def ref(**a):
+        y = R.conv2d(a["input"], a["conv2d/kernel"], a["conv2d/bias"], padding="same", activation="relu")
+        return R.dense(R.global_average_pool(y), a["dense/kernel"], a["dense/bias"])
+
+    with tc.use_conv_algorithm(algorithm):
+        gradcheck_layer(f"Sequential[Conv2D(relu), GAP, Dense] ({algorithm})", model, ref, draw,
+                        np.random.default_rng(8), training=True)
 
 
 # -- the basic ops of tinycnn.tensor ---------------------------------------------------------------

@@ -208,6 +208,18 @@ def test_bias_relu_fast_equals_reference(shape, relu):
         assert_close(label, what, got, exp, 1e-5, 1e-6)
 
 
+def test_bias_relu_grad_of_a_broadcast_gradient():
+    """GlobalAveragePooling2D hands back a broadcast view (and astype keeps its odd strides):
+    the fast kernel once wrote into a reshaped copy and returned uninitialised memory."""
+    rng = np.random.default_rng(11)
+    y = np.maximum(random_array(rng, (4, 5, 5, 3)), 0)
+    g = np.broadcast_to(random_array(rng, (4, 1, 1, 3)), y.shape).astype(np.float32)
+    assert not g.flags["C_CONTIGUOUS"]
+    for what, got, exp in zip(("masked gradient", "bias gradient"), conv.bias_relu_grad.fast(g, y, True),
+                              conv.bias_relu_grad.reference(g, y, True)):
+        assert_close("bias_relu_grad of a broadcast gradient", what, got, exp, 1e-5, 1e-6)
+
+
 def test_batchnorm_inference_fast_equals_reference():
     rng = np.random.default_rng(7)
     x2 = random_array(rng, (37, 5))

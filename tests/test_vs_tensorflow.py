@@ -105,6 +105,27 @@ def test_conv2d(backend, settings, shape):
     compare_with_keras("Conv2D", settings, shape, training=True)
 
 
+WINOGRAD_CASES = [(settings, shape) for settings, shape in CONV_CASES
+                  if settings["kernel_size"] == 3 and settings["strides"] == 1]
+
+
+@pytest.mark.parametrize("settings, shape", WINOGRAD_CASES, ids=_ids(WINOGRAD_CASES))
+def test_conv2d_winograd(backend, settings, shape):
+    """Every 3x3 stride-1 case again with Winograd F(4x4, 3x3) forced."""
+    with tc.use_conv_algorithm("winograd"):
+        compare_with_keras("Conv2D", settings, shape, training=True)
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_conv2d_auto_on_a_real_layer_shape(backend, padding):
+    """A layer as wide as the models' (64 -> 64 channels at 13x13: partial tiles), where
+    ``auto`` chooses Winograd, against Keras."""
+    from tinycnn.kernels import conv
+    assert conv.choose_algorithm((2, 13, 13, 64), (3, 3, 64, 64), (1, 1)) == "winograd"
+    compare_with_keras("Conv2D", dict(filters=64, kernel_size=3, padding=padding, activation="relu"),
+                       (2, 13, 13, 64), training=True)
+
+
 def test_conv2d_rectangular_kernel_and_strides(backend):
     compare_with_keras("Conv2D", dict(filters=2, kernel_size=(2, 3), strides=(1, 2), padding="same"),
                        (2, 5, 6, 3), training=False)
@@ -250,8 +271,9 @@ def test_summary_and_count_params_match_keras(backend, with_transpose):
         assert shape in row and f"{keras_layer.count_params():,}" in row, f"summary row {row!r}: Keras {shape}"
 
 
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
 @pytest.mark.parametrize("training", [True, False])
-def test_model_matches_keras(backend, training):
+def test_model_matches_keras(backend, training, algorithm):
     """A conv-BN-pool-transpose-dense-BN stack: output, the gradient of every weight and
     the moving statistics after one step, weights matched by position."""
     rng = np.random.default_rng(7)
@@ -277,9 +299,11 @@ def test_model_matches_keras(backend, training):
     expected = dict(zip(["input"] + list(trainable), [gr.numpy() for gr in grads]))
 
     xt = Tensor(x, requires_grad=True)
-    label = f"Sequential[conv, BN, pool, conv, BN, convT, convT, dense, BN, dense] ({'training' if training else 'inference'}, vs Keras)"
-    check_against_reference(label, lambda: ours(xt, training=training), {"input": xt, **trainable},
-                            y.numpy(), expected, g, RTOL, ATOL)
+    label = (f"Sequential[conv, BN, pool, conv, BN, convT, convT, dense, BN, dense] "
+             f"({'training' if training else 'inference'}, {algorithm}, vs Keras)")
+    with tc.use_conv_algorithm(algorithm):
+        check_against_reference(label, lambda: ours(xt, training=training), {"input": xt, **trainable},
+                                y.numpy(), expected, g, RTOL, ATOL)
     for (name, t), w in zip(mine.items(), theirs.weights):
         assert_close(label, f"{name} after the call", t.data, w.numpy(), RTOL, ATOL)
 

@@ -10,11 +10,12 @@
     opt.zero_grad(); loss.backward(); opt.step()
 """
 from . import initializers, layers, losses, optim
-from .backend import get_backend, set_backend, use_backend
+from .backend import (get_backend, get_conv_algorithm, set_backend, set_conv_algorithm, use_backend,
+                      use_conv_algorithm)
 from .model import Sequential
 from .tensor import Function, Tensor, log_softmax, no_grad, relu, softmax
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "Sequential", "layers", "losses", "optim",
            "initializers", "softmax", "log_softmax", "relu", "get_backend", "set_backend",
-           "use_backend"]
+           "use_backend", "get_conv_algorithm", "set_conv_algorithm", "use_conv_algorithm"]

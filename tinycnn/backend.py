@@ -54,6 +54,42 @@ def use_backend(name: str):
         set_backend(previous)
 
 
+CONV_ALGORITHMS = ("auto", "im2col", "winograd")
+_conv_algorithm = os.environ.get("TINYCNN_CONV_ALGORITHM", "auto")
+if _conv_algorithm not in CONV_ALGORITHMS:
+    raise ValueError(f"TINYCNN_CONV_ALGORITHM={_conv_algorithm!r}: expected one of {CONV_ALGORITHMS}")
+
+
+def get_conv_algorithm() -> str:
+    return _conv_algorithm
+
+
+def set_conv_algorithm(name: str) -> None:
+    """How 3x3 stride-1 convolutions are computed from now on.
+
+    ``"im2col"``: gather + one matrix product (the direct sum, every shape);
+    ``"winograd"``: Winograd F(4x4, 3x3) wherever it applies (3x3 kernel, stride 1);
+    ``"auto"`` (the default): Winograd where it measured faster, im2col elsewhere
+    (``tinycnn.kernels.conv.choose_algorithm``). Other shapes always use im2col.
+    The environment variable ``TINYCNN_CONV_ALGORITHM`` sets the starting value.
+    """
+    global _conv_algorithm
+    if name not in CONV_ALGORITHMS:
+        raise ValueError(f"set_conv_algorithm({name!r}): expected one of {CONV_ALGORITHMS}")
+    _conv_algorithm = name
+
+
+@contextlib.contextmanager
+def use_conv_algorithm(name: str):
+    """Select the convolution algorithm for the duration of a ``with`` block."""
+    previous = get_conv_algorithm()
+    set_conv_algorithm(name)
+    try:
+        yield
+    finally:
+        set_conv_algorithm(previous)
+
+
 def dispatch(reference, fast):
     """Return a function that calls ``reference`` or ``fast`` by the current backend."""
     def kernel(*args, **kwargs):

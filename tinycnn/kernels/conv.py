@@ -32,7 +32,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import backend
 from ..backend import PARALLEL, dispatch
+from . import winograd
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
@@ -69,7 +71,7 @@ def conv2d_reference(x, w, strides, pads, keep_cols=False):
     returns ``(y, None)`` when asked.)"""
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     n, ho, wo, o = _output_shape(x.shape, w.shape, strides, pads)
-    y = np.zeros((n, ho, wo, o), np.float32)
+    y = np.zeros((n, ho, wo, o), np.result_type(x, w))
     for a in range(w.shape[0]):
         for b in range(w.shape[1]):
             y += xp[_tap_slice(a, b, ho, wo, strides)] @ w[a, b]
@@ -80,7 +82,7 @@ def conv2d_grad_input_reference(dy, w, x_shape, strides, pads):
     """dx (N, H, W, C) from dy (N, HO, WO, O): each tap hands its slice dy @ w[a, b].T."""
     n, h, wd, c = x_shape
     (pt, pb), (pl, pr) = pads
-    dxp = np.zeros((n, h + pt + pb, wd + pl + pr, c), np.float32)
+    dxp = np.zeros((n, h + pt + pb, wd + pl + pr, c), np.result_type(dy, w))
     ho, wo = dy.shape[1:3]
     for a in range(w.shape[0]):
         for b in range(w.shape[1]):
@@ -94,7 +96,7 @@ def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, cols=None):
     kh, kw, c, o = w_shape
     ho, wo = dy.shape[1:3]
     dy2 = dy.reshape(-1, o)
-    dw = np.empty(w_shape, np.float32)
+    dw = np.empty(w_shape, np.result_type(x, dy))
     for a in range(kh):
         for b in range(kw):
             dw[a, b] = xp[_tap_slice(a, b, ho, wo, strides)].reshape(-1, c).T @ dy2
@@ -268,13 +270,73 @@ def bias_relu_fast(y, b, relu):
 
 def bias_relu_grad_fast(g, y, relu):
     c = g.shape[-1]
-    out, db = np.empty_like(g), np.empty(c, np.float32)
+    out, db = np.empty(g.shape, np.float32), np.empty(c, np.float32)  # C order: g may be a broadcast view
     _bias_relu_grad(np.ascontiguousarray(g).reshape(-1, c), y.reshape(-1, c), relu, out.reshape(-1, c), db)
     return out, db
 
 
-conv2d = dispatch(conv2d_reference, conv2d_fast)
-conv2d_grad_input = dispatch(conv2d_grad_input_reference, conv2d_grad_input_fast)
-conv2d_grad_weight = dispatch(conv2d_grad_weight_reference, conv2d_grad_weight_fast)
 bias_relu = dispatch(bias_relu_reference, bias_relu_fast)
 bias_relu_grad = dispatch(bias_relu_grad_reference, bias_relu_grad_fast)
+
+# -- which algorithm: the direct sum (im2col) or Winograd ------------------------------------------
+_direct = dispatch(conv2d_reference, conv2d_fast)
+_direct_grad_input = dispatch(conv2d_grad_input_reference, conv2d_grad_input_fast)
+_direct_grad_weight = dispatch(conv2d_grad_weight_reference, conv2d_grad_weight_fast)
+
+
+def choose_algorithm(x_shape, w_shape, strides):
+    """``"winograd"`` or ``"im2col"`` for a convolution of x (N, H, W, C) with w (KH, KW, C, O).
+
+    Winograd applies to 3x3 kernels with stride 1. Under ``set_conv_algorithm("auto")``
+    it is used where it measured faster on this project's layers (``bench/conv_layers.py``):
+    with at least 64 input channels and an input of at least 9x9. With fewer channels
+    the (tiles, C) x (C, O) products are too thin to pay for the transforms (a first
+    layer on gray faces, C = 1, is many times slower); on smaller maps most of each
+    4x4 output tile falls past the edge and is wasted.
+    """
+    mode = backend.get_conv_algorithm()
+    applies = tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+    if mode == "im2col" or not applies:
+        return "im2col"
+    if mode == "winograd":
+        return "winograd"
+    return "winograd" if w_shape[2] >= 64 and min(x_shape[1], x_shape[2]) >= 9 else "im2col"
+
+
+def conv2d(x, w, strides, pads, keep_cols=False):
+    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O), by the chosen
+    algorithm and backend. ``keep_cols`` also returns im2col's column matrix (None for
+    Winograd) for the weight gradient to reuse."""
+    if choose_algorithm(x.shape, w.shape, strides) == "winograd":
+        y = winograd.winograd_conv2d(x, w, strides, pads)
+        return (y, None) if keep_cols else y
+    return _direct(x, w, strides, pads, keep_cols=keep_cols)
+
+
+def conv2d_grad_input(dy, w, x_shape, strides, pads):
+    """dx (N, H, W, C) from dy (N, HO, WO, O), by the chosen algorithm and backend."""
+    if choose_algorithm(x_shape, w.shape, strides) == "winograd":
+        return winograd.winograd_conv2d_grad_input(dy, w, x_shape, strides, pads)
+    return _direct_grad_input(dy, w, x_shape, strides, pads)
+
+
+def conv2d_grad_weight(x, dy, w_shape, strides, pads, cols=None):
+    """dw (KH, KW, C, O), by the chosen algorithm and backend (``cols`` from im2col's forward)."""
+    if cols is None and choose_algorithm(x.shape, w_shape, strides) == "winograd":
+        return winograd.winograd_conv2d_grad_weight(x, dy, w_shape, strides, pads)
+    return _direct_grad_weight(x, dy, w_shape, strides, pads, cols=cols)
+
+
+def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, cols=None):
+    """(dx or None, dw or None): both gradients of a convolution, each when asked for,
+    by the chosen algorithm (Winograd computes them in one pass over dy)."""
+    if cols is None and choose_algorithm(x.shape, w.shape, strides) == "winograd":
+        return winograd.winograd_conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
+    return (conv2d_grad_input(dy, w, x.shape, strides, pads) if need_input else None,
+            conv2d_grad_weight(x, dy, w.shape, strides, pads, cols=cols) if need_weight else None)
+
+
+# the direct (im2col) kernels themselves, as every dispatched kernel exposes them
+for _public, _kernel in ((conv2d, _direct), (conv2d_grad_input, _direct_grad_input),
+                         (conv2d_grad_weight, _direct_grad_weight)):
+    _public.reference, _public.fast = _kernel.reference, _kernel.fast

@@ -61,8 +61,7 @@ class Conv2DFn(Function):
     def backward(ctx, g):
         g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = K.conv2d_grad_input(g, ctx.w, ctx.x.shape, ctx.strides, ctx.pads) if need_x else None
-        dw = K.conv2d_grad_weight(ctx.x, g, ctx.w.shape, ctx.strides, ctx.pads, cols=ctx.cols) if need_w else None
+        dx, dw = K.conv2d_grads(ctx.x, g, ctx.w, ctx.strides, ctx.pads, need_x, need_w, cols=ctx.cols)
         return dx, dw, db if need_b else None
 
 

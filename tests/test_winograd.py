@@ -1,0 +1,163 @@
+"""Winograd F(m x m, 3x3): the algebra, both kernels (NumPy reference and Numba) against
+the direct convolution in float64, the algorithm switch, and the layer using it.
+
+The float32 error of Winograd is larger than the direct sum's (the transforms add and
+subtract terms of different sizes), so its kernels are held to the library's float32
+tolerance against a float64 direct convolution (RTOL 1e-4, ATOL 1e-5 x the largest
+value, as every layer test) and not tighter; a deliberately broken transform matrix
+is shown to fail that same tolerance by far.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+import tinycnn as tc
+from helpers import RTOL, ATOL, assert_close, random_array
+from tinycnn.kernels import conv, winograd as W
+
+SOME = settings(max_examples=20, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+IMPLS = ["reference", "fast"]
+
+
+@pytest.mark.parametrize("m", sorted(W.MATRICES))
+def test_one_dimensional_identity_holds_exactly(m):
+    """y = A^T [(G g) * (B^T d)] is the 3-tap correlation of d with g (float64)."""
+    BT, G, AT = W.matrices(m, np.float64)
+    rng = np.random.default_rng(m)
+    for _ in range(10):
+        d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+        direct = np.array([d[k:k + 3] @ g for k in range(m)])
+        np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), direct, rtol=1e-12, atol=1e-12)
+    assert BT.shape == (m + 2, m + 2) and G.shape == (m + 2, 3) and AT.shape == (m, m + 2)
+
+
+@st.composite
+def problems(draw):
+    """(x, w, pads, dy, label): 3x3 kernels, any H, W (partial tiles), any padding <= 2."""
+    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    pads = ((draw(st.integers(0, 2)), draw(st.integers(0, 2))), (draw(st.integers(0, 2)), draw(st.integers(0, 2))))
+    h = draw(st.integers(max(1, 3 - sum(pads[0])), 13))
+    wd = draw(st.integers(max(1, 3 - sum(pads[1])), 13))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x, w = random_array(rng, (n, h, wd, c)), random_array(rng, (3, 3, c, o))
+    dy = random_array(rng, (n, h + sum(pads[0]) - 2, wd + sum(pads[1]) - 2, o))
+    return x, w, pads, dy, f"winograd x {x.shape} w {w.shape} pads {pads}"
+
+
+def check_all(impl, m, x, w, pads, dy, label):
+    """Forward, input gradient and weight gradient against the float64 direct kernels."""
+    f64 = lambda a: a.astype(np.float64)  # noqa: E731
+    expected_y = conv.conv2d_reference(f64(x), f64(w), (1, 1), pads)
+    expected_dx = conv.conv2d_grad_input_reference(f64(dy), f64(w), x.shape, (1, 1), pads)
+    expected_dw = conv.conv2d_grad_weight_reference(f64(x), f64(dy), w.shape, (1, 1), pads)
+    label = f"{label} F({m}x{m},3x3) {impl}"
+    assert_close(label, "forward", getattr(W.winograd_conv2d, impl)(x, w, (1, 1), pads, m=m), expected_y)
+    assert_close(label, "input grad",
+                 getattr(W.winograd_conv2d_grad_input, impl)(dy, w, x.shape, (1, 1), pads, m=m), expected_dx)
+    assert_close(label, "weight grad",
+                 getattr(W.winograd_conv2d_grad_weight, impl)(x, dy, w.shape, (1, 1), pads, m=m), expected_dw)
+    both = getattr(W.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, m=m)
+    assert_close(label, "input grad (both at once)", both[0], expected_dx)
+    assert_close(label, "weight grad (both at once)", both[1], expected_dw)
+    assert getattr(W.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_input=False, m=m)[0] is None
+    assert getattr(W.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_weight=False, m=m)[1] is None
+
+
+@pytest.mark.parametrize("m", sorted(W.MATRICES))
+@pytest.mark.parametrize("impl", IMPLS)
+@SOME
+@given(problems())
+@example((np.ones((1, 3, 3, 1), np.float32), np.ones((3, 3, 1, 1), np.float32), ((0, 0), (0, 0)),
+          np.ones((1, 1, 1, 1), np.float32), "one output pixel"))
+def test_winograd_equals_direct_convolution(impl, m, problem):
+    check_all(impl, m, *problem)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_winograd_on_a_seed_layer_shape(impl):
+    """A real layer (vggbn's 4th: 20x20x128 -> 128, valid) in several batch chunks."""
+    rng = np.random.default_rng(7)
+    x, w = random_array(rng, (3, 20, 20, 128)), random_array(rng, (3, 3, 128, 128), 0.05)
+    dy = random_array(rng, (3, 18, 18, 128))
+    check_all(impl, W.TILE, x, w, ((0, 0), (0, 0)), dy, "vggbn layer")
+
+
+def test_fast_kernel_in_several_chunks(monkeypatch):
+    monkeypatch.setattr(W, "_CHUNK_BYTES", 4096)  # about one image per chunk
+    rng = np.random.default_rng(3)
+    x, w = random_array(rng, (5, 9, 11, 4)), random_array(rng, (3, 3, 4, 3))
+    assert W._chunk_images(5, 3 * 3, 6, 7) < 5
+    check_all("fast", 4, x, w, ((1, 1), (1, 1)), random_array(rng, (5, 9, 11, 3)), "chunked")
+
+
+@pytest.mark.parametrize("what", ["BT", "G", "AT"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_broken_transform_matrix_fails_the_tolerance(monkeypatch, impl, what):
+    """The tolerance is honest: one entry of one matrix off by 1% is caught."""
+    BT, G, AT = (a.copy() for a in W.MATRICES[4])
+    broken = {"BT": BT, "G": G, "AT": AT}[what]
+    broken[2, 1] *= 1.01
+    monkeypatch.setitem(W.MATRICES, 4, (BT, G, AT))
+    rng = np.random.default_rng(5)
+    x, w = random_array(rng, (2, 8, 8, 3)), random_array(rng, (3, 3, 3, 2))
+    with pytest.raises(AssertionError, match="outside rtol"):
+        check_all(impl, 4, x, w, ((1, 1), (1, 1)), random_array(rng, (2, 8, 8, 2)), "broken " + what)
+
+
+def test_winograd_needs_3x3_stride_1():
+    x, w = np.zeros((1, 5, 5, 2), np.float32), np.zeros((3, 3, 2, 1), np.float32)
+    with pytest.raises(ValueError, match="3x3 kernel and strides"):
+        W.winograd_conv2d(x, w, (2, 2), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match="3x3 kernel and strides"):
+        W.winograd_conv2d(x, np.zeros((5, 5, 2, 1), np.float32), (1, 1), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match="input has 2 channels"):
+        W.winograd_conv2d(x, np.zeros((3, 3, 4, 1), np.float32), (1, 1), ((0, 0), (0, 0)))
+    with pytest.raises(ValueError, match="tile size"):
+        W.matrices(3)
+
+
+# -- the switch ---------------------------------------------------------------------------------
+def test_choose_algorithm_follows_the_setting():
+    big, first = (8, 12, 12, 64), (8, 48, 48, 1)
+    k3, k3_first, k5 = (3, 3, 64, 64), (3, 3, 1, 32), (5, 5, 64, 64)
+    with tc.use_conv_algorithm("auto"):
+        assert conv.choose_algorithm(big, k3, (1, 1)) == "winograd"
+        assert conv.choose_algorithm(first, k3_first, (1, 1)) == "im2col"
+        assert conv.choose_algorithm(big, k3, (2, 2)) == "im2col"
+        assert conv.choose_algorithm(big, k5, (1, 1)) == "im2col"
+    with tc.use_conv_algorithm("winograd"):
+        assert conv.choose_algorithm(first, k3_first, (1, 1)) == "winograd"
+        assert conv.choose_algorithm(big, k5, (1, 1)) == "im2col"  # Winograd does not apply
+    with tc.use_conv_algorithm("im2col"):
+        assert conv.choose_algorithm(big, k3, (1, 1)) == "im2col"
+    assert tc.get_conv_algorithm() == "auto"
+    with pytest.raises(ValueError, match="expected one of"):
+        tc.set_conv_algorithm("fft")
+
+
+def test_the_layer_calls_winograd_when_chosen(monkeypatch):
+    """Conv2D goes through the Winograd kernels (forward and both gradients) when the
+    setting says so, and gives the im2col result and gradients."""
+    calls = []
+    for name in ("winograd_conv2d", "winograd_conv2d_grads"):
+        original = getattr(W, name)
+        monkeypatch.setattr(W, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    rng = np.random.default_rng(0)
+    x = random_array(rng, (2, 10, 10, 8))
+    g = random_array(rng, (2, 10, 10, 16))
+    results = {}
+    for algorithm in ("im2col", "winograd"):
+        layer = tc.layers.Conv2D(16, 3, padding="same", activation="relu")
+        layer.ensure_built((10, 10, 8), np.random.default_rng(1))
+        xt = tc.Tensor(x, requires_grad=True)
+        with tc.use_conv_algorithm(algorithm):
+            y = layer(xt, training=True)
+            y.backward(g)
+        results[algorithm] = (y.numpy(), xt.grad, layer.kernel.grad, layer.bias.grad)
+    assert calls == ["winograd_conv2d", "winograd_conv2d_grads"]  # both gradients in one pass
+    for what, a, b in zip(("output", "input grad", "kernel grad", "bias grad"), *results.values()):
+        assert_close("Conv2D(16, 3, same, relu) winograd vs im2col", what, b, a, RTOL, ATOL)

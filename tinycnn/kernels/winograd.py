@@ -1,0 +1,473 @@
+"""Winograd minimal filtering: a 3x3, stride-1 convolution with fewer multiplications.
+
+Shapes as in ``conv.py``: ``x`` (N, H, W, C), ``w`` (3, 3, C, O), ``y`` (N, HO, WO, O),
+``pads`` ``((top, bottom), (left, right))``; strides are always (1, 1).
+
+Where the algorithm comes from (Winograd 1980; Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks", 2016). Take one dimension first. ``m`` outputs of a
+3-tap correlation, ``y[k] = sum_b d[k + b] g[b]``, read ``m + 2`` inputs ``d``. The
+direct way costs ``3 m`` multiplications. Now look at polynomials: the coefficients of
+``D(z) G(z)`` (``D`` of degree m+1 built from d, ``G`` of degree 2 from g) hold those
+sums. A product of degree m+3 is fixed by its values at ``n = m + 2`` points, and at
+each point it is *one* multiplication, ``D(p) G(p)``. So (Cook-Toom):
+
+1. evaluate G at the points: ``G @ g``   (n values; depends only on the kernel)
+2. evaluate the data's polynomial at the points: ``B^T @ d``   (n values)
+3. multiply pointwise: n multiplications instead of 3 m
+4. interpolate back and keep the m wanted coefficients: ``A^T @ (...)``
+
+    y = A^T [ (G g) * (B^T d) ]          F(m, 3): m outputs, n = m + 2 multiplications
+
+The points used here are 0, 1, -1, 2, -2 and "infinity" (the leading coefficient);
+small points keep the matrices' entries small, which keeps float32 rounding small.
+``G`` holds the 1/N_k of Lagrange interpolation, ``B^T`` the coefficients of the
+polynomials prod_{l != k} (z - p_l) (with the remainder for the point at infinity),
+``A^T`` the powers p_k^i (Lavin & Gray give the same matrices).
+
+In two dimensions the same is nested: a tile ``d`` of (m + 2) x (m + 2) inputs gives
+an m x m block of outputs as
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A
+
+with (m + 2)^2 multiplications instead of 9 m^2: 2.25x fewer for F(2x2, 3x3),
+4x fewer for F(4x4, 3x3). Neighbouring output blocks need overlapping input tiles:
+a block of m outputs reads m + 2 inputs, so tiles start m apart and overlap by the
+kernel's 3 - 1 = 2 rows and columns. Outputs past the edge (an HO that is not a
+multiple of m) are computed from zero padding and dropped.
+
+Across channels it becomes matrix products. For each of the (m + 2)^2 positions
+(i, j) inside a tile, ``M[i, j] = V[i, j] @ U[i, j]`` where ``V[i, j]`` (tiles, C) holds
+every tile's transformed input and ``U[i, j]`` (C, O) the transformed kernel: the sum
+over input channels is a BLAS product, (m + 2)^2 of them, each 4x smaller (for m = 4)
+than the im2col product of the same layer.
+
+The gradients are the same linear maps transposed (the adjoints), in reverse order:
+``dM = A dY A^T`` per tile, then ``dV = dM @ U^T`` and ``dU = V^T @ dM``, then
+``dd = B dV B^T`` added back into the overlapping input tiles, and ``dw = G^T dU G``.
+
+The price is rounding: the transforms add and subtract terms of different sizes. The
+float32 error grows with m (F(4x4, 3x3) is about 10x F(2x2, 3x3), still near 1e-6
+relative on this project's layers; bench/ and the tests measure it).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..backend import PARALLEL, dispatch
+
+# F(2x2, 3x3): points 0, 1, -1, infinity.
+BT_2 = np.array([[1, 0, -1, 0],
+                 [0, 1, 1, 0],
+                 [0, -1, 1, 0],
+                 [0, 1, 0, -1]], np.float64)
+G_2 = np.array([[1, 0, 0],
+                [1 / 2, 1 / 2, 1 / 2],
+                [1 / 2, -1 / 2, 1 / 2],
+                [0, 0, 1]], np.float64)
+AT_2 = np.array([[1, 1, 1, 0],
+                 [0, 1, -1, -1]], np.float64)
+
+# F(4x4, 3x3): points 0, 1, -1, 2, -2, infinity.
+BT_4 = np.array([[4, 0, -5, 0, 1, 0],
+                 [0, -4, -4, 1, 1, 0],
+                 [0, 4, -4, -1, 1, 0],
+                 [0, -2, -1, 2, 1, 0],
+                 [0, 2, -1, -2, 1, 0],
+                 [0, 4, 0, -5, 0, 1]], np.float64)
+G_4 = np.array([[1 / 4, 0, 0],
+                [-1 / 6, -1 / 6, -1 / 6],
+                [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6],
+                [1 / 24, -1 / 12, 1 / 6],
+                [0, 0, 1]], np.float64)
+AT_4 = np.array([[1, 1, 1, 1, 1, 0],
+                 [0, 1, -1, 2, -2, 0],
+                 [0, 1, 1, 4, 4, 0],
+                 [0, 1, -1, 8, -8, 1]], np.float64)
+
+MATRICES = {2: (BT_2, G_2, AT_2), 4: (BT_4, G_4, AT_4)}
+TILE = 4  # F(4x4, 3x3) unless asked otherwise
+
+
+def matrices(m, dtype=np.float32):
+    """(B^T (n, n), G (n, 3), A^T (m, n)) of F(m x m, 3x3), n = m + 2, as ``dtype``."""
+    if m not in MATRICES:
+        raise ValueError(f"Winograd F({m}x{m}, 3x3): tile size must be one of {sorted(MATRICES)}")
+    return tuple(a.astype(dtype) for a in MATRICES[m])
+
+
+def tile_grid(ho, wo, m):
+    """Number of m x m output blocks (TH, TW) that cover an HO x WO output."""
+    return -(-ho // m), -(-wo // m)
+
+
+def check_winograd_shapes(x_shape, w_shape, strides, who="winograd"):
+    if tuple(w_shape[:2]) != (3, 3) or tuple(strides) != (1, 1):
+        raise ValueError(f"{who}: Winograd F(m, 3x3) needs a 3x3 kernel and strides (1, 1), got "
+                         f"kernel {tuple(w_shape[:2])} and strides {tuple(strides)}")
+    if x_shape[3] != w_shape[2]:
+        raise ValueError(f"{who}: input has {x_shape[3]} channels, kernel {tuple(w_shape)} expects {w_shape[2]}")
+
+
+def _output_hw(x_shape, pads):
+    return x_shape[1] + sum(pads[0]) - 2, x_shape[2] + sum(pads[1]) - 2
+
+
+# -- readable reference: the formulas above, in einsum ---------------------------------------
+def kernel_transform(w, m=TILE):
+    """U (n, n, C, O) = G g G^T for every (input, output) channel pair of w (3, 3, C, O)."""
+    _, G, _ = matrices(m, w.dtype)
+    return np.einsum("ia,abco,jb->ijco", G, w, G, optimize=True)
+
+
+def input_transform(x, pads, th, tw, m=TILE):
+    """V (N, TH, TW, n, n, C) = B^T d B for every tile d of the padded input.
+
+    The tile at block (r, s) is rows r*m .. r*m + m + 1 and columns s*m .. s*m + m + 1 of
+    the padded input: tiles overlap by two rows and columns."""
+    BT, _, _ = matrices(m, x.dtype)
+    n = m + 2
+    (pt, _), (pl, _) = pads
+    # pad to exactly th*m + 2 rows (the last tile may reach past the 'real' padding)
+    xp = np.pad(x, ((0, 0), (pt, th * m + 2 - x.shape[1] - pt), (pl, tw * m + 2 - x.shape[2] - pl), (0, 0)))
+    d = np.lib.stride_tricks.sliding_window_view(xp, (n, n), axis=(1, 2))[:, ::m, ::m]  # (N, TH, TW, C, n, n)
+    return np.einsum("ia,nrscab,jb->nrsijc", BT, d, BT, optimize=True)
+
+
+def output_transform(M, ho, wo, m=TILE):
+    """y (N, HO, WO, O) from M (N, TH, TW, n, n, O): Y = A^T M A per tile, blocks laid side
+    by side, the part past HO x WO dropped."""
+    _, _, AT = matrices(m, M.dtype)
+    nb, th, tw = M.shape[:3]
+    Y = np.einsum("ki,nrsijo,lj->nrsklo", AT, M, AT, optimize=True)  # (N, TH, TW, m, m, O)
+    return Y.transpose(0, 1, 3, 2, 4, 5).reshape(nb, th * m, tw * m, -1)[:, :ho, :wo]
+
+
+def output_transform_adjoint(dy, th, tw, m=TILE):
+    """dM (N, TH, TW, n, n, O) = A dY A^T per tile: the transpose of ``output_transform``
+    (dY is dy cut into m x m blocks, zero past the edge)."""
+    _, _, AT = matrices(m, dy.dtype)
+    nb, ho, wo, o = dy.shape
+    dY = np.zeros((nb, th * m, tw * m, o), dy.dtype)
+    dY[:, :ho, :wo] = dy
+    dY = dY.reshape(nb, th, m, tw, m, o).transpose(0, 1, 3, 2, 4, 5)
+    return np.einsum("ki,nrsklo,lj->nrsijo", AT, dY, AT, optimize=True)
+
+
+def winograd_conv2d_reference(x, w, strides, pads, m=TILE):
+    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (3, 3, C, O), by F(m x m, 3x3)."""
+    check_winograd_shapes(x.shape, w.shape, strides)
+    ho, wo = _output_hw(x.shape, pads)
+    th, tw = tile_grid(ho, wo, m)
+    V = input_transform(x, pads, th, tw, m)
+    U = kernel_transform(w, m)
+    M = np.einsum("nrsijc,ijco->nrsijo", V, U, optimize=True)  # one product over C per position
+    return output_transform(M, ho, wo, m)
+
+
+def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=TILE):
+    """dx (N, H, W, C) from dy (N, HO, WO, O): dd = B (dM U^T) B^T, added into the tiles."""
+    check_winograd_shapes(x_shape, w.shape, strides)
+    n, h, wd, c = x_shape
+    th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
+    BT, _, _ = matrices(m, dy.dtype)
+    dM = output_transform_adjoint(dy, th, tw, m)
+    dV = np.einsum("nrsijo,ijco->nrsijc", dM, kernel_transform(w, m), optimize=True)
+    dd = np.einsum("ia,nrsijc,jb->nrsabc", BT, dV, BT, optimize=True)  # (N, TH, TW, n, n, C)
+    (pt, _), (pl, _) = pads
+    dxp = np.zeros((n, th * m + 2, tw * m + 2, c), dy.dtype)
+    for a in range(m + 2):  # tile element (a, b) of every tile lands m apart; overlaps add up
+        for b in range(m + 2):
+            dxp[:, a:a + th * m:m, b:b + tw * m:m] += dd[:, :, :, a, b]
+    return dxp[:, pt:pt + h, pl:pl + wd]
+
+
+def winograd_conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, m=TILE):
+    """dw (3, 3, C, O) = G^T (sum over tiles of V^T dM) G."""
+    check_winograd_shapes(x.shape, w_shape, strides)
+    th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
+    _, G, _ = matrices(m, x.dtype)
+    V = input_transform(x, pads, th, tw, m)
+    dM = output_transform_adjoint(dy, th, tw, m)
+    dU = np.einsum("nrsijc,nrsijo->ijco", V, dM, optimize=True)
+    return np.einsum("ia,ijco,jb->abco", G, dU, G, optimize=True)
+
+
+# -- fast: the transforms in Numba, the (m + 2)^2 products in BLAS, chunked over the batch -------
+# Layout of the fast path: V (n*n, T, C) and M (n*n, T, O) with T = images x TH x TW tiles, so
+# that each position's product is one contiguous (T, C) @ (C, O) matmul.
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _input_transform(x, pt, pl, th, tw, BT, V):
+    """V[i*n + j, tile, :] = (B^T d B)[i, j] for every tile d of x (zero outside x)."""
+    n_img, h, w, c = x.shape
+    n = BT.shape[0]
+    m = n - 2
+    for img in prange(n_img):
+        d = np.empty((n, n, c), np.float32)
+        tmp = np.empty((n, n, c), np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                for a in range(n):
+                    iy = ty * m + a - pt
+                    for b in range(n):
+                        ix = tx * m + b - pl
+                        if 0 <= iy < h and 0 <= ix < w:
+                            for ch in range(c):
+                                d[a, b, ch] = x[img, iy, ix, ch]
+                        else:
+                            for ch in range(c):
+                                d[a, b, ch] = 0.0
+                for i in range(n):  # tmp = B^T d, skipping B's zeros
+                    for b in range(n):
+                        for ch in range(c):
+                            tmp[i, b, ch] = 0.0
+                        for a in range(n):
+                            coef = BT[i, a]
+                            if coef != 0.0:
+                                for ch in range(c):
+                                    tmp[i, b, ch] += coef * d[a, b, ch]
+                for i in range(n):  # V = tmp B
+                    for j in range(n):
+                        out = V[i * n + j, tile]
+                        for ch in range(c):
+                            out[ch] = 0.0
+                        for b in range(n):
+                            coef = BT[j, b]
+                            if coef != 0.0:
+                                for ch in range(c):
+                                    out[ch] += coef * tmp[i, b, ch]
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _output_transform(M, AT, y):
+    """y[img, ty*m + k, tx*m + l, :] = (A^T M A)[k, l] for every tile, inside y only."""
+    n_img, ho, wo, o = y.shape
+    m, n = AT.shape
+    th, tw = -(-ho // m), -(-wo // m)
+    for img in prange(n_img):
+        tmp = np.empty((m, n, o), np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                for k in range(m):  # tmp = A^T M
+                    for j in range(n):
+                        for oc in range(o):
+                            tmp[k, j, oc] = 0.0
+                        for i in range(n):
+                            coef = AT[k, i]
+                            if coef != 0.0:
+                                src = M[i * n + j, tile]
+                                for oc in range(o):
+                                    tmp[k, j, oc] += coef * src[oc]
+                for k in range(m):  # Y = tmp A, written where it falls inside y
+                    oy = ty * m + k
+                    if oy >= ho:
+                        break
+                    for l in range(m):
+                        ox = tx * m + l
+                        if ox >= wo:
+                            break
+                        out = y[img, oy, ox]
+                        for oc in range(o):
+                            out[oc] = 0.0
+                        for j in range(n):
+                            coef = AT[l, j]
+                            if coef != 0.0:
+                                for oc in range(o):
+                                    out[oc] += coef * tmp[k, j, oc]
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _output_transform_adjoint(dy, AT, th, tw, dM):
+    """dM[i*n + j, tile, :] = (A dY A^T)[i, j], dY the tile's m x m block of dy (zero outside)."""
+    n_img, ho, wo, o = dy.shape
+    m, n = AT.shape
+    for img in prange(n_img):
+        tmp = np.empty((n, m, o), np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                for i in range(n):  # tmp = A dY (rows of dY past the edge are zero)
+                    for l in range(m):
+                        for oc in range(o):
+                            tmp[i, l, oc] = 0.0
+                        ox = tx * m + l
+                        if ox >= wo:
+                            continue
+                        for k in range(m):
+                            oy = ty * m + k
+                            coef = AT[k, i]
+                            if oy < ho and coef != 0.0:
+                                src = dy[img, oy, ox]
+                                for oc in range(o):
+                                    tmp[i, l, oc] += coef * src[oc]
+                for i in range(n):  # dM = tmp A^T
+                    for j in range(n):
+                        out = dM[i * n + j, tile]
+                        for oc in range(o):
+                            out[oc] = 0.0
+                        for l in range(m):
+                            coef = AT[l, j]
+                            if coef != 0.0:
+                                for oc in range(o):
+                                    out[oc] += coef * tmp[i, l, oc]
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _input_transform_adjoint(dV, BT, pt, pl, th, tw, dx):
+    """dx = sum over tiles of B dV B^T, each added at its tile's place (tiles overlap)."""
+    n_img, h, w, c = dx.shape
+    n = BT.shape[0]
+    m = n - 2
+    for img in prange(n_img):  # tiles overlap inside an image, never across images
+        dx[img] = 0.0
+        tmp = np.empty((n, n, c), np.float32)
+        acc = np.empty(c, np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                for a in range(n):  # tmp = B dV
+                    for j in range(n):
+                        for ch in range(c):
+                            tmp[a, j, ch] = 0.0
+                        for i in range(n):
+                            coef = BT[i, a]
+                            if coef != 0.0:
+                                src = dV[i * n + j, tile]
+                                for ch in range(c):
+                                    tmp[a, j, ch] += coef * src[ch]
+                for a in range(n):  # dd = tmp B^T, added into dx inside x only
+                    iy = ty * m + a - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for b in range(n):
+                        ix = tx * m + b - pl
+                        if ix < 0 or ix >= w:
+                            continue
+                        for ch in range(c):
+                            acc[ch] = 0.0
+                        for j in range(n):
+                            coef = BT[j, b]
+                            if coef != 0.0:
+                                for ch in range(c):
+                                    acc[ch] += coef * tmp[a, j, ch]
+                        out = dx[img, iy, ix]
+                        for ch in range(c):
+                            out[ch] += acc[ch]
+
+
+_CHUNK_BYTES = 16 << 20  # transformed tiles of one chunk, input and output side: ~16 MiB
+
+
+def _chunk_images(n_img, tiles_per_image, n, width):
+    per_image = n * n * tiles_per_image * width * 4
+    return int(max(1, min(n_img, _CHUNK_BYTES // max(per_image, 1))))
+
+
+def _kernel_transform_fast(w, m):
+    """U (n*n, C, O) = G g G^T as one product: (G kron G) (n*n, 9) @ w (9, C*O)."""
+    _, G, _ = matrices(m)
+    c, o = w.shape[2], w.shape[3]
+    return (np.kron(G, G) @ np.ascontiguousarray(w, np.float32).reshape(9, c * o)).reshape(-1, c, o)
+
+
+def _kernel_transform_adjoint_fast(dU, m):
+    """dw (3, 3, C, O) = G^T dU G, the transpose of ``_kernel_transform_fast``."""
+    _, G, _ = matrices(m)
+    c, o = dU.shape[1], dU.shape[2]
+    return (np.kron(G, G).T @ dU.reshape(-1, c * o)).reshape(3, 3, c, o)
+
+
+def _buffer(size, shape):
+    return size[:int(np.prod(shape))].reshape(shape)
+
+
+def winograd_conv2d_fast(x, w, strides, pads, m=TILE):
+    """As winograd_conv2d_reference."""
+    check_winograd_shapes(x.shape, w.shape, strides)
+    BT, _, AT = matrices(m)
+    nb, _, _, c = x.shape
+    o, n = w.shape[3], m + 2
+    ho, wo = _output_hw(x.shape, pads)
+    th, tw = tile_grid(ho, wo, m)
+    x = np.ascontiguousarray(x, np.float32)
+    U = _kernel_transform_fast(w, m)
+    y = np.empty((nb, ho, wo, o), np.float32)
+    step = _chunk_images(nb, th * tw, n, c + o)
+    vbuf = np.empty(n * n * step * th * tw * c, np.float32)
+    mbuf = np.empty(n * n * step * th * tw * o, np.float32)
+    for s in range(0, nb, step):
+        k = min(step, nb - s)
+        V = _buffer(vbuf, (n * n, k * th * tw, c))
+        M = _buffer(mbuf, (n * n, k * th * tw, o))
+        _input_transform(x[s:s + k], pads[0][0], pads[1][0], th, tw, BT, V)
+        np.matmul(V, U, out=M)
+        _output_transform(M, AT, y[s:s + k])
+    return y
+
+
+def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
+    """dx (given w) and dw (given x), sharing the work: each chunk's dM = A dY A^T is
+    computed once and serves both products. Returns (dx or None, dw or None)."""
+    BT, _, AT = matrices(m)
+    nb, ho, wo, o = dy.shape
+    c, n = x_shape[3], m + 2
+    th, tw = tile_grid(ho, wo, m)
+    dy = np.ascontiguousarray(dy, np.float32)
+    dx = dU = None
+    if w is not None:
+        Ut = np.ascontiguousarray(_kernel_transform_fast(w, m).transpose(0, 2, 1))  # (n*n, O, C)
+        dx = np.empty(x_shape, np.float32)
+    if x is not None:
+        x = np.ascontiguousarray(x, np.float32)
+        dU = np.zeros((n * n, c, o), np.float32)
+        part = np.empty((n * n, c, o), np.float32)
+    step = _chunk_images(nb, th * tw, n, c + o)
+    mbuf = np.empty(n * n * step * th * tw * o, np.float32)
+    vbuf = np.empty(n * n * step * th * tw * c, np.float32)
+    for s in range(0, nb, step):
+        k = min(step, nb - s)
+        dM = _buffer(mbuf, (n * n, k * th * tw, o))
+        V = _buffer(vbuf, (n * n, k * th * tw, c))  # V for the weight gradient, then dV
+        _output_transform_adjoint(dy[s:s + k], AT, th, tw, dM)
+        if x is not None:
+            _input_transform(x[s:s + k], pads[0][0], pads[1][0], th, tw, BT, V)
+            np.matmul(V.transpose(0, 2, 1), dM, out=part)
+            dU += part
+        if w is not None:
+            np.matmul(dM, Ut, out=V)
+            _input_transform_adjoint(V, BT, pads[0][0], pads[1][0], th, tw, dx[s:s + k])
+    return dx, (None if dU is None else _kernel_transform_adjoint_fast(dU, m).reshape(w_shape))
+
+
+def winograd_conv2d_grad_input_fast(dy, w, x_shape, strides, pads, m=TILE):
+    """As winograd_conv2d_grad_input_reference."""
+    check_winograd_shapes(x_shape, w.shape, strides)
+    return _backward(dy, x_shape, w.shape, pads, m, w=w)[0]
+
+
+def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=TILE):
+    """As winograd_conv2d_grad_weight_reference."""
+    check_winograd_shapes(x.shape, w_shape, strides)
+    return _backward(dy, x.shape, w_shape, pads, m, x=x)[1]
+
+
+def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE):
+    """As winograd_conv2d_grads_reference, in one pass over dy."""
+    check_winograd_shapes(x.shape, w.shape, strides)
+    return _backward(dy, x.shape, w.shape, pads, m, x=x if need_weight else None, w=w if need_input else None)
+
+
+def winograd_conv2d_grads_reference(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE):
+    """(dx or None, dw or None): the two gradients above, each when asked for."""
+    return (winograd_conv2d_grad_input_reference(dy, w, x.shape, strides, pads, m) if need_input else None,
+            winograd_conv2d_grad_weight_reference(x, dy, w.shape, strides, pads, m) if need_weight else None)
+
+
+winograd_conv2d = dispatch(winograd_conv2d_reference, winograd_conv2d_fast)
+winograd_conv2d_grad_input = dispatch(winograd_conv2d_grad_input_reference, winograd_conv2d_grad_input_fast)
+winograd_conv2d_grad_weight = dispatch(winograd_conv2d_grad_weight_reference, winograd_conv2d_grad_weight_fast)
+winograd_conv2d_grads = dispatch(winograd_conv2d_grads_reference, winograd_conv2d_grads_fast)
