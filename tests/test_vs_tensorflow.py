@@ -118,12 +118,12 @@ def test_conv2d_winograd(backend, settings, shape):
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_conv2d_auto_on_a_real_layer_shape(backend, padding):
-    """A layer as wide as the models' (64 -> 64 channels at 13x13: partial tiles), where
-    ``auto`` chooses Winograd, against Keras."""
+    """A layer as wide as the models' (64 -> 64 channels at 13x13: partial tiles), in a
+    batch big enough that ``auto`` chooses Winograd, against Keras."""
     from tinycnn.kernels import conv
-    assert conv.choose_algorithm((2, 13, 13, 64), (3, 3, 64, 64), (1, 1)) == "winograd"
+    assert conv.choose_algorithm((13, 13, 13, 64), (3, 3, 64, 64), (1, 1)) == "winograd"
     compare_with_keras("Conv2D", dict(filters=64, kernel_size=3, padding=padding, activation="relu"),
-                       (2, 13, 13, 64), training=True)
+                       (13, 13, 13, 64), training=True)
 
 
 def test_conv2d_rectangular_kernel_and_strides(backend):

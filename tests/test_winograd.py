@@ -122,11 +122,12 @@ def test_winograd_needs_3x3_stride_1():
 
 # -- the switch ---------------------------------------------------------------------------------
 def test_choose_algorithm_follows_the_setting():
-    big, first = (8, 12, 12, 64), (8, 48, 48, 1)
+    big, first, one_face = (16, 12, 12, 64), (8, 48, 48, 1), (1, 12, 12, 64)
     k3, k3_first, k5 = (3, 3, 64, 64), (3, 3, 1, 32), (5, 5, 64, 64)
     with tc.use_conv_algorithm("auto"):
         assert conv.choose_algorithm(big, k3, (1, 1)) == "winograd"
         assert conv.choose_algorithm(first, k3_first, (1, 1)) == "im2col"
+        assert conv.choose_algorithm(one_face, k3, (1, 1)) == "im2col"
         assert conv.choose_algorithm(big, k3, (2, 2)) == "im2col"
         assert conv.choose_algorithm(big, k5, (1, 1)) == "im2col"
     with tc.use_conv_algorithm("winograd"):

@@ -7,6 +7,7 @@ import tempfile
 import numpy as np
 
 from .layers.base import Layer, to_input_tensor
+from .layers.fold import run_layers
 from .tensor import Tensor
 
 
@@ -73,9 +74,7 @@ class Sequential:
         elif x.ndim != len(self.input_shape) + 1 or x.shape[-1] != self.input_shape[-1]:
             raise ValueError(f"Sequential '{self.name}': built for input shape (batch,) + "
                              f"{self.input_shape}, got {x.shape}")
-        for layer in self.layers:
-            x = layer(x, training=training)
-        return x
+        return run_layers(self.layers, x, training)
 
     def predict(self, x, batch_size=256) -> np.ndarray:
         """Outputs (N, ...) for an array of inputs, in batches, without recording a graph."""

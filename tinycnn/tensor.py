@@ -385,7 +385,7 @@ class Sum(Function):
     def backward(ctx, g):
         if ctx.axis is not None and not ctx.keepdims:
             g = np.expand_dims(g, ctx.axis)  # put the reduced axes back, size 1
-        return (np.broadcast_to(g, ctx.shape).astype(np.float32),)
+        return (np.broadcast_to(g, ctx.shape).astype(np.float32, order="C"),)  # a plain array, not a view
 
 
 class Mean(Function):
@@ -399,7 +399,7 @@ class Mean(Function):
     def backward(ctx, g):
         if ctx.axis is not None and not ctx.keepdims:
             g = np.expand_dims(g, ctx.axis)
-        return (np.broadcast_to(g / ctx.count, ctx.shape).astype(np.float32),)
+        return (np.broadcast_to(g / ctx.count, ctx.shape).astype(np.float32, order="C"),)
 
 
 class Reshape(Function):

@@ -289,10 +289,11 @@ def choose_algorithm(x_shape, w_shape, strides):
 
     Winograd applies to 3x3 kernels with stride 1. Under ``set_conv_algorithm("auto")``
     it is used where it measured faster on this project's layers (``bench/conv_layers.py``):
-    with at least 64 input channels and an input of at least 9x9. With fewer channels
-    the (tiles, C) x (C, O) products are too thin to pay for the transforms (a first
-    layer on gray faces, C = 1, is many times slower); on smaller maps most of each
-    4x4 output tile falls past the edge and is wasted.
+    with at least 64 input channels, an input of at least 9x9 and at least 2048 input
+    pixels in the batch. With fewer channels the (tiles, C) x (C, O) products are too
+    thin to pay for the transforms (a first layer on gray faces, C = 1, is many times
+    slower); on smaller maps most of each 4x4 output tile falls past the edge; in a
+    small batch (one face) transforming the kernel costs more than the products save.
     """
     mode = backend.get_conv_algorithm()
     applies = tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
@@ -300,7 +301,8 @@ def choose_algorithm(x_shape, w_shape, strides):
         return "im2col"
     if mode == "winograd":
         return "winograd"
-    return "winograd" if w_shape[2] >= 64 and min(x_shape[1], x_shape[2]) >= 9 else "im2col"
+    n, h, w, c = x_shape
+    return "winograd" if c >= 64 and min(h, w) >= 9 and n * h * w >= 2048 else "im2col"
 
 
 def conv2d(x, w, strides, pads, keep_cols=False):

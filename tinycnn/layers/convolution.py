@@ -157,10 +157,14 @@ class Conv2D(_ConvBase):
         self._add_weights(self.kernel_size + (input_shape[-1], self.filters), rng)
 
     def call(self, x, training):
+        return self.apply_weights(x, self.kernel, self.bias, self.relu)
+
+    def apply_weights(self, x, kernel, bias, relu):
+        """This layer's convolution with the given weights (``tinycnn.layers.fold`` passes
+        BatchNorm-folded ones)."""
         self.compute_output_shape(x.shape[1:])
         pads = self._pads(x.shape[1], x.shape[2])
-        return Conv2DFn.apply(x, self.kernel, self.bias, strides=self.strides, pads=pads,
-                              relu=self.relu)
+        return Conv2DFn.apply(x, kernel, bias, strides=self.strides, pads=pads, relu=relu)
 
     def multiply_adds(self, input_shape):
         ho, wo, o = self.compute_output_shape(input_shape)

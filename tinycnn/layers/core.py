@@ -58,8 +58,13 @@ class Dense(Layer):
         return (self.units,)
 
     def call(self, x, training):
-        y = DenseFn.apply(x, self.kernel, self.bias, relu=self.activation == "relu")
+        y = self.apply_weights(x, self.kernel, self.bias, self.activation == "relu")
         return softmax(y) if self.activation == "softmax" else y
+
+    def apply_weights(self, x, kernel, bias, relu):
+        """x @ kernel + bias (ReLU if ``relu``) with the given weights (``tinycnn.layers.fold``
+        passes BatchNorm-folded ones)."""
+        return DenseFn.apply(x, kernel, bias, relu=relu)
 
     def multiply_adds(self, input_shape):
         return input_shape[0] * self.units
@@ -160,11 +165,8 @@ class Residual(Layer):
         return shape
 
     def call(self, x, training):
-        y, s = x, x
-        for layer in self.block:
-            y = layer.call(y, training) if layer.built else layer(y, training)
-        for layer in self.shortcut:
-            s = layer.call(s, training) if layer.built else layer(s, training)
+        from .fold import run_layers  # fold imports this module's layers
+        y, s = run_layers(self.block, x, training), run_layers(self.shortcut, x, training)
         out = y + s
         return relu(out) if self.activation == "relu" else out
 

@@ -1,0 +1,106 @@
+"""BatchNormalization folded into the Conv2D/Dense before it, in inference: the same
+outputs as the unfolded layers, never stale after the weights change, and only where
+it applies (inference, no gradient recording, batches from FOLD_MIN_BATCH up)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fer_models
+import tinycnn as tc
+from helpers import assert_close, random_array
+from tinycnn.layers import (BatchNormalization, Conv2D, Dense, Flatten, GlobalAveragePooling2D, MaxPool2D, ReLU,
+                            Residual, fold, normalization)
+
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def randomise_batchnorm(model, rng):
+    """Moving statistics and gamma/beta away from their initial 0/1, so folding matters."""
+    for layer in model.all_layers():
+        if isinstance(layer, BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.gamma.data = rng.uniform(0.5, 1.5, c).astype(np.float32) * rng.choice([-1, 1], c).astype(np.float32)
+            layer.beta.data = random_array(rng, (c,), 0.3)
+            layer.moving_mean.data = random_array(rng, (c,), 0.3)
+            layer.moving_variance.data = rng.uniform(0.2, 2.0, c).astype(np.float32)
+
+
+def unfolded(model, x):
+    """Inference with gradient recording on: nothing is folded."""
+    return model(x, training=False).numpy()
+
+
+def count_batchnorm_calls(monkeypatch):
+    calls = []
+    original = normalization.BatchNormInferenceFn.apply
+    monkeypatch.setattr(normalization.BatchNormInferenceFn, "apply",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("name", ["resfer", "mini"])
+def test_folded_model_gives_the_unfolded_outputs(backend, monkeypatch, name):
+    rng = np.random.default_rng(0)
+    model = fer_models.build(name, seed=1)
+    randomise_batchnorm(model, rng)
+    x = rng.random((fold.FOLD_MIN_BATCH, 48, 48, 1), dtype=np.float32)
+    expected = unfolded(model, x)
+    calls = count_batchnorm_calls(monkeypatch)
+    with tc.no_grad():
+        got = model(x, training=False).numpy()
+    assert calls == [], f"{name}: {len(calls)} BatchNormalization layers ran unfolded"
+    assert_close(f"{name} folded", "output", got, expected, RTOL, ATOL)
+
+
+def test_dense_batchnorm_relu_and_what_is_not_folded(backend, monkeypatch):
+    rng = np.random.default_rng(1)
+    model = tc.Sequential([Conv2D(4, 3, activation="relu"), BatchNormalization(),  # ReLU before BN: kept
+                           Flatten(), Dense(5), BatchNormalization(), ReLU(), Dense(3)], input_shape=(6, 6, 2))
+    randomise_batchnorm(model, rng)
+    x = random_array(rng, (9, 6, 6, 2))
+    expected = unfolded(model, x)
+    calls = count_batchnorm_calls(monkeypatch)
+    with tc.no_grad():
+        got = model(x, training=False).numpy()
+    assert len(calls) == 1, "the BatchNorm after Conv2D(relu) cannot be folded; the one after Dense can"
+    assert_close("Conv2D(relu), BN, Flatten, Dense, BN, ReLU, Dense folded", "output", got, expected, RTOL, ATOL)
+    calls.clear()
+    with tc.no_grad():
+        model(x[:fold.FOLD_MIN_BATCH - 1], training=False)
+    assert len(calls) == 2, "below FOLD_MIN_BATCH nothing is folded"
+
+
+def test_never_stale_after_the_weights_change(backend):
+    rng = np.random.default_rng(2)
+    model = tc.Sequential([Conv2D(8, 3, padding="same", use_bias=False), BatchNormalization(), ReLU(),
+                           Residual([Conv2D(8, 3, padding="same"), BatchNormalization()]), MaxPool2D(),
+                           GlobalAveragePooling2D(), Dense(3)], input_shape=(8, 8, 2))
+    randomise_batchnorm(model, rng)
+    x = random_array(rng, (16, 8, 8, 2))
+    before = model.predict(x)
+    assert_close("folded predict", "output", before, unfolded(model, x), RTOL, ATOL)
+
+    opt = tc.optim.SGD(model.parameters(), lr=0.5)          # a training step: weights and statistics move
+    loss = tc.losses.softmax_cross_entropy(model(x, training=True), np.arange(16) % 3)
+    opt.zero_grad(); loss.backward(); opt.step()
+    after_step = model.predict(x)
+    assert np.abs(after_step - before).max() > 1e-3
+    assert_close("predict after a training step", "output", after_step, unfolded(model, x), RTOL, ATOL)
+
+    weights = model.get_weights()                            # set_weights, and an edit in place
+    weights["batch_normalization/moving_mean"] += 0.5
+    model.set_weights(weights)
+    model.layers[0].kernel.data[...] *= -1
+    assert_close("predict after set_weights and an in-place edit", "output", model.predict(x), unfolded(model, x),
+                 RTOL, ATOL)
+
+
+def test_gradients_in_inference_mode_are_not_folded(backend):
+    """Saliency maps take gradients with training=False: they must reach every weight."""
+    rng = np.random.default_rng(3)
+    model = tc.Sequential([Conv2D(3, 3, use_bias=False), BatchNormalization(), ReLU(), Flatten(), Dense(2)],
+                          input_shape=(5, 5, 1))
+    x = tc.Tensor(random_array(rng, (fold.FOLD_MIN_BATCH, 5, 5, 1)), requires_grad=True)
+    model(x, training=False).backward(random_array(rng, (fold.FOLD_MIN_BATCH, 2)))
+    assert x.grad is not None and model.layers[0].kernel.grad is not None and model.layers[1].gamma.grad is not None
