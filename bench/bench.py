@@ -290,13 +290,15 @@ def worker_compile(task):
 
 
 def worker_conv(task):
-    """numpy's float32 matmul peak, and tinycnn's convolution layers of one model in GFLOP/s."""
+    """numpy's float32 matmul peak, and tinycnn's convolution layers of some models in GFLOP/s,
+    each by the algorithm ``auto`` chooses and, where that is Winograd, by im2col too."""
     import numpy as np
     from threadpoolctl import threadpool_limits
 
     import fer_models
     import numba
     import tinycnn as tc
+    from tinycnn.kernels import conv
     s = task["settings"]
     numba.set_num_threads(min(s["threads"], numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(s["threads"], user_api="blas")
@@ -309,43 +311,58 @@ def worker_conv(task):
               "gflops_median": 2 * n**3 / statistics.median(mm) / 1e9, "blas": blas_info()}
     del a, b
 
-    model = fer_models.build(task["model"])
-    batch, shape, layers = TRAIN_BATCH, model.input_shape, []
-    for i, layer in enumerate(model.layers):
-        out_shape = layer.compute_output_shape(shape)
-        if isinstance(layer, (tc.layers.Conv2D, tc.layers.Conv2DTranspose)):
-            xin = rng.random((batch,) + tuple(shape), dtype=np.float32)
-            g = rng.standard_normal((batch,) + tuple(out_shape)).astype(np.float32)
-            needs_dx = i > 0  # the first layer's input is the image: no gradient is asked for
-            xt = tc.Tensor(xin, requires_grad=needs_dx)
+    def time_layer(layer, i, shape, out_shape):
+        batch = TRAIN_BATCH
+        xin = rng.random((batch,) + tuple(shape), dtype=np.float32)
+        g = rng.standard_normal((batch,) + tuple(out_shape)).astype(np.float32)
+        needs_dx = i > 0  # the first layer's input is the image: no gradient is asked for
+        xt = tc.Tensor(xin, requires_grad=needs_dx)
 
-            def forward():
-                with tc.no_grad():
-                    layer(xin, training=False)
+        def forward():
+            with tc.no_grad():
+                layer(xin, training=False)
 
-            def forward_backward():
-                for p in layer.parameters():
-                    p.grad = None
-                xt.grad = None
-                layer(xt, training=True).backward(g)
+        def forward_backward():
+            for p in layer.parameters():
+                p.grad = None
+            xt.grad = None
+            layer(xt, training=True).backward(g)
 
-            _, fwd = time_calls(forward, s["conv_warmup"], s["conv_repeats"])
-            _, fb = time_calls(forward_backward, s["conv_warmup"], s["conv_repeats"])
-            flop = 2 * layer.multiply_adds(shape) * batch
-            fb_flop = flop * (3 if needs_dx else 2)  # forward, weight gradient, input gradient
-            layers.append({
-                "layer": layer.name, "type": type(layer).__name__, "input": list(shape), "output": list(out_shape),
-                "mult_adds_per_image": layer.multiply_adds(shape),
-                "fwd_ms": 1e3 * statistics.median(fwd), "fwd_gflops": flop / statistics.median(fwd) / 1e9,
+        _, fwd = time_calls(forward, s["conv_warmup"], s["conv_repeats"])
+        _, fb = time_calls(forward_backward, s["conv_warmup"], s["conv_repeats"])
+        flop = 2 * layer.multiply_adds(shape) * batch
+        fb_flop = flop * (3 if needs_dx else 2)  # forward, weight gradient, input gradient
+        return {"fwd_ms": 1e3 * statistics.median(fwd), "fwd_gflops": flop / statistics.median(fwd) / 1e9,
                 "fwd_bwd_ms": 1e3 * statistics.median(fb), "fwd_bwd_gflops": fb_flop / statistics.median(fb) / 1e9,
                 "fwd_flop": flop, "fwd_bwd_flop": fb_flop,
-                "fwd_ms_all": [1e3 * t for t in fwd], "fwd_bwd_ms_all": [1e3 * t for t in fb]})
-        shape = out_shape
-    total = {"fwd_ms": sum(r["fwd_ms"] for r in layers), "fwd_bwd_ms": sum(r["fwd_bwd_ms"] for r in layers)}
-    total["fwd_gflops"] = sum(r["fwd_flop"] for r in layers) / total["fwd_ms"] / 1e6
-    total["fwd_bwd_gflops"] = sum(r["fwd_bwd_flop"] for r in layers) / total["fwd_bwd_ms"] / 1e6
-    return {"model": task["model"], "batch": batch, "backend": tc.get_backend(), "matmul": matmul,
-            "layers": layers, "total": total}
+                "fwd_ms_all": [1e3 * t for t in fwd], "fwd_bwd_ms_all": [1e3 * t for t in fb]}
+
+    models = {}
+    for name in task["models"]:
+        model = fer_models.build(name)
+        shape, layers = model.input_shape, []
+        for i, layer in enumerate(model.layers):
+            out_shape = layer.compute_output_shape(shape)
+            if isinstance(layer, (tc.layers.Conv2D, tc.layers.Conv2DTranspose)):
+                algorithm = "im2col"
+                if isinstance(layer, tc.layers.Conv2D):
+                    algorithm = conv.choose_algorithm((TRAIN_BATCH,) + tuple(shape), layer.kernel.shape, layer.strides)
+                row = {"layer": layer.name, "type": type(layer).__name__, "input": list(shape),
+                       "output": list(out_shape), "mult_adds_per_image": layer.multiply_adds(shape),
+                       "algorithm": algorithm, **time_layer(layer, i, shape, out_shape)}
+                if algorithm != "im2col":
+                    with tc.use_conv_algorithm("im2col"):
+                        row["im2col"] = time_layer(layer, i, shape, out_shape)
+                layers.append(row)
+            shape = out_shape
+        total = {"fwd_ms": sum(r["fwd_ms"] for r in layers), "fwd_bwd_ms": sum(r["fwd_bwd_ms"] for r in layers)}
+        total["fwd_gflops"] = sum(r["fwd_flop"] for r in layers) / total["fwd_ms"] / 1e6
+        total["fwd_bwd_gflops"] = sum(r["fwd_bwd_flop"] for r in layers) / total["fwd_bwd_ms"] / 1e6
+        total["im2col_fwd_ms"] = sum(r.get("im2col", r)["fwd_ms"] for r in layers)
+        total["im2col_fwd_bwd_ms"] = sum(r.get("im2col", r)["fwd_bwd_ms"] for r in layers)
+        models[name] = {"layers": layers, "total": total}
+    return {"models": models, "batch": TRAIN_BATCH, "backend": tc.get_backend(),
+            "conv_algorithm": tc.get_conv_algorithm(), "matmul": matmul}
 
 
 WORKERS = {"measure": worker_measure, "compile": worker_compile, "conv": worker_conv}
@@ -499,19 +516,27 @@ def markdown(report):
     if conv:
         mm = conv["matmul"]
         peak = mm["gflops_best"]
-        lines += [f"## tinycnn convolutions ({conv['model']}, batch {conv['batch']}, backend {conv['backend']}) "
-                  f"vs numpy float32 matmul peak {peak:.0f} GFLOP/s ({mm['size']}x{mm['size']}, median "
-                  f"{mm['gflops_median']:.0f})", "",
-                  "| layer | input -> output | M mult-adds/img | fwd ms | fwd GFLOP/s | % peak "
-                  "| fwd+bwd ms | fwd+bwd GFLOP/s | % peak |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in conv["layers"] + [dict(conv["total"], layer="all conv layers", input=None)]:
-            shapes = "" if r["input"] is None else f"{'x'.join(map(str, r['input']))} -> {'x'.join(map(str, r['output']))}"
-            ma = "" if r["input"] is None else f"{r['mult_adds_per_image'] / 1e6:.1f}"
-            lines.append(f"| {r['layer']} | {shapes} | {ma} | {r['fwd_ms']:.1f} | {r['fwd_gflops']:.0f} | "
-                         f"{100 * r['fwd_gflops'] / peak:.0f}% | {r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_gflops']:.0f} | "
-                         f"{100 * r['fwd_bwd_gflops'] / peak:.0f}% |")
-        lines.append("")
+        lines += [f"## tinycnn convolutions (batch {conv['batch']}, backend {conv['backend']}, algorithm "
+                  f"{conv['conv_algorithm']}) vs numpy float32 matmul peak {peak:.0f} GFLOP/s "
+                  f"({mm['size']}x{mm['size']}, median {mm['gflops_median']:.0f})", "",
+                  "Effective GFLOP/s = 2 x the direct convolution's multiply-adds / time, so a layer "
+                  "computed by Winograd (fewer multiplications) may pass 100% of the matmul peak. "
+                  "Where the layer runs by Winograd, the same layer by im2col is timed too.", ""]
+        for name, res in conv["models"].items():
+            lines += [f"### {name}", "",
+                      "| layer | input -> output | M mult-adds/img | algorithm | fwd ms | fwd GFLOP/s | % peak "
+                      "| fwd+bwd ms | fwd+bwd GFLOP/s | % peak | im2col fwd / fwd+bwd ms |",
+                      "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in res["layers"] + [dict(res["total"], layer="all conv layers", input=None)]:
+                total = r["input"] is None
+                shapes = "" if total else f"{'x'.join(map(str, r['input']))} -> {'x'.join(map(str, r['output']))}"
+                ma = "" if total else f"{r['mult_adds_per_image'] / 1e6:.1f}"
+                other = (f"{r['im2col_fwd_ms']:.1f} / {r['im2col_fwd_bwd_ms']:.1f}" if total else
+                         f"{r['im2col']['fwd_ms']:.1f} / {r['im2col']['fwd_bwd_ms']:.1f}" if "im2col" in r else "")
+                lines.append(f"| {r['layer']} | {shapes} | {ma} | {r.get('algorithm', '')} | {r['fwd_ms']:.1f} | "
+                             f"{r['fwd_gflops']:.0f} | {100 * r['fwd_gflops'] / peak:.0f}% | {r['fwd_bwd_ms']:.1f} | "
+                             f"{r['fwd_bwd_gflops']:.0f} | {100 * r['fwd_bwd_gflops'] / peak:.0f}% | {other} |")
+            lines.append("")
 
     comp = report.get("compile")
     if comp:
@@ -572,9 +597,9 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, default=60.0,
                    help="seconds of timed calls per figure after which a figure stops early, "
                         "having had at least 3 timed calls (default 60); JSON records the counts")
-    p.add_argument("--conv-model", choices=peers.MODELS, default=None,
-                   help="model whose convolution layers are timed in GFLOP/s "
-                        "(default vggbn; with --quick the first of --models)")
+    p.add_argument("--conv-models", nargs="+", choices=peers.MODELS, default=None,
+                   help="models whose convolution layers are timed in GFLOP/s "
+                        "(default: every model run; with --quick the first of --models)")
     p.add_argument("--no-conv", action="store_true", help="skip the matmul peak and conv GFLOP/s")
     p.add_argument("--no-compile", action="store_true", help="skip the Numba first-call compile timing")
     p.add_argument("--json", default=None,
@@ -589,8 +614,8 @@ def parse_args(argv=None):
         args.models = ["small3"] if args.quick else list(peers.MODELS)
     if args.json is None:
         args.json = os.path.join(HERE, "results", "quick.json" if args.quick else "latest.json")
-    if args.conv_model is None:
-        args.conv_model = args.models[0] if args.quick else "vggbn"
+    if args.conv_models is None:
+        args.conv_models = args.models[:1] if args.quick else list(args.models)
     return args
 
 
@@ -615,15 +640,15 @@ def main(argv=None):
               "frameworks": fws, "models": args.models, "results": {}, "errors": {}}
 
     if not args.no_conv and "tinycnn" in fws:
-        log(f"[conv] numpy matmul peak and tinycnn conv layers of {args.conv_model} ...")
-        res, err, _ = run_worker({"kind": "conv", "model": args.conv_model, "settings": s})
+        log(f"[conv] numpy matmul peak and tinycnn conv layers of {', '.join(args.conv_models)} ...")
+        res, err, _ = run_worker({"kind": "conv", "models": args.conv_models, "settings": s})
         report["conv"] = res
         if err:
             report["errors"]["conv"] = err
             log(f"  FAILED: {err}")
         else:
-            log(f"  matmul {res['matmul']['gflops_best']:.0f} GFLOP/s, convs forward "
-                f"{res['total']['fwd_gflops']:.0f}, forward+backward {res['total']['fwd_bwd_gflops']:.0f} GFLOP/s")
+            log(f"  matmul {res['matmul']['gflops_best']:.0f} GFLOP/s; convs forward+backward " + ", ".join(
+                f"{k} {v['total']['fwd_bwd_gflops']:.0f}" for k, v in res["models"].items()) + " GFLOP/s")
 
     if not args.no_compile and "tinycnn" in fws:
         compile_models = args.models[:1] if args.quick else args.models
