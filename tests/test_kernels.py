@@ -297,3 +297,41 @@ def test_layers_call_the_selected_kernel(backend, monkeypatch, name, make, shape
     impl = "fast" if backend == "numba" else "reference"
     assert {k for k, _ in calls} == expected, f"{name} called {sorted({k for k, _ in calls})}"
     assert {i for _, i in calls} == {impl}, f"{name} on the {backend} backend called {calls}"
+
+
+# -- the gate in front of the compiled kernels ------------------------------------------------------
+MISMATCHES = [
+    ("channels", lambda: conv.conv2d.fast(np.zeros((2, 5, 5, 64), np.float32), np.zeros((3, 3, 8, 8), np.float32),
+                                          (1, 1), ((1, 1), (1, 1))), "input has 64 channels, the kernel expects 8"),
+    ("kernel too big", lambda: conv.conv2d.fast(np.zeros((1, 2, 2, 1), np.float32), np.zeros((3, 3, 1, 1), np.float32),
+                                                (1, 1), ((0, 0), (0, 0))), "larger than the padded input"),
+    ("negative padding", lambda: conv.conv2d.fast(np.zeros((1, 5, 5, 1), np.float32),
+                                                  np.zeros((3, 3, 1, 1), np.float32), (1, 1), ((-1, 0), (0, 0))),
+     "paddings >= 0"),
+    ("dy shape", lambda: conv.conv2d_grad_input.fast(np.zeros((1, 9, 9, 2), np.float32), np.zeros((3, 3, 1, 2), np.float32),
+                                                     (1, 5, 5, 1), (1, 1), ((0, 0), (0, 0))), "output gradient has shape"),
+    ("dy shape (weight)", lambda: conv.conv2d_grad_weight.fast(np.zeros((1, 5, 5, 1), np.float32),
+                                                               np.zeros((1, 9, 9, 2), np.float32), (3, 3, 1, 2), (1, 1),
+                                                               ((0, 0), (0, 0))), "output gradient has shape"),
+    ("winograd channels", lambda: conv.winograd.winograd_conv2d.fast(np.zeros((2, 9, 9, 64), np.float32),
+                                                                     np.zeros((3, 3, 8, 8), np.float32), (1, 1),
+                                                                     ((1, 1), (1, 1))), "has 64 channels"),
+    ("winograd dy shape", lambda: conv.winograd.winograd_conv2d_grads.fast(
+        np.zeros((1, 9, 9, 4), np.float32), np.zeros((1, 3, 3, 4), np.float32), np.zeros((3, 3, 4, 4), np.float32),
+        (1, 1), ((0, 0), (0, 0))), "output gradient has shape"),
+]
+
+
+@pytest.mark.parametrize("case, call, message", MISMATCHES, ids=[m[0] for m in MISMATCHES])
+def test_compiled_kernels_refuse_shapes_that_disagree(case, call, message):
+    """A ValueError naming the shapes, never a write past a buffer (Numba does not check bounds)."""
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_residual_block_called_on_other_channels_raises(backend):
+    """Issue 12's first row: the block built for 8 channels, then handed 64, used to abort the process."""
+    block = tc.layers.Residual([tc.layers.Conv2D(8, 3, padding="same")])
+    block(np.zeros((1, 6, 6, 8), np.float32))
+    with pytest.raises(ValueError, match="built for 8 input channels"):
+        block(np.zeros((1, 6, 6, 64), np.float32))

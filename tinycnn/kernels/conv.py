@@ -155,10 +155,31 @@ def _chunk_size(n, ho, wo, k):
     return int(max(1, min(n, _CHUNK_BYTES // max(per_image, 1))))
 
 
+def check_shapes(who, x_shape, w_shape, strides, pads, dy_shape=None):
+    """The one gate in front of the compiled kernels, which do not check bounds: every
+    size they index by is derived here from shapes that must agree, or a ValueError
+    names the call and the shapes."""
+    problem = None
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        problem = "input and kernel must be 4-D (N, H, W, C) and (KH, KW, C, O)"
+    elif x_shape[3] != w_shape[2]:
+        problem = f"input has {x_shape[3]} channels, the kernel expects {w_shape[2]}"
+    elif min(strides) < 1 or min(min(p) for p in pads) < 0:
+        problem = f"strides must be >= 1 and paddings >= 0, got strides {tuple(strides)} pads {tuple(pads)}"
+    elif min(_output_shape(x_shape, w_shape, strides, pads)[1:3]) < 1:
+        problem = "the kernel is larger than the padded input"
+    elif dy_shape is not None and tuple(dy_shape) != _output_shape(x_shape, w_shape, strides, pads):
+        problem = f"output gradient has shape {tuple(dy_shape)}, the convolution gives " \
+                  f"{_output_shape(x_shape, w_shape, strides, pads)}"
+    if problem:
+        raise ValueError(f"{who}: {problem} (input {tuple(x_shape)}, kernel {tuple(w_shape)})")
+
+
 def conv2d_fast(x, w, strides, pads, keep_cols=False):
     """As conv2d_reference; with ``keep_cols`` also returns the full column matrix
     (N*HO*WO, KH*KW*C), which the weight gradient can then reuse instead of gathering
     the input again."""
+    check_shapes("conv2d", x.shape, w.shape, strides, pads)
     n, ho, wo, o = _output_shape(x.shape, w.shape, strides, pads)
     kh, kw, c, _ = w.shape
     k = kh * kw * c
@@ -178,6 +199,7 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
 
 
 def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
+    check_shapes("conv2d_grad_input", x_shape, w.shape, strides, pads, dy.shape)
     n, ho, wo, o = dy.shape
     kh, kw, c, _ = w.shape
     w2t = w.reshape(kh * kw * c, o).T  # a transposed view: BLAS reads it as it is, no copy
@@ -209,6 +231,7 @@ def _sum_of_products(cols, dy2, rows=8192):
 
 def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=None):
     """As conv2d_grad_weight_reference; ``cols`` is the column matrix kept by the forward."""
+    check_shapes("conv2d_grad_weight", x.shape, w_shape, strides, pads, dy.shape)
     n, ho, wo, o = dy.shape
     kh, kw, c, _ = w_shape
     dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)

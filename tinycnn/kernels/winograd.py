@@ -102,12 +102,21 @@ def tile_grid(ho, wo, m):
     return -(-ho // m), -(-wo // m)
 
 
-def check_winograd_shapes(x_shape, w_shape, strides, who="winograd"):
-    if tuple(w_shape[:2]) != (3, 3) or tuple(strides) != (1, 1):
+def check_winograd_shapes(x_shape, w_shape, strides, pads, dy_shape=None, who="winograd"):
+    """Where Winograd applies, and the gate in front of its compiled kernels (which do not
+    check bounds): the shapes must agree, or a ValueError names them."""
+    if len(w_shape) != 4 or tuple(w_shape[:2]) != (3, 3) or tuple(strides) != (1, 1):
         raise ValueError(f"{who}: Winograd F(m, 3x3) needs a 3x3 kernel and strides (1, 1), got "
                          f"kernel {tuple(w_shape[:2])} and strides {tuple(strides)}")
-    if x_shape[3] != w_shape[2]:
-        raise ValueError(f"{who}: input has {x_shape[3]} channels, kernel {tuple(w_shape)} expects {w_shape[2]}")
+    if len(x_shape) != 4 or x_shape[3] != w_shape[2]:
+        raise ValueError(f"{who}: input {tuple(x_shape)} has {x_shape[-1]} channels, kernel {tuple(w_shape)} "
+                         f"expects {w_shape[2]}")
+    ho, wo = _output_hw(x_shape, pads)
+    if min(min(p) for p in pads) < 0 or ho < 1 or wo < 1:
+        raise ValueError(f"{who}: paddings {tuple(pads)} on input {tuple(x_shape)} leave no output")
+    if dy_shape is not None and tuple(dy_shape) != (x_shape[0], ho, wo, w_shape[3]):
+        raise ValueError(f"{who}: output gradient has shape {tuple(dy_shape)}, the convolution of input "
+                         f"{tuple(x_shape)} gives {(x_shape[0], ho, wo, w_shape[3])}")
 
 
 def _output_hw(x_shape, pads):
@@ -157,7 +166,7 @@ def output_transform_adjoint(dy, th, tw, m=TILE):
 
 def winograd_conv2d_reference(x, w, strides, pads, m=TILE):
     """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (3, 3, C, O), by F(m x m, 3x3)."""
-    check_winograd_shapes(x.shape, w.shape, strides)
+    check_winograd_shapes(x.shape, w.shape, strides, pads)
     ho, wo = _output_hw(x.shape, pads)
     th, tw = tile_grid(ho, wo, m)
     V = input_transform(x, pads, th, tw, m)
@@ -168,7 +177,7 @@ def winograd_conv2d_reference(x, w, strides, pads, m=TILE):
 
 def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=TILE):
     """dx (N, H, W, C) from dy (N, HO, WO, O): dd = B (dM U^T) B^T, added into the tiles."""
-    check_winograd_shapes(x_shape, w.shape, strides)
+    check_winograd_shapes(x_shape, w.shape, strides, pads, dy.shape)
     n, h, wd, c = x_shape
     th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
     BT, _, _ = matrices(m, dy.dtype)
@@ -185,7 +194,7 @@ def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=TILE):
 
 def winograd_conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, m=TILE):
     """dw (3, 3, C, O) = G^T (sum over tiles of V^T dM) G."""
-    check_winograd_shapes(x.shape, w_shape, strides)
+    check_winograd_shapes(x.shape, w_shape, strides, pads, dy.shape)
     th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
     _, G, _ = matrices(m, x.dtype)
     V = input_transform(x, pads, th, tw, m)
@@ -387,7 +396,7 @@ def _buffer(size, shape):
 
 def winograd_conv2d_fast(x, w, strides, pads, m=TILE):
     """As winograd_conv2d_reference."""
-    check_winograd_shapes(x.shape, w.shape, strides)
+    check_winograd_shapes(x.shape, w.shape, strides, pads)
     BT, _, AT = matrices(m)
     nb, _, _, c = x.shape
     o, n = w.shape[3], m + 2
@@ -445,19 +454,19 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
 
 def winograd_conv2d_grad_input_fast(dy, w, x_shape, strides, pads, m=TILE):
     """As winograd_conv2d_grad_input_reference."""
-    check_winograd_shapes(x_shape, w.shape, strides)
+    check_winograd_shapes(x_shape, w.shape, strides, pads, dy.shape)
     return _backward(dy, x_shape, w.shape, pads, m, w=w)[0]
 
 
 def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=TILE):
     """As winograd_conv2d_grad_weight_reference."""
-    check_winograd_shapes(x.shape, w_shape, strides)
+    check_winograd_shapes(x.shape, w_shape, strides, pads, dy.shape)
     return _backward(dy, x.shape, w_shape, pads, m, x=x)[1]
 
 
 def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE):
     """As winograd_conv2d_grads_reference, in one pass over dy."""
-    check_winograd_shapes(x.shape, w.shape, strides)
+    check_winograd_shapes(x.shape, w.shape, strides, pads, dy.shape)
     return _backward(dy, x.shape, w.shape, pads, m, x=x if need_weight else None, w=w if need_input else None)
 
 
