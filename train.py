@@ -78,6 +78,10 @@ def parse_args(argv=None):
                         "(saved as report-tta.json beside the plain report)")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                    help="tinycnn kernels: fast Numba or the readable NumPy reference")
+    p.add_argument("--conv-algorithm", choices=("auto", "im2col", "winograd"), default="auto",
+                   help="how 3x3 stride-1 convolutions are computed: 'auto' uses Winograd F(4x4,3x3) "
+                        "where it measured faster, else im2col; the other two force one where Winograd "
+                        "applies (results agree to float32 rounding)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where decoded data is cached")
     return p.parse_args(argv)
 
@@ -175,7 +179,8 @@ def train(args):
             sys.exit(f"error: {run} holds no checkpoint.npz to resume from")
         saved = json.loads((run / "args.json").read_text())
         keep = {"resume": run, "epochs": args.epochs or saved["epochs"],
-                "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend}
+                "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend,
+                "conv_algorithm": args.conv_algorithm}
         args = argparse.Namespace(**{**saved, **keep})
         args.data, args.out = Path(args.data), run
         if args.epochs != saved["epochs"]:  # a new length is the run's from now on, for later resumes too
@@ -190,6 +195,7 @@ def train(args):
         write_json(run / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                        if k not in ("resume", "evaluate", "list_models")})
     tc.set_backend(args.backend)
+    tc.set_conv_algorithm(args.conv_algorithm)
 
     data = load_fer2013(args.data, cache_dir=args.cache_dir)
     x_train, y_train = data["Training"]
@@ -348,6 +354,7 @@ def main(argv=None):
     if args.evaluate:
         import tinycnn as tc
         tc.set_backend(args.backend)
+        tc.set_conv_algorithm(args.conv_algorithm)
         if not args.evaluate.exists():
             sys.exit(f"error: {args.evaluate} does not exist")
         evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out, tta=args.tta)

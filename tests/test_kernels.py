@@ -208,6 +208,17 @@ def test_bias_relu_fast_equals_reference(shape, relu):
         assert_close(label, what, got, exp, 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 4), (3, 7)])
+def test_bias_relu_affine_fast_equals_reference(shape):
+    rng = np.random.default_rng(len(shape) + 5)
+    y = random_array(rng, shape)
+    b, s, t = (random_array(rng, shape[-1:]) for _ in range(3))
+    assert_close(f"bias_relu_affine {shape}", "output", conv.bias_relu_affine.fast(y.copy(), b, s, t),
+                 conv.bias_relu_affine.reference(y.copy(), b, s, t), 1e-6, 1e-7)
+    with pytest.raises(ValueError, match="bias_relu_affine"):
+        conv.bias_relu_affine.fast(y.copy(), b[:0], s, t)
+
+
 def test_bias_relu_grad_of_a_broadcast_gradient():
     """GlobalAveragePooling2D hands back a broadcast view (and astype keeps its odd strides):
     the fast kernel once wrote into a reshaped copy and returned uninitialised memory."""
@@ -250,7 +261,8 @@ def test_dispatch_selects_by_backend():
         assert kernel() == "fast"
 
 
-KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"), pool: ("maxpool", "maxpool_grad"),
+KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad",
+                  "bias_relu_affine"), pool: ("maxpool", "maxpool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference")}
 
 

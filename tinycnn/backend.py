@@ -21,10 +21,10 @@ BACKENDS = ("numba", "numpy")
 # Whether the Numba kernels run their ``prange`` loops (over images or rows) on several
 # threads. Off by default: the big matrix products already use every core through
 # BLAS, and BLAS's idle worker threads spin for a while after each product, so Numba
-# threads started in between fight them for the cores. Measured on 2 cores
-# (vggbn, batch 128): 61 img/s with both threaded, 113 img/s with only BLAS threaded;
-# one-image latency 52 ms against 2.9 ms. ``TINYCNN_NUMBA_PARALLEL=1`` turns it on
-# (read at import; Numba compiles and caches each setting separately).
+# threads started in between fight them for the cores (bench/README.md has the
+# figures). ``TINYCNN_NUMBA_PARALLEL=1`` turns it on, read at import. Numba's on-disk
+# cache does not tell the two settings apart: a process loads whichever was compiled
+# first, so give each setting its own ``NUMBA_CACHE_DIR``.
 PARALLEL = os.environ.get("TINYCNN_NUMBA_PARALLEL", "0") == "1"
 _current = os.environ.get("TINYCNN_BACKEND", "numba")
 if _current not in BACKENDS:

@@ -258,6 +258,16 @@ def bias_relu_reference(y, b, relu):
     return y
 
 
+def bias_relu_affine_reference(y, b, scale, shift):
+    """In place: y = max(y + b, 0) * scale + shift, per channel (last axis): a ReLU
+    convolution's epilogue with the inference BatchNormalization after it."""
+    y += b
+    np.maximum(y, 0, out=y)
+    y *= scale
+    y += shift
+    return y
+
+
 def bias_relu_grad_reference(g, y, relu):
     """(g masked by y > 0 if ``relu``, the bias gradient: g summed over all but channels)."""
     if relu:
@@ -286,6 +296,24 @@ def _bias_relu_grad(g2, y2, relu, out, db):
     db[:] = acc
 
 
+@njit(cache=True, fastmath=True)
+def _bias_relu_affine(y2, b, scale, shift):
+    m, c = y2.shape
+    for i in range(m):
+        for j in range(c):
+            y2[i, j] = max(y2[i, j] + b[j], 0.0) * scale[j] + shift[j]
+
+
+def bias_relu_affine_fast(y, b, scale, shift):
+    c = y.shape[-1]
+    if not y.flags.c_contiguous or not all(v.shape == (c,) for v in (b, scale, shift)):
+        raise ValueError(f"bias_relu_affine: y {y.shape} must be C-contiguous and b, scale, shift ({c},), "
+                         f"got {b.shape}, {scale.shape}, {shift.shape}")
+    _bias_relu_affine(y.reshape(-1, c), np.asarray(b, np.float32), np.asarray(scale, np.float32),
+                      np.asarray(shift, np.float32))
+    return y
+
+
 def bias_relu_fast(y, b, relu):
     _bias_relu(y.reshape(-1, y.shape[-1]), b, relu)
     return y
@@ -299,6 +327,7 @@ def bias_relu_grad_fast(g, y, relu):
 
 
 bias_relu = dispatch(bias_relu_reference, bias_relu_fast)
+bias_relu_affine = dispatch(bias_relu_affine_reference, bias_relu_affine_fast)
 bias_relu_grad = dispatch(bias_relu_grad_reference, bias_relu_grad_fast)
 
 # -- which algorithm: the direct sum (im2col) or Winograd ------------------------------------------

@@ -9,7 +9,10 @@ channels, the last axis of w), the two collapse into one layer:
 
 so the normalisation costs nothing, and a ReLU right after it is fused into the
 layer's epilogue too (Conv2D -> BatchNormalization -> ReLU, as in ``resfer``, becomes
-one convolution). The folded weights are computed at every call from the current
+one convolution). When the ReLU comes first (Conv2D(activation="relu") ->
+BatchNormalization, as in ``vggbn`` and ``gap4``) the map cannot move inside the
+convolution, but it can join its epilogue: ``max(z + b, 0) * s + t`` in the same pass
+over the output that adds the bias. The folded weights are computed at every call from the current
 weights, so they are never stale whatever changed them (training, ``set_weights``,
 ``load_weights``, direct edits). That costs one pass over the kernel, which the
 activation pass it saves repays only in batches: it is done from ``FOLD_MIN_BATCH``
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import conv as K
 from ..tensor import Tensor, is_grad_enabled
 from .base import to_input_tensor
 from .convolution import Conv2D
@@ -31,15 +35,36 @@ FOLD_MIN_BATCH = 8
 
 def folded_weights(layer, bn):
     """(kernel, bias) of ``layer`` (Conv2D or Dense) with ``bn`` applied to its outputs."""
-    s = bn.gamma.data / np.sqrt(bn.moving_variance.data + np.float32(bn.epsilon))
+    s, t = _batchnorm_affine(bn)
     kernel = layer.kernel.data * s                       # scales the last (output) axis
-    bias = (layer.bias.data - bn.moving_mean.data) * s + bn.beta.data
+    bias = layer.bias.data * s + t                       # = (b - mean) s + beta
     return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def _batchnorm_affine(bn):
+    """(s, t) of the inference BatchNorm bn(z) = z * s + t, each (C,)."""
+    s = bn.gamma.data / np.sqrt(bn.moving_variance.data + np.float32(bn.epsilon))
+    return s.astype(np.float32), (bn.beta.data - bn.moving_mean.data * s).astype(np.float32)
 
 
 def _foldable(layer, following):
     return (isinstance(layer, (Conv2D, Dense)) and layer.activation == "linear" and layer.built
             and isinstance(following, BatchNormalization) and following.built)
+
+
+def _relu_conv_then_batchnorm(layer, following):
+    return (type(layer) is Conv2D and layer.activation == "relu" and layer.built
+            and isinstance(following, BatchNormalization) and following.built)
+
+
+def conv_relu_batchnorm(layer, bn, x):
+    """bn(relu(conv(x) + b)) for a built Conv2D(activation='relu') and inference ``bn``,
+    with the ReLU and the normalisation in the convolution's epilogue pass."""
+    layer.compute_output_shape(x.shape[1:])
+    pads = layer._pads(x.shape[1], x.shape[2])
+    y = K.conv2d(x.data, layer.kernel.data, layer.strides, pads)
+    s, t = _batchnorm_affine(bn)
+    return Tensor(K.bias_relu_affine(y, layer.bias.data, s, t))
 
 
 def _is_relu(layer):
@@ -49,7 +74,8 @@ def _is_relu(layer):
 def run_layers(layers, x, training):
     """Apply ``layers`` in order to x; in inference without gradients and from
     ``FOLD_MIN_BATCH`` images up, each Conv2D/Dense followed by BatchNormalization (and
-    a ReLU) runs as one folded layer."""
+    a ReLU) runs as one folded layer, and each Conv2D(relu) followed by
+    BatchNormalization as one convolution with the normalisation in its epilogue."""
     fold = not training and not is_grad_enabled() and np.shape(x)[0] >= FOLD_MIN_BATCH
     i = 0
     while i < len(layers):
@@ -61,6 +87,11 @@ def run_layers(layers, x, training):
             kernel, bias = folded_weights(layer, layers[i + 1])
             x = layer.apply_weights(x, Tensor(kernel), Tensor(bias), relu)
             i += 3 if relu else 2
+        elif fold and i + 1 < len(layers) and _relu_conv_then_batchnorm(layer, layers[i + 1]):
+            x = to_input_tensor(x, layer._label())
+            layer.ensure_built(x.shape[1:])
+            x = conv_relu_batchnorm(layer, layers[i + 1], x)
+            i += 2
         else:
             x = layer(x, training=training)
             i += 1
