@@ -12,7 +12,8 @@ layer's epilogue too (Conv2D -> BatchNormalization -> ReLU, as in ``resfer``, be
 one convolution). When the ReLU comes first (Conv2D(activation="relu") ->
 BatchNormalization, as in ``vggbn`` and ``gap4``) the map cannot move inside the
 convolution, but it can join its epilogue: ``max(z + b, 0) * s + t`` in the same pass
-over the output that adds the bias. The folded weights are computed at every call from the current
+over the output that adds the bias; that costs nothing extra, so it is done at any
+batch size. The folded weights are computed at every call from the current
 weights, so they are never stale whatever changed them (training, ``set_weights``,
 ``load_weights``, direct edits). That costs one pass over the kernel, which the
 activation pass it saves repays only in batches: it is done from ``FOLD_MIN_BATCH``
@@ -72,25 +73,26 @@ def _is_relu(layer):
 
 
 def run_layers(layers, x, training):
-    """Apply ``layers`` in order to x; in inference without gradients and from
-    ``FOLD_MIN_BATCH`` images up, each Conv2D/Dense followed by BatchNormalization (and
-    a ReLU) runs as one folded layer, and each Conv2D(relu) followed by
-    BatchNormalization as one convolution with the normalisation in its epilogue."""
-    fold = not training and not is_grad_enabled() and np.shape(x)[0] >= FOLD_MIN_BATCH
+    """Apply ``layers`` in order to x. In inference without gradients, each Conv2D(relu)
+    followed by BatchNormalization runs as one convolution with the normalisation in its
+    epilogue (free at any batch size), and, from ``FOLD_MIN_BATCH`` images up, each
+    Conv2D/Dense followed by BatchNormalization (and a ReLU) as one folded layer."""
+    inference = not training and not is_grad_enabled()
+    fold = inference and np.shape(x)[0] >= FOLD_MIN_BATCH
     i = 0
     while i < len(layers):
-        layer = layers[i]
-        if fold and i + 1 < len(layers) and _foldable(layer, layers[i + 1]):
+        layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+        if fold and _foldable(layer, following):
             relu = i + 2 < len(layers) and _is_relu(layers[i + 2])
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
-            kernel, bias = folded_weights(layer, layers[i + 1])
+            kernel, bias = folded_weights(layer, following)
             x = layer.apply_weights(x, Tensor(kernel), Tensor(bias), relu)
             i += 3 if relu else 2
-        elif fold and i + 1 < len(layers) and _relu_conv_then_batchnorm(layer, layers[i + 1]):
+        elif inference and _relu_conv_then_batchnorm(layer, following):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
-            x = conv_relu_batchnorm(layer, layers[i + 1], x)
+            x = conv_relu_batchnorm(layer, following, x)
             i += 2
         else:
             x = layer(x, training=training)
