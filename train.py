@@ -42,7 +42,9 @@ def parse_args(argv=None):
         formatter_class=_HelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="FER-2013: an image-folder tree (train/, test/ [validation/]) or fer2013.csv")
-    p.add_argument("--model", default="resfer", choices=fer_models.names(), help="architecture (see --list-models)")
+    p.add_argument("--model", default=None, choices=fer_models.names(),
+                   help="architecture (see --list-models); with --evaluate, for weights files that do not "
+                        "record theirs (default: resfer)")
     p.add_argument("--epochs", type=int, default=None,
                    help="number of passes over Training (default 30; when resuming, the run's own)")
     p.add_argument("--batch-size", type=int, default=64, help="images per optimiser step")
@@ -83,7 +85,10 @@ def parse_args(argv=None):
                         "where it measured faster, else im2col; the other two force one where Winograd "
                         "applies (results agree to float32 rounding)")
     p.add_argument("--cache-dir", type=Path, default=None, help="where decoded data is cached")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.model_given = args.model is not None
+    args.model = args.model or "resfer"
+    return args
 
 
 # -- small pieces ------------------------------------------------------------------------------
@@ -150,10 +155,18 @@ def save_checkpoint(run, model, opt, epoch, history, best, plateau):
 
 
 def load_checkpoint(run, model, opt):
-    with np.load(run / "checkpoint.npz") as f:
-        model.set_weights({k[6:]: f[k] for k in f.files if k.startswith("model/")})
-        opt.load_state_dict({k[4:]: f[k] for k in f.files if k.startswith("opt/")})
+    """Restore model and optimiser from ``run/checkpoint.npz``; returns its metadata.
+    A damaged checkpoint ends the program with one line saying what is wrong."""
+    from tinycnn.model import read_npz
+    path = run / "checkpoint.npz"
+    try:
+        f = read_npz(path, "checkpoint")
+        model.set_weights({k[6:]: v for k, v in f.items() if k.startswith("model/")})
+        opt.load_state_dict({k[4:]: v for k, v in f.items() if k.startswith("opt/")})
         return json.loads(str(f["meta"]))
+    except (ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+        sys.exit(f"error: cannot resume from {path}: {e}. The run's best.npz, if any, still holds its "
+                 f"best weights; start a new run with --out")
 
 
 def seed_dropout(model, seed, epoch):
@@ -177,7 +190,10 @@ def train(args):
         run = args.resume
         if not (run / "checkpoint.npz").exists():
             sys.exit(f"error: {run} holds no checkpoint.npz to resume from")
-        saved = json.loads((run / "args.json").read_text())
+        try:
+            saved = json.loads((run / "args.json").read_text())
+        except (OSError, ValueError) as e:
+            sys.exit(f"error: cannot resume {run}: its args.json (the run's settings) is missing or damaged ({e})")
         keep = {"resume": run, "epochs": args.epochs or saved["epochs"],
                 "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend,
                 "conv_algorithm": args.conv_algorithm}
@@ -187,13 +203,14 @@ def train(args):
             write_json(run / "args.json", {**saved, "epochs": args.epochs})
     else:
         args.epochs = args.epochs or 30
-        args.lr = args.lr or (1e-3 if args.optimizer == "adam" else 0.01)
+        if args.lr is None:
+            args.lr = 1e-3 if args.optimizer == "adam" else 0.01
         run = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run / "checkpoint.npz").exists():
             sys.exit(f"error: {run} already holds a run; use --resume {run} or another --out")
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                       if k not in ("resume", "evaluate", "list_models")})
+                                       if k not in ("resume", "evaluate", "list_models", "model_given")})
     tc.set_backend(args.backend)
     tc.set_conv_algorithm(args.conv_algorithm)
 
@@ -301,10 +318,11 @@ def train(args):
 
 
 # -- evaluation -------------------------------------------------------------------------------
-def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=False):
+def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=False, model=None):
     """PrivateTest accuracy, confusion matrix and per-class figures, printed and saved
     (``report.json``, ``confusion.png``; with ``tta``: ``report-tta.json`` and
-    ``confusion-tta.png``, beside the plain ones)."""
+    ``confusion-tta.png``, beside the plain ones). ``model``: the architecture, for
+    weights files that do not record it (default: the one recorded)."""
     import fer_models
     from fer_models.data import load_fer2013
     from fer_models.metrics import classification_report, confusion_matrix, format_report
@@ -312,7 +330,7 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
     from fer_models.plots import plot_confusion, plot_history
 
     target = Path(target)
-    model = load_model(target)
+    model = load_model(target, model)
     if data is None:
         data = load_fer2013(data_path, cache_dir=cache_dir)
     out = Path(out) if out else (target if target.is_dir() else target.parent)
@@ -344,6 +362,8 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
 
 def main(argv=None):
     args = parse_args(argv)
+    import tinycnn as tc
+    tc.backend.keep_freed_memory()  # big activations reused, not re-faulted, every step
     if args.list_models:
         list_models()
         return
@@ -357,10 +377,16 @@ def main(argv=None):
         tc.set_conv_algorithm(args.conv_algorithm)
         if not args.evaluate.exists():
             sys.exit(f"error: {args.evaluate} does not exist")
-        evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out, tta=args.tta)
+        try:
+            evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out, tta=args.tta,
+                     model=args.model if args.model_given else None)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: {e}")
         return
     if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1:
         sys.exit("error: --epochs and --batch-size must be positive")
+    if args.lr is not None and not args.lr > 0:
+        sys.exit(f"error: --lr must be positive, got {args.lr}")
     train(args)
 
 

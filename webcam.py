@@ -90,7 +90,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="address to serve on; 0.0.0.0 exposes it to the network (browsers allow the camera "
                           "only on localhost or over HTTPS; photo upload works anyway)")
     web.add_argument("--port", type=int, default=8000, help="port to serve on")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # ranges argparse cannot say: refused here, before any camera or model is opened
+    if args.max_frames < 0:
+        p.error(f"--max-frames must be >= 0 (0: no limit), got {args.max_frames}")
+    if args.margin is not None and not 0.0 <= args.margin <= 1.0:
+        p.error(f"--margin must be between 0 and 1 (a fraction of the box), got {args.margin}")
+    for option in ("min_face", "detect_width", "smooth", "port"):
+        if getattr(args, option) < 0:
+            p.error(f"--{option.replace('_', '-')} must be >= 0, got {getattr(args, option)}")
+    return args
 
 
 # -- sources: each yields (name, BGR frame) ----------------------------------------------
@@ -389,6 +398,8 @@ def main(argv=None) -> int:
         n = str(min(args.threads, os.cpu_count() or 1))
         for var in THREAD_VARIABLES:
             os.environ[var] = n
+    import tinycnn
+    tinycnn.backend.keep_freed_memory()
     try:
         return serve(args) if args.serve else run(args)
     except UserError as e:

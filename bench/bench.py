@@ -97,6 +97,7 @@ def setup_tinycnn(name, threads, x, y):
 
     import fer_models
     import tinycnn as tc
+    tc.backend.keep_freed_memory()  # as train.py and webcam.py do
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(threads, user_api="blas")
     model = fer_models.build(name)
@@ -257,6 +258,7 @@ def worker_compile(task):
     t0 = time.perf_counter()
     import fer_models
     import tinycnn as tc
+    tc.backend.keep_freed_memory()  # as train.py and webcam.py do
     import_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     x = rng.random((TRAIN_BATCH, H, W, C), dtype=np.float32)
@@ -298,6 +300,7 @@ def worker_conv(task):
     import fer_models
     import numba
     import tinycnn as tc
+    tc.backend.keep_freed_memory()  # as train.py and webcam.py do
     from tinycnn.kernels import conv
     s = task["settings"]
     numba.set_num_threads(min(s["threads"], numba.config.NUMBA_NUM_THREADS))

@@ -43,12 +43,17 @@ def load_model(weights=None, model: str | None = None) -> tc.Sequential:
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist"
                                 + ("" if weights else " (the bundled model is missing from the install)"))
-    with np.load(path) as f:
-        arrays = {k: f[k] for k in f.files}
+    from tinycnn.model import read_npz
+    arrays = read_npz(path)
     stored = str(arrays.pop(MODEL_KEY)) if MODEL_KEY in arrays else None
     name = model or stored
     if name is None:
         raise ValueError(f"{path} does not record its architecture; pass model= (one of {names()})")
+    if name not in names():
+        raise ValueError(f"{path}: unknown architecture {name!r}; one of {names()}")
+    for key, value in arrays.items():
+        if not np.isfinite(value).all():
+            raise ValueError(f"{path}: weight '{key}' holds NaN or inf: the training that wrote it diverged")
     net = build(name)
     try:
         net.set_weights(arrays)

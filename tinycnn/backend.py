@@ -112,9 +112,13 @@ def keep_freed_memory() -> bool:
     allocators that TensorFlow and PyTorch carry, in two calls. The price is that a
     process keeps its peak memory until it exits.
 
-    Called when tinycnn is imported, unless ``TINYCNN_KEEP_FREED_MEMORY=0``. Returns
-    whether the setting took effect (False off glibc, e.g. on macOS or musl).
+    It changes the whole process, so importing tinycnn does not do it: the programs
+    (``train.py``, ``webcam.py``, the benchmark's tinycnn worker) call it at start, unless
+    ``TINYCNN_KEEP_FREED_MEMORY=0``. Returns whether the setting took effect (False off
+    glibc, e.g. on macOS or musl, and when the variable says no).
     """
+    if os.environ.get("TINYCNN_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     import ctypes
     import ctypes.util
     try:
@@ -125,5 +129,3 @@ def keep_freed_memory() -> bool:
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
-
-FREED_MEMORY_KEPT = os.environ.get("TINYCNN_KEEP_FREED_MEMORY", "1") != "0" and keep_freed_memory()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -125,10 +127,14 @@ class Sequential:
                              f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}")
         for key, t in mine.items():
             value = np.asarray(weights[key])
+            layer, wname = key.split("/", 1)[0], key.rsplit("/", 1)[1]
             if value.shape != t.shape:
-                layer, wname = key.split("/", 1)[0], key.rsplit("/", 1)[1]
                 raise ValueError(f"layer '{layer}': weight '{wname}' has shape {t.shape} in this model "
                                  f"but {value.shape} in the file")
+            if not np.issubdtype(value.dtype, np.number) or not np.isfinite(value).all():
+                bad = "is not numeric" if not np.issubdtype(value.dtype, np.number) else \
+                    f"holds NaN or inf (first at index {tuple(int(i) for i in np.argwhere(~np.isfinite(value))[0])})"
+                raise ValueError(f"layer '{layer}': weight '{wname}' {bad}")
         for key, t in mine.items():
             t.data = np.asarray(weights[key], dtype=np.float32).copy()
 
@@ -137,8 +143,12 @@ class Sequential:
         save_npz_atomic(path, self.get_weights())
 
     def load_weights(self, path):
-        with np.load(path) as f:
-            self.set_weights({k: f[k] for k in f.files})
+        """Load a file written by ``save_weights``; a damaged or foreign file, or one whose
+        weights do not fit or hold NaN, raises ValueError naming the file."""
+        try:
+            self.set_weights(read_npz(path))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def _require_built(self, what):
         if self.input_shape is None:
@@ -185,6 +195,26 @@ def _all_sublayers(layer):
     for sub in layer.sublayers():
         out += [sub] + _all_sublayers(sub)
     return out
+
+
+def read_npz(path, what="weights file") -> dict[str, np.ndarray]:
+    """Every array of an .npz as ``{name: array}``, never unpickling anything.
+
+    A missing file raises FileNotFoundError; a truncated, damaged or foreign one (a text
+    file, a .npy, pickled data) raises ValueError naming the file and what is wrong."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("a single array (.npy), not an .npz archive")
+        with f:
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        reason = "not a NumPy file at all" if "pickle" in str(e).lower() else str(e) or type(e).__name__
+        raise ValueError(f"{path}: not a readable .npz {what} (truncated, damaged or another format: "
+                         f"{reason})") from None
 
 
 def save_npz_atomic(path, arrays: dict):

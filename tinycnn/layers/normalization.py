@@ -85,6 +85,9 @@ class BatchNormalization(Layer):
         self.moving_variance = self.add_weight("moving_variance", np.ones(c, np.float32), trainable=False)
 
     def call(self, x, training):
+        if training and x.size == 0:  # the statistics of nothing are NaN, and would stay in the moving averages
+            raise ValueError(f"{self._label()}: a training batch needs at least one value per channel, "
+                             f"got input shape {x.shape}")
         if training:
             stats = {}
             y = BatchNormFn.apply(x, self.gamma, self.beta, eps=self.epsilon, stats=stats)
