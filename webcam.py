@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="address to serve on; 0.0.0.0 exposes it to the network (browsers allow the camera "
                           "only on localhost or over HTTPS; photo upload works anyway)")
     web.add_argument("--port", type=int, default=8000, help="port to serve on")
+    web.add_argument("--allow-host", action="append", metavar="NAME",
+                     help="a host name the app may be reached by besides 127.0.0.1/localhost (the Host "
+                          "header; others are refused against DNS rebinding); repeat for several")
     args = p.parse_args(argv)
     # ranges argparse cannot say: refused here, before any camera or model is opened
     if args.max_frames < 0:
@@ -380,11 +383,28 @@ def run(args) -> int:
 
 
 def serve(args) -> int:
-    from fer_models.server import create_app
+    import waitress
+
+    from fer_models.server import LOCAL_HOSTS, MAX_UPLOAD_BYTES, create_app
     pipeline = load_pipeline(args)
-    app = create_app(pipeline)
-    print(f"open http://{args.host}:{args.port}/ in a browser (Ctrl-C stops)", file=sys.stderr)
-    app.run(host=args.host, port=args.port, threaded=True)   # a taken port: Werkzeug says so, exit 1
+    names = list(LOCAL_HOSTS) + list(args.allow_host or [])
+    if args.host not in ("0.0.0.0", "::", ""):
+        names.append(args.host)
+    app = create_app(pipeline, allowed_hosts=names)
+    if args.host in ("0.0.0.0", "::", ""):
+        print(f"warning: --host {args.host} makes the app reachable from the network; it answers only "
+              f"to the names {names} (add yours with --allow-host)", file=sys.stderr)
+    print(f"open http://{'127.0.0.1' if args.host in ('0.0.0.0', '') else args.host}:{args.port}/ in a browser "
+          f"(Ctrl-C stops)", file=sys.stderr)
+    try:
+        # a bounded server: 4 worker threads, 64 connections, idle connections closed after
+        # 30 s. A body up to twice the upload limit is read and answered by the app (a JSON
+        # 413 the page can show); a longer one is cut off by the server itself.
+        waitress.serve(app, host=args.host, port=args.port, threads=4, connection_limit=64,
+                       channel_timeout=30, max_request_body_size=2 * MAX_UPLOAD_BYTES,
+                       ident="fer-webcam", _quiet=True)
+    except OSError as e:
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
     return 0
 
 

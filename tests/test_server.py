@@ -131,3 +131,80 @@ def test_real_server_survives_bad_requests(app):
     finally:
         server.shutdown()
         thread.join(timeout=10)
+
+
+# -- a real service: sizes from the header, same-site only, generic errors, bounded queue ------------
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG claiming width x height pixels: what an image bomb looks like from outside."""
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_too_many_pixels_refused_from_the_header_before_decoding(client, monkeypatch):
+    import fer_models.server as server
+    decoded = []
+    monkeypatch.setattr(server, "decode_image", lambda data: decoded.append(1))
+    for width, height, says in ((5000, 4000, "5000x4000 pixels"), (16000, 16000, "more pixels than")):
+        data = png_header_only(width, height)
+        assert len(data) < 200
+        r = post_image(client, data, name="bomb.png")
+        assert r.status_code == 413 and says in r.get_json()["error"], r.get_json()
+    assert decoded == [], "the image was decoded before its size was checked"
+
+
+def test_other_host_names_are_refused(client):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1."""
+    r = client.get("/api/info", headers={"Host": "evil.example:8000"})
+    assert r.status_code == 421 and "Host header refused" in r.get_json()["error"]
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8000"):
+        assert client.get("/api/info", headers={"Host": host}).status_code == 200, host
+
+
+@pytest.mark.parametrize("origin, status", [("http://evil.example", 403), ("null", 403),
+                                            ("http://localhost", 200), (None, 200)])
+def test_cross_site_posts_are_refused(client, origin, status):
+    headers = {"Host": "localhost"} | ({"Origin": origin} if origin else {})
+    r = client.post("/api/predict", data={"image": (io.BytesIO(jpeg(blank_frame())), "f.jpg")},
+                    content_type="multipart/form-data", headers=headers)
+    assert r.status_code == status, r.get_json()
+    if status == 403:
+        assert "cross-site" in r.get_json()["error"]
+
+
+def test_internal_errors_say_nothing_of_the_inside(tmp_path):
+    class Broken:
+        classifier = type("C", (), {"model": None})()
+
+        def analyse(self, image):
+            raise RuntimeError("secret path /home/someone/model.npz")
+    r = post_image(create_app(Broken()).test_client(), jpeg(blank_frame()))
+    assert r.status_code == 500 and "secret" not in r.get_data(as_text=True)
+    assert r.get_json()["error"].startswith("internal error")
+
+
+def test_requests_beyond_the_queue_get_503():
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow:
+        classifier = type("C", (), {"model": None})()
+
+        def analyse(self, image):
+            entered.set()
+            release.wait(30)
+            from fer_models.detect import FrameResult
+            return FrameResult(width=image.shape[1], height=image.shape[0], faces=[])
+    app = create_app(Slow(), max_waiting=0)
+    first = threading.Thread(target=lambda: post_image(app.test_client(), jpeg(blank_frame())))
+    first.start()
+    try:
+        assert entered.wait(30)
+        r = post_image(app.test_client(), jpeg(blank_frame()))
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    finally:
+        release.set()
+        first.join(30)
