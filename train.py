@@ -186,14 +186,19 @@ def train(args):
     from fer_models.data import load_fer2013
     from fer_models.predict import save_model
 
+    fresh_start = False
     if args.resume:
         run = args.resume
-        if not (run / "checkpoint.npz").exists():
+        if not (run / "checkpoint.npz").exists() and not (run / "args.json").exists():
             sys.exit(f"error: {run} holds no checkpoint.npz to resume from")
         try:
             saved = json.loads((run / "args.json").read_text())
         except (OSError, ValueError) as e:
             sys.exit(f"error: cannot resume {run}: its args.json (the run's settings) is missing or damaged ({e})")
+        for leftover in list(run.glob("*.tmp.npz")) + list(run.glob("*.json.tmp")):
+            leftover.unlink()   # a write that a kill interrupted before its rename: never the real file
+        # stopped before its first checkpoint: the run starts again, with its own settings
+        fresh_start = not (run / "checkpoint.npz").exists()
         keep = {"resume": run, "epochs": args.epochs or saved["epochs"],
                 "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend,
                 "conv_algorithm": args.conv_algorithm}
@@ -235,7 +240,9 @@ def train(args):
                if args.schedule == "plateau" else None)
 
     history, best, start = [], {"acc": -1.0, "epoch": 0}, 1
-    if args.resume:
+    if args.resume and fresh_start:
+        print(f"{run} was stopped before its first checkpoint: starting it from epoch 1")
+    elif args.resume:
         meta = load_checkpoint(run, model, opt)
         history, best, start = meta["history"], meta["best"], meta["epoch"] + 1
         if plateau and meta["plateau"]:
