@@ -272,8 +272,11 @@ def train(args):
                 elif plateau:
                     opt.lr = plateau.lr
                 logits = model(xb, training=True)
-                loss = tc.losses.softmax_cross_entropy(logits, yb, class_weights=weights,
-                                                       label_smoothing=args.label_smoothing)
+                if not np.isfinite(logits.data).all():   # diverged: the loss would refuse these logits
+                    loss = tc.Tensor(np.float32(np.nan))
+                else:
+                    loss = tc.losses.softmax_cross_entropy(logits, yb, class_weights=weights,
+                                                           label_smoothing=args.label_smoothing)
                 if not np.isfinite(loss.item()):
                     bar.close()
                     sys.exit(f"error: the loss became {loss.item()} at epoch {epoch}, step {step + 1}. "

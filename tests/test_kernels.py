@@ -219,6 +219,19 @@ def test_bias_relu_affine_fast_equals_reference(shape):
         conv.bias_relu_affine.fast(y.copy(), b[:0], s, t)
 
 
+def test_nan_goes_through_relu_and_maxpool_alike_on_both_backends():
+    """A NaN inside a network (an overflow upstream) must look the same on both paths:
+    ReLU keeps it, max-pool lets it win its window (the first one, as np.argmax)."""
+    y = np.array([[np.nan, -1.0, 2.0, np.inf, -np.inf]], np.float32)
+    b = np.zeros(5, np.float32)
+    np.testing.assert_array_equal(conv.bias_relu.fast(y.copy(), b, True), conv.bias_relu.reference(y.copy(), b, True))
+    x = np.array([1.0, np.nan, 3.0, 2.0, -1, -2, np.nan, np.nan], np.float32).reshape(1, 2, 4, 1)
+    fast = pool.maxpool.fast(x, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 2))
+    ref = pool.maxpool.reference(x, (2, 2), (2, 2), ((0, 0), (0, 0)), (1, 2))
+    np.testing.assert_array_equal(fast[0], ref[0])
+    np.testing.assert_array_equal(fast[1], ref[1])
+
+
 def test_bias_relu_grad_of_a_broadcast_gradient():
     """GlobalAveragePooling2D hands back a broadcast view (and astype keeps its odd strides):
     the fast kernel once wrote into a reshaped copy and returned uninitialised memory."""

@@ -146,3 +146,14 @@ def test_importing_tinycnn_leaves_malloc_alone():
     assert not hasattr(B, "FREED_MEMORY_KEPT")
     assert "keep_freed_memory()" in (ROOT / "train.py").read_text()
     assert "keep_freed_memory()" in (ROOT / "webcam.py").read_text()
+
+
+def test_layers_built_on_their_own_differ_and_seeded_ones_repeat():
+    a, b = tc.layers.Conv2D(4, 3), tc.layers.Conv2D(4, 3)
+    a.ensure_built((5, 5, 2)), b.ensure_built((5, 5, 2))
+    assert not np.array_equal(a.kernel.data, b.kernel.data), "two standalone layers got the same weights"
+    d1, d2 = tc.layers.Dropout(0.5), tc.layers.Dropout(0.5)
+    x = np.ones((4, 50), np.float32)
+    assert not np.array_equal(d1(x, training=True).numpy(), d2(x, training=True).numpy())
+    s1, s2 = (tc.Sequential([tc.layers.Conv2D(4, 3)], input_shape=(5, 5, 2), seed=3) for _ in range(2))
+    np.testing.assert_array_equal(s1.layers[0].kernel.data, s2.layers[0].kernel.data)

@@ -47,6 +47,11 @@ def softmax_cross_entropy(logits, labels, class_weights=None, label_smoothing=0.
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy: logits must be (batch, classes), got {logits.shape}")
     n, k = logits.shape
+    if n == 0:
+        raise ValueError(f"softmax_cross_entropy: a batch of 0 examples has no loss (logits {logits.shape})")
+    if not np.isfinite(logits.data).all():   # a diverged model: say so rather than return NaN
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(logits.data))[0])
+        raise ValueError(f"softmax_cross_entropy: logits {logits.shape} hold NaN or inf, first at {bad}")
     labels = np.asarray(labels)
     if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"softmax_cross_entropy: labels must be {n} integers for logits {logits.shape}, "

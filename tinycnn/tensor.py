@@ -192,7 +192,7 @@ class Tensor:
 
     def flatten(self):
         """(N, ...) -> (N, prod(...))."""
-        return self.reshape(self.shape[0], -1)
+        return self.reshape(self.shape[0], int(np.prod(self.shape[1:])))
 
     def relu(self):
         return ReLU.apply(self)

@@ -61,7 +61,9 @@ def _maxpool_numba(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
                         continue
                     for ch in range(c):
                         v = x[n, iy, ix, ch]
-                        if v > y[n, oy, ox, ch]:  # strict: the first tap wins a tie
+                        best = y[n, oy, ox, ch]
+                        # strict: the first tap wins a tie; a NaN wins as in np.argmax (the first one)
+                        if v > best or (v != v and best == best):
                             y[n, oy, ox, ch] = v
                             argmax[n, oy, ox, ch] = a * pw + b
 

@@ -150,7 +150,7 @@ def output_transform(M, ho, wo, m=TILE):
     _, _, AT = matrices(m, M.dtype)
     nb, th, tw = M.shape[:3]
     Y = np.einsum("ki,nrsijo,lj->nrsklo", AT, M, AT, optimize=True)  # (N, TH, TW, m, m, O)
-    return Y.transpose(0, 1, 3, 2, 4, 5).reshape(nb, th * m, tw * m, -1)[:, :ho, :wo]
+    return Y.transpose(0, 1, 3, 2, 4, 5).reshape(nb, th * m, tw * m, M.shape[-1])[:, :ho, :wo]
 
 
 def output_transform_adjoint(dy, th, tw, m=TILE):

@@ -54,7 +54,10 @@ class Layer:
         input_shape = tuple(int(d) for d in input_shape)
         if not self.built:
             self._check_rank(input_shape)
-            self.build(input_shape, rng if rng is not None else np.random.default_rng(0))
+            # on its own, without a generator, a layer draws fresh random weights (and a
+            # Dropout its own mask stream), as in Keras; Sequential(seed=...) or rng= make
+            # them reproducible. (A fixed default gave every such layer the same ones.)
+            self.build(input_shape, rng if rng is not None else np.random.default_rng())
             self.input_shape = input_shape
             self.built = True
         elif input_shape != self.input_shape:

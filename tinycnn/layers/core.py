@@ -77,7 +77,7 @@ class Flatten(Layer):
         return (int(np.prod(input_shape)),)
 
     def call(self, x, training):
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # not -1: a batch of 0 has no size to infer
 
 
 class DropoutFn(Function):
