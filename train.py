@@ -219,9 +219,15 @@ def train(args):
     tc.set_backend(args.backend)
     tc.set_conv_algorithm(args.conv_algorithm)
 
-    data = load_fer2013(args.data, cache_dir=args.cache_dir)
+    try:
+        data = load_fer2013(args.data, cache_dir=args.cache_dir)
+    except (FileNotFoundError, ValueError, OSError) as e:   # no such folder, no layout, unreadable CSV
+        sys.exit(f"error: --data {args.data}: {e}")
     x_train, y_train = data["Training"]
     x_val, y_val = data["PublicTest"]
+    if len(x_train) == 0:
+        sys.exit(f"error: --data {args.data} holds no Training images to train on (train/<class>/*.png "
+                 f"or the CSV's Usage=Training rows)")
     if args.limit:
         keep = stratified_subset(y_train, args.limit, args.seed)
         x_train, y_train = x_train[keep], y_train[keep]

@@ -157,3 +157,18 @@ def test_layers_built_on_their_own_differ_and_seeded_ones_repeat():
     assert not np.array_equal(d1(x, training=True).numpy(), d2(x, training=True).numpy())
     s1, s2 = (tc.Sequential([tc.layers.Conv2D(4, 3)], input_shape=(5, 5, 2), seed=3) for _ in range(2))
     np.testing.assert_array_equal(s1.layers[0].kernel.data, s2.layers[0].kernel.data)
+
+
+def test_train_with_missing_or_empty_data_says_so(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: --data .*nowhere: .*does not exist"):
+        train.main(["--data", str(tmp_path / "nowhere"), "--model", "mini", "--out", str(tmp_path / "a")])
+    if not DATA.exists():
+        return
+    import shutil
+    (tmp_path / "fer" / "train" / "happy").mkdir(parents=True)
+    (tmp_path / "fer" / "test" / "happy").mkdir(parents=True)
+    for src in sorted((DATA / "test" / "happy").glob("PublicTest_*.png"))[:3]:
+        shutil.copy(src, tmp_path / "fer" / "test" / "happy" / src.name)
+    with pytest.raises(SystemExit, match="holds no Training images"):
+        train.main(["--data", str(tmp_path / "fer"), "--model", "mini", "--out", str(tmp_path / "b"),
+                    "--cache-dir", str(tmp_path / "cache")])
