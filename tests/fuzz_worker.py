@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -84,11 +85,53 @@ def run_loss(backend, inputs, labels):
     return results
 
 
+OPS = {  # name: (tinycnn call, NumPy's answer, the Function class named in errors)
+    "add": (lambda a, b: a + b, lambda a, b: a + b, "Add"), "sub": (lambda a, b: a - b, lambda a, b: a - b, "Sub"),
+    "mul": (lambda a, b: a * b, lambda a, b: a * b, "Mul"), "div": (lambda a, b: a / b, lambda a, b: a / b, "Div"),
+    "matmul": (lambda a, b: a @ b, lambda a, b: a @ b, "MatMul"),
+    "sum": (lambda a, b: a.sum(axis=-1), lambda a, b: a.sum(axis=-1), "Sum"),
+    "mean": (lambda a, b: a.mean(axis=0), lambda a, b: a.mean(axis=0), "Mean"),
+    "reshape": (lambda a, b: a.reshape(b.shape), lambda a, b: a.reshape(b.shape), "Reshape"),
+    "relu": (lambda a, b: tc.relu(a), lambda a, b: np.maximum(a, 0), "ReLU"),
+    "exp": (lambda a, b: a.exp(), lambda a, b: np.exp(a), "Exp"),
+    "log": (lambda a, b: a.log(), lambda a, b: np.log(a), "Log"),
+    "softmax": (lambda a, b: tc.softmax(a), None, "Softmax"), "log_softmax": (lambda a, b: tc.log_softmax(a), None,
+                                                                              "LogSoftmax"),
+}
+
+
+def run_op(backend, p, inputs):
+    """One tensor op on (a, b): ("ok", output, gradient shapes) or ("error", ...); the
+    output must equal NumPy's, every gradient must have its input's shape."""
+    op, expect, name = OPS[p["op"]]
+    a, b = (np.asarray(v, np.float32) for v in inputs[:2])
+    with tc.use_backend(backend), np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # NumPy's own: the mean of nothing, log(-1)
+        ta, tb = tc.Tensor(a, requires_grad=True), tc.Tensor(b, requires_grad=True)
+        try:
+            y = op(ta, tb)
+        except ValueError as e:
+            if f"{name}:" not in str(e) and "reshape" not in str(e):
+                raise AssertionError(f"an error that does not name the op {name}: {e}") from None
+            return [("error", "ValueError", str(e))]
+        if expect is not None:
+            want = np.asarray(expect(a, b), np.float32)
+            if y.shape != want.shape or not np.allclose(y.numpy(), want, rtol=1e-5, atol=1e-5, equal_nan=True):
+                raise AssertionError(f"{name}: output differs from NumPy's")
+        y.backward(np.ones(y.shape, np.float32))
+        for t, what in ((ta, "a"), (tb, "b")):
+            if t.grad is not None and t.grad.shape != t.shape:
+                raise AssertionError(f"{name}: gradient of {what} has shape {t.grad.shape}, {what} has {t.shape}")
+        return [("ok", y.numpy().copy(), [t.grad for t in (ta, tb)])]
+
+
 def run_backend(backend, kind, p, inputs, training, algorithm):
     """Build the layer (seeded), run every input through it, back-propagate a fixed
     upstream gradient. -> ("ok", outputs and gradients) or ("error", type, message)."""
     if kind == "softmax_cross_entropy":
         return run_loss(backend, inputs, p["labels"])
+    if kind == "ops":
+        return run_op(backend, p, inputs)
     results = []
     with tc.use_backend(backend), tc.use_conv_algorithm(algorithm):
         layer = make_layer(kind, p)
@@ -128,8 +171,8 @@ def same(a, b, what):
         if (ga is None) != (gb is None):
             raise AssertionError(f"{what}: a gradient is missing on one backend")
         if ga is not None:
-            s = max(1.0, float(np.abs(gb).max(initial=0)))
-            if not np.allclose(ga, gb, rtol=1e-3, atol=1e-4 * s):
+            s = max(1.0, float(np.nanmax(np.abs(gb), initial=0)))
+            if not np.allclose(ga, gb, rtol=1e-3, atol=1e-4 * s, equal_nan=True):
                 raise AssertionError(f"{what}: gradients differ between the backends")
 
 
@@ -151,6 +194,12 @@ def cases(draw, kind):
     other_channels = draw(st.one_of(st.none(), st.integers(1, 70)))
     training = draw(st.booleans())
     algorithm = draw(st.sampled_from(["auto", "im2col", "winograd"]))
+    if kind == "ops":   # two operands: same shape, broadcastable, or not at all
+        p["op"] = draw(st.sampled_from(sorted(OPS)))
+        other = draw(st.sampled_from(["same", "last", "one", "transposed", "random"]))
+        b_shape = {"same": shape, "last": shape[-1:], "one": (1,) * len(shape), "transposed": shape[::-1],
+                   "random": tuple(draw(st.integers(0, 9)) for _ in range(draw(st.integers(1, 4))))}[other]
+        p["b_shape"] = b_shape
     if kind == "softmax_cross_entropy":   # labels: in range, out of range, too many, or not integers
         p["labels"] = draw(st.one_of(st.lists(st.integers(0, c - 1), min_size=n, max_size=n),
                                      st.lists(st.integers(-2, c + 2), min_size=n, max_size=n),
@@ -163,7 +212,9 @@ def check(case):
     kind, p, shape, dtype, special, other_channels, training, algorithm, seed = case
     rng = np.random.default_rng(seed)
     inputs = [make_input(rng, shape, dtype, special)]
-    if other_channels is not None:   # the built layer handed other channels (issue 12's abort)
+    if kind == "ops":
+        inputs.append(make_input(rng, p["b_shape"], "float32", None))
+    elif other_channels is not None:   # the built layer handed other channels (issue 12's abort)
         inputs.append(make_input(rng, shape[:-1] + (other_channels,), "float32", None))
     print(f"CASE {case!r}", flush=True)
     try:

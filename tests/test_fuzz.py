@@ -1,4 +1,4 @@
-"""The fuzz suite: every layer and the loss, random shapes, channel counts, strides,
+"""The fuzz suite: every layer, the loss and the tensor ops, random shapes, channel counts, strides,
 paddings, dtypes, empty and one-element batches, NaN/inf, a built layer handed other
 channels, both backends and every convolution algorithm (``fuzz_worker.py`` draws and
 checks the cases with hypothesis).
@@ -18,7 +18,7 @@ import pytest
 
 WORKER = Path(__file__).resolve().parent / "fuzz_worker.py"
 KINDS = ["Conv2D", "Conv2DTranspose", "MaxPool2D", "BatchNormalization", "Dense", "Dropout",
-         "GlobalAveragePooling2D", "Flatten", "Residual", "softmax_cross_entropy"]
+         "GlobalAveragePooling2D", "Flatten", "Residual", "softmax_cross_entropy", "ops"]
 EXAMPLES = 150
 
 

@@ -247,7 +247,11 @@ class Function:
         tensors = tuple(as_tensor(x) for x in inputs)
         ctx = Context()
         ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
-        data = cls.forward(ctx, *(t.data for t in tensors), **options)
+        try:
+            data = cls.forward(ctx, *(t.data for t in tensors), **options)
+        except ValueError as e:   # NumPy's own complaint (shapes that do not broadcast, ...): name the op
+            shapes = ", ".join(str(t.shape) for t in tensors)
+            raise ValueError(f"{cls.__name__}: {e} (inputs of shape {shapes})") from None
         needs_grad = is_grad_enabled() and any(t.requires_grad for t in tensors)
         out = Tensor(data, requires_grad=needs_grad)
         if needs_grad:
@@ -363,6 +367,9 @@ class MatMul(Function):
 
     @staticmethod
     def forward(ctx, a, b):
+        if a.ndim < 2 or b.ndim < 2:  # a vector has no row or column to transpose in backward
+            raise ValueError(f"operands must be matrices (..., m, k) @ (k, n), got {a.shape} @ {b.shape}; "
+                             "reshape a vector to (1, k) or (k, 1)")
         ctx.save(a=a, b=b)
         return a @ b
 
