@@ -17,3 +17,15 @@ def backend(request):
     """The kernel path under test, selected with ``tinycnn.use_backend`` for the whole test."""
     with tinycnn.use_backend(request.param):
         yield request.param
+
+
+# Figures a test measured (the load test's requests/s, latencies, memory), printed at the
+# end of the run even when output is captured: a test appends lines to FIGURES.
+FIGURES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("measured by the tests")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import conftest
 import cv2
 import numpy as np
 import pytest
@@ -126,9 +127,12 @@ def test_many_clients_for_a_while(server):
     valid = [r for r in results if r[0] in ("face", "blank")]
     latency = np.array([r[3] for r in valid]) * 1e3
     by_kind = {k: sum(1 for r in results if r[0] == k) for k, _, _ in requests}
-    print(f"\nload test: {len(results)} requests from {CLIENTS} clients in {wall:.0f} s = "
-          f"{len(results) / wall:.1f} requests/s ({by_kind}); valid requests p50 {np.percentile(latency, 50):.0f} ms, "
-          f"p99 {np.percentile(latency, 99):.0f} ms; server peak memory {peak:.0f} MB")
+    figures = (f"load test: {len(results)} requests from {CLIENTS} clients in {wall:.0f} s = "
+               f"{len(results) / wall:.1f} requests/s ({by_kind}); valid requests p50 "
+               f"{np.percentile(latency, 50):.0f} ms, p99 {np.percentile(latency, 99):.0f} ms; "
+               f"server peak memory {peak:.0f} MB")
+    print(figures)
+    conftest.FIGURES.append(figures)
 
     wrong = [(k, s) for k, s, expected, _, _ in results if s not in expected]
     assert not wrong, f"{len(wrong)} answers not as expected, e.g. {wrong[:5]}"
