@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "shared" / "fer2013"
+DEFAULT_DATA = Path(os.environ["FER2013_DIR"]) if os.environ.get("FER2013_DIR") else \
+    Path(__file__).resolve().parent.parent / "shared" / "fer2013"   # as fer_models.data.default_location()
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -10,7 +10,7 @@ folder's *name* (or the CSV's code), never from the order folders are listed in.
 
 Three sources are understood (``path`` is the folder, or the CSV file itself):
 
-    (a) train/<class>/*.jpg, test/<class>/*.jpg          the common image-folder layout
+    (a) train/<class>/*.png, test/<class>/*.png          the common image-folder layout (any format)
     (b) train/<class>/, validation/<class>/ (or val/), test/<class>/
     (c) fer2013.csv with columns emotion, pixels, Usage  the original Kaggle file
 
@@ -67,6 +67,13 @@ expected one of these under the given path:
       (validation -> PublicTest, test -> PrivateTest, unless file names carry a Usage prefix)
   (c) fer2013.csv with columns emotion, pixels, Usage (path may be the CSV file itself)
 with <class> one of: """ + ", ".join(CLASSES)
+
+
+def default_location() -> Path:
+    """Where FER-2013 is looked for when no path is given: ``$FER2013_DIR`` if set, else
+    ``../shared/fer2013`` beside this project's folder (as the project's machines hold it)."""
+    env = os.environ.get("FER2013_DIR")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parents[2] / "shared" / "fer2013"
 
 
 def load_fer2013(path, cache_dir=None, progress=True) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from fer_models.classes import CLASSES
+from fer_models.data import default_location
 
 ROOT = Path(__file__).resolve().parents[1]
-FER_ROOT = ROOT.parent / "shared" / "fer2013"
+FER_ROOT = default_location()  # $FER2013_DIR, else ../shared/fer2013
 WEBCAM = ROOT / "webcam.py"
 FRAME_SIZE = (480, 640)   # (height, width)
 FACE_PX = 200             # a 48x48 face is scaled to this, as a face seen by a webcam

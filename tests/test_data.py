@@ -16,9 +16,9 @@ import pytest
 
 import fer_models.data as data
 from fer_models.classes import CLASSES, CSV_CODES, CSV_TO_INDEX, NUM_CLASSES
-from fer_models.data import class_counts, load_fer2013
+from fer_models.data import class_counts, default_location, load_fer2013
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
+DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
 needs_data = pytest.mark.skipif(not (DATA / "train").is_dir() or not (DATA / "test").is_dir(),
                                 reason=f"FER-2013 not found at {DATA} (expected train/ and test/ there)")
 

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from fer_models.data import default_location
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "fer2013"
+DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
 
 EPOCHS = 3

@@ -7,9 +7,10 @@ import pytest
 
 import fer_models
 from fer_models.classes import CLASSES
+from fer_models.data import default_location
 from fer_models.predict import DEFAULT_WEIGHTS, EmotionClassifier, load_model, predict_emotion, prepare_face, save_model
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
+DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
 
 

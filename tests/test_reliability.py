@@ -17,9 +17,10 @@ import tinycnn as tc
 import train
 from fer_models.predict import load_model, save_model
 from tinycnn.model import read_npz
+from fer_models.data import default_location
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "fer2013"
+DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ import pytest
 import tinycnn as tc
 import train
 from fer_models.predict import load_model
+from fer_models.data import default_location
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "fer2013"
+DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
 
 

@@ -330,3 +330,96 @@ def test_loss_matches_keras(backend, label_smoothing, class_weights):
     check_against_reference(label + " vs Keras",
                             lambda: tc.losses.softmax_cross_entropy(t, labels, class_weights, label_smoothing),
                             {"logits": t}, loss.numpy(), {"logits": dz.numpy()}, g, RTOL, ATOL)
+
+
+# -- the residual block and resfer, numerically (not only their parameter counts) ------------------------
+def _keras_resfer(with_dropout):
+    """resfer in the Keras functional API, layer for layer as fer_models.architectures,
+    with the layers that hold weights listed in tinycnn's order (all_layers())."""
+    L = keras.layers
+    x = inputs = keras.Input((48, 48, 1))
+    weighted = []
+
+    def conv_bn(t, filters, relu=True):
+        conv, bn = L.Conv2D(filters, 3, padding="same", use_bias=False), L.BatchNormalization()
+        weighted.extend([conv, bn])
+        t = bn(conv(t))
+        return L.ReLU()(t) if relu else t
+
+    x = L.MaxPooling2D()(conv_bn(x, 32))
+    x = L.MaxPooling2D()(conv_bn(x, 64))
+    x = conv_bn(x, 128)
+    y = conv_bn(conv_bn(x, 128), 128, relu=False)            # Residual([conv, BN, ReLU, conv, BN])
+    x = L.MaxPooling2D()(L.ReLU()(L.Add()([y, x])))
+    x = L.GlobalAveragePooling2D()(L.MaxPooling2D()(conv_bn(x, 256)))
+    if with_dropout:
+        x = L.Dropout(0.4)(x)
+    dense = L.Dense(7)
+    weighted.append(dense)
+    return keras.Model(inputs, dense(x)), weighted
+
+
+@pytest.mark.parametrize("training, algorithm", [(False, "im2col"), (False, "auto"), (True, "im2col")])
+def test_resfer_and_its_residual_block_match_keras(backend, training, algorithm):
+    """Outputs and every gradient of resfer (its residual block included) against the same
+    network in Keras with the same weights. In training mode without the Dropout, whose
+    masks cannot be shared; the batch is big enough that 'auto' takes Winograd.
+
+    Not training with Winograd: there its float32 rounding (1e-6 relative, 10x im2col's)
+    can flip the winner of a max-pool window whose two largest values are that close, and
+    the flipped window sends its gradient one pixel over (seen here: 1 window of 36,864,
+    then 9% off in the kernel gradient below it). Which implementation is right is then
+    a coin toss, not a bug; Winograd's training gradients are checked layer by layer."""
+    import fer_models
+    from fer_models.architectures import resfer
+    rng = np.random.default_rng(11)
+    layers = [l for l in resfer() if not (training and isinstance(l, tc.layers.Dropout))]
+    ours = tc.Sequential(layers, input_shape=(48, 48, 1), name="resfer")
+    assert ours.count_params() == fer_models.build("resfer").count_params()
+    theirs, weighted = _keras_resfer(with_dropout=not training)
+    mine = [l for l in ours.all_layers() if l.weights]
+    assert [type(l).__name__ for l in mine] == [type(l).__name__ for l in weighted]
+    for layer, klayer in zip(mine, weighted):
+        # kernels keep their glorot initialisation (random weights of scale 0.5 would grow the
+        # activations 20x per layer, until float32 rounding decides max-pool winners);
+        # BatchNorm gets random statistics, gamma and beta, so that it matters
+        values = [w.data.copy() if name == "kernel" else _random_weight(rng, name, tuple(w.shape))
+                  for name, w in layer.weights.items()]
+        klayer.set_weights(values)
+        for w, v in zip(layer.weights.values(), values):
+            w.data = v.copy()
+    x = random_array(rng, (16, 48, 48, 1))
+    x_tf = tf.constant(x)
+    trainable = {f"{l.name}/{k}": w for l in mine for k, w in l.weights.items() if w.requires_grad}
+    k_trainable = [w for kl in weighted for w in kl.trainable_weights]
+    with tf.GradientTape() as tape:
+        tape.watch(x_tf)
+        y = theirs(x_tf, training=training)
+    g = random_array(rng, tuple(y.shape))
+    grads = tape.gradient(y, [x_tf] + k_trainable, output_gradients=tf.constant(g))
+    expected = dict(zip(["input"] + list(trainable), [gr.numpy() for gr in grads]))
+    xt = Tensor(x, requires_grad=True)
+    with tc.use_conv_algorithm(algorithm):
+        check_against_reference(f"resfer ({'training' if training else 'inference'}, {algorithm}, vs Keras)",
+                                lambda: ours(xt, training=training), {"input": xt, **trainable},
+                                y.numpy(), expected, g, RTOL, ATOL)
+
+
+def test_maxpool_ties_route_the_gradient_as_tensorflow():
+    """Windows whose maximum is shared by several taps: TensorFlow's MaxPool gradient goes
+    to one of them, as tinycnn's (the first in row-major order), not split."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 3, (2, 6, 6, 3)).astype(np.float32)       # many ties, some windows all equal
+    g = random_array(rng, (2, 3, 3, 3))
+    x_tf = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_tf)
+        y = keras.layers.MaxPooling2D(2)(x_tf)
+    expected = tape.gradient(y, x_tf, output_gradients=tf.constant(g)).numpy()
+    for backend in ("numpy", "numba"):
+        with tc.use_backend(backend):
+            xt = Tensor(x, requires_grad=True)
+            out = tc.layers.MaxPooling2D(2)(xt)
+            out.backward(g)
+            assert_close(f"MaxPooling2D(2) with ties ({backend})", "output", out.numpy(), y.numpy())
+            assert_close(f"MaxPooling2D(2) with ties ({backend})", "input grad", xt.grad, expected)
