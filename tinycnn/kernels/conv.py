@@ -35,18 +35,7 @@ from numba import njit, prange
 from .. import backend
 from ..backend import PARALLEL, dispatch
 from . import winograd
-
-
-def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
-    return (size + pad_before + pad_after - kernel) // stride + 1
-
-
-def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """Keras/TensorFlow ``same`` padding: output ``ceil(size / stride)``; an odd
-    total goes to the bottom/right (asymmetric, unlike PyTorch)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
+from .shapes import conv_output_size, same_padding, tap_slice  # noqa: F401 (same_padding: for the layers)
 
 
 def _output_shape(x_shape, w_shape, strides, pads):
@@ -57,25 +46,16 @@ def _output_shape(x_shape, w_shape, strides, pads):
     return n, ho, wo, o
 
 
-def _tap_slice(a, b, ho, wo, strides):
-    """The index of the padded-input window seen by kernel tap (a, b)."""
-    sh, sw = strides
-    return (slice(None), slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
-
-
 # -- readable reference: one matrix product per kernel tap -------------------------------
-def conv2d_reference(x, w, strides, pads, keep_cols=False):
-    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O).
-
-    (``keep_cols`` exists for the fast kernel's sake; the reference keeps nothing and
-    returns ``(y, None)`` when asked.)"""
+def conv2d_reference(x, w, strides, pads):
+    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O)."""
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     n, ho, wo, o = _output_shape(x.shape, w.shape, strides, pads)
     y = np.zeros((n, ho, wo, o), np.result_type(x, w))
     for a in range(w.shape[0]):
         for b in range(w.shape[1]):
-            y += xp[_tap_slice(a, b, ho, wo, strides)] @ w[a, b]
-    return (y, None) if keep_cols else y
+            y += xp[tap_slice(a, b, ho, wo, strides)] @ w[a, b]
+    return y
 
 
 def conv2d_grad_input_reference(dy, w, x_shape, strides, pads):
@@ -86,11 +66,11 @@ def conv2d_grad_input_reference(dy, w, x_shape, strides, pads):
     ho, wo = dy.shape[1:3]
     for a in range(w.shape[0]):
         for b in range(w.shape[1]):
-            dxp[_tap_slice(a, b, ho, wo, strides)] += dy @ w[a, b].T
+            dxp[tap_slice(a, b, ho, wo, strides)] += dy @ w[a, b].T
     return dxp[:, pt:pt + h, pl:pl + wd, :]
 
 
-def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, cols=None):
+def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads):
     """dw (KH, KW, C, O): for each tap, its input slice correlated with dy."""
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
     kh, kw, c, o = w_shape
@@ -99,7 +79,7 @@ def conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, cols=None):
     dw = np.empty(w_shape, np.result_type(x, dy))
     for a in range(kh):
         for b in range(kw):
-            dw[a, b] = xp[_tap_slice(a, b, ho, wo, strides)].reshape(-1, c).T @ dy2
+            dw[a, b] = xp[tap_slice(a, b, ho, wo, strides)].reshape(-1, c).T @ dy2
     return dw
 
 
@@ -219,8 +199,7 @@ def _sum_of_products(cols, dy2, rows=8192):
     """cols.T @ dy2 for a tall (M, K) cols and (M, O) dy2.
 
     With few columns (a first layer: K = 9) OpenBLAS splits this long reduction badly
-    across threads (seen: 100x slower than one thread); summing products of row
-    blocks keeps every product well shaped."""
+    across threads; summing products of row blocks keeps every product well shaped."""
     if cols.shape[1] >= 64:
         return cols.T @ dy2
     out = np.zeros((cols.shape[1], dy2.shape[1]), np.float32)
@@ -331,9 +310,24 @@ bias_relu_affine = dispatch(bias_relu_affine_reference, bias_relu_affine_fast)
 bias_relu_grad = dispatch(bias_relu_grad_reference, bias_relu_grad_fast)
 
 # -- which algorithm: the direct sum (im2col) or Winograd ------------------------------------------
-_direct = dispatch(conv2d_reference, conv2d_fast)
+def _direct(x, w, strides, pads, keep_cols=False):
+    """The direct convolution; the fast kernel can also hand back its column matrix,
+    which the reference has no use for (it gives None)."""
+    if backend.get_backend() == "numba":
+        return conv2d_fast(x, w, strides, pads, keep_cols=keep_cols)
+    y = conv2d_reference(x, w, strides, pads)
+    return (y, None) if keep_cols else y
+
+
+def _direct_grad_weight(x, dy, w_shape, strides, pads, cols=None):
+    if backend.get_backend() == "numba":
+        return conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=cols)
+    return conv2d_grad_weight_reference(x, dy, w_shape, strides, pads)
+
+
+_direct.reference, _direct.fast = conv2d_reference, conv2d_fast
+_direct_grad_weight.reference, _direct_grad_weight.fast = conv2d_grad_weight_reference, conv2d_grad_weight_fast
 _direct_grad_input = dispatch(conv2d_grad_input_reference, conv2d_grad_input_fast)
-_direct_grad_weight = dispatch(conv2d_grad_weight_reference, conv2d_grad_weight_fast)
 
 
 def choose_algorithm(x_shape, w_shape, strides):

@@ -49,20 +49,29 @@ _BLOCKS = 64
 
 
 @njit(parallel=PARALLEL, cache=True, fastmath=True)
-def _moments(x2):
-    m, c = x2.shape
+def _two_sums(u2, v2, shift, scale):
+    """Per channel, sum(u) and sum(u * (v - shift) * scale), in float64, block by block.
+
+    The batch mean and mean square are ``_two_sums(x, x, 0, 1) / m``; BatchNorm's two
+    backward sums, sum(g) and sum(g * xhat), are ``_two_sums(g, x, mean, inv_std)``."""
+    m, c = u2.shape
     s1 = np.zeros((_BLOCKS, c))
     s2 = np.zeros((_BLOCKS, c))
     rows = (m + _BLOCKS - 1) // _BLOCKS
     for k in prange(_BLOCKS):
         for i in range(k * rows, min(m, (k + 1) * rows)):
             for j in range(c):
-                v = np.float64(x2[i, j])  # square in float64: x*x in float32 would lose var when |mean| >> std
-                s1[k, j] += v
-                s2[k, j] += v * v
-    mean = s1.sum(axis=0) / m
-    var = np.maximum(s2.sum(axis=0) / m - mean * mean, 0.0)
-    return mean, var
+                u = np.float64(u2[i, j])  # products in float64: x*x in float32 would lose var when |mean| >> std
+                s1[k, j] += u
+                s2[k, j] += u * ((np.float64(v2[i, j]) - shift[j]) * scale[j])
+    return s1.sum(axis=0), s2.sum(axis=0)
+
+
+def _moments(x2):
+    c = x2.shape[1]
+    total, squares = _two_sums(x2, x2, np.zeros(c), np.ones(c))
+    mean = total / x2.shape[0]
+    return mean, np.maximum(squares / x2.shape[0] - mean * mean, 0.0)
 
 
 @njit(parallel=PARALLEL, cache=True, fastmath=True)
@@ -73,20 +82,9 @@ def _normalise(x2, mean, scale, beta, y2):
             y2[i, j] = (x2[i, j] - mean[j]) * scale[j] + beta[j]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
 def _grad_sums(g2, x2, mean, inv_std):
     """sum(g) and sum(g * xhat) per channel."""
-    m, c = g2.shape
-    s1 = np.zeros((_BLOCKS, c))
-    s2 = np.zeros((_BLOCKS, c))
-    rows = (m + _BLOCKS - 1) // _BLOCKS
-    for k in prange(_BLOCKS):
-        for i in range(k * rows, min(m, (k + 1) * rows)):
-            for j in range(c):
-                g = g2[i, j]
-                s1[k, j] += g
-                s2[k, j] += g * (x2[i, j] - mean[j]) * inv_std[j]
-    return s1.sum(axis=0), s2.sum(axis=0)
+    return _two_sums(g2, x2, mean.astype(np.float64), inv_std.astype(np.float64))
 
 
 @njit(parallel=PARALLEL, cache=True, fastmath=True)

@@ -12,18 +12,14 @@ import numpy as np
 from numba import njit, prange
 
 from ..backend import PARALLEL, dispatch
-
-
-def _tap_slice(a, b, ho, wo, strides):
-    sh, sw = strides
-    return (slice(None), slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
+from .shapes import tap_slice
 
 
 def maxpool_reference(x, pool, strides, pads, out_hw):
     """y, argmax = max over each window of x (N, H, W, C)."""
     ho, wo = out_hw
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-np.inf)
-    taps = np.stack([xp[_tap_slice(a, b, ho, wo, strides)]
+    taps = np.stack([xp[tap_slice(a, b, ho, wo, strides)]
                      for a in range(pool[0]) for b in range(pool[1])])  # (taps, N, HO, WO, C)
     argmax = taps.argmax(axis=0).astype(np.int32)
     y = np.take_along_axis(taps, argmax[None], axis=0)[0]
@@ -38,7 +34,7 @@ def maxpool_grad_reference(dy, argmax, x_shape, pool, strides, pads):
     dxp = np.zeros((n, h + pt + pb, w + pl + pr, c), np.float32)
     for a in range(pool[0]):
         for b in range(pool[1]):
-            dxp[_tap_slice(a, b, ho, wo, strides)] += np.where(argmax == a * pool[1] + b, dy, 0)
+            dxp[tap_slice(a, b, ho, wo, strides)] += np.where(argmax == a * pool[1] + b, dy, 0)
     return dxp[:, pt:pt + h, pl:pl + w, :]
 
 

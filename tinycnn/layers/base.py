@@ -113,6 +113,19 @@ class Layer:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+def pair(v, what, layer):
+    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+    if len(pair) != 2 or any(int(p) < 1 for p in pair):
+        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_padding(padding, layer):
+    if padding not in ("valid", "same"):
+        raise ValueError(f"{layer}: padding must be 'valid' or 'same', got {padding!r}")
+    return padding
+
+
 def to_input_tensor(x, who: str) -> Tensor:
     """Accept a float array or Tensor with a batch axis; reject ints, NaN and scalars."""
     if isinstance(x, Tensor):

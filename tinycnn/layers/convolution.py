@@ -13,23 +13,11 @@ import numpy as np
 
 from .. import initializers
 from ..kernels import conv as K
+from ..kernels.shapes import conv_output_size, paddings, same_padding
 from ..tensor import Function, Tensor, is_grad_enabled
-from .base import Layer
+from .base import Layer, check_padding, pair
 
 _ACTIVATIONS = (None, "linear", "relu")
-
-
-def _pair(v, what, layer):
-    pair = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(pair) != 2 or any(int(p) < 1 for p in pair):
-        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _check_padding(padding, layer):
-    if padding not in ("valid", "same"):
-        raise ValueError(f"{layer}: padding must be 'valid' or 'same', got {padding!r}")
-    return padding
 
 
 def _check_activation(activation, layer):
@@ -102,9 +90,9 @@ class _ConvBase(Layer):
         if int(filters) < 1:
             raise ValueError(f"{label}: filters must be positive, got {filters!r}")
         self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size, "kernel_size", label)
-        self.strides = _pair(strides, "strides", label)
-        self.padding = _check_padding(padding, label)
+        self.kernel_size = pair(kernel_size, "kernel_size", label)
+        self.strides = pair(strides, "strides", label)
+        self.padding = check_padding(padding, label)
         self.relu = _check_activation(activation, label)
         self.activation = activation or "linear"
         self.use_bias = use_bias
@@ -136,16 +124,13 @@ class Conv2D(_ConvBase):
     """
 
     def _pads(self, h, w):
-        if self.padding == "valid":
-            return (0, 0), (0, 0)
-        return (K.same_padding(h, self.kernel_size[0], self.strides[0]),
-                K.same_padding(w, self.kernel_size[1], self.strides[1]))
+        return paddings(self.padding, (h, w), self.kernel_size, self.strides)
 
     def compute_output_shape(self, input_shape):
         h, w, _ = input_shape
         (pt, pb), (pl, pr) = self._pads(h, w)
-        ho = K.conv_output_size(h, self.kernel_size[0], self.strides[0], pt, pb)
-        wo = K.conv_output_size(w, self.kernel_size[1], self.strides[1], pl, pr)
+        ho = conv_output_size(h, self.kernel_size[0], self.strides[0], pt, pb)
+        wo = conv_output_size(w, self.kernel_size[1], self.strides[1], pl, pr)
         if ho < 1 or wo < 1:
             raise ValueError(
                 f"{self._label()}: kernel {self.kernel_size} with padding '{self.padding}' is larger "
@@ -186,11 +171,8 @@ class Conv2DTranspose(_ConvBase):
         return size * s if self.padding == "same" else size * s + max(k - s, 0)
 
     def _pads(self, ho, wo):
-        if self.padding == "valid":
-            return (0, 0), (0, 0)
         # the padding of the forward convolution whose gradient this layer computes
-        return (K.same_padding(ho, self.kernel_size[0], self.strides[0]),
-                K.same_padding(wo, self.kernel_size[1], self.strides[1]))
+        return paddings(self.padding, (ho, wo), self.kernel_size, self.strides)
 
     def compute_output_shape(self, input_shape):
         h, w, _ = input_shape

@@ -1,11 +1,10 @@
 """MaxPool2D and GlobalAveragePooling2D."""
 from __future__ import annotations
 
-from ..kernels import conv as conv_kernels
 from ..kernels import pool as K
+from ..kernels.shapes import conv_output_size, paddings
 from ..tensor import Function
-from .base import Layer
-from .convolution import _check_padding, _pair
+from .base import Layer, check_padding, pair
 
 
 class MaxPool2DFn(Function):
@@ -36,21 +35,18 @@ class MaxPooling2D(Layer):
 
     def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
         super().__init__(name)
-        self.pool_size = _pair(pool_size, "pool_size", "MaxPool2D")
-        self.strides = _pair(strides, "strides", "MaxPool2D") if strides is not None else self.pool_size
-        self.padding = _check_padding(padding, "MaxPool2D")
+        self.pool_size = pair(pool_size, "pool_size", "MaxPool2D")
+        self.strides = pair(strides, "strides", "MaxPool2D") if strides is not None else self.pool_size
+        self.padding = check_padding(padding, "MaxPool2D")
 
     def _pads(self, h, w):
-        if self.padding == "valid":
-            return (0, 0), (0, 0)
-        return (conv_kernels.same_padding(h, self.pool_size[0], self.strides[0]),
-                conv_kernels.same_padding(w, self.pool_size[1], self.strides[1]))
+        return paddings(self.padding, (h, w), self.pool_size, self.strides)
 
     def compute_output_shape(self, input_shape):
         h, w, c = input_shape
         (pt, pb), (pl, pr) = self._pads(h, w)
-        ho = conv_kernels.conv_output_size(h, self.pool_size[0], self.strides[0], pt, pb)
-        wo = conv_kernels.conv_output_size(w, self.pool_size[1], self.strides[1], pl, pr)
+        ho = conv_output_size(h, self.pool_size[0], self.strides[0], pt, pb)
+        wo = conv_output_size(w, self.pool_size[1], self.strides[1], pl, pr)
         if ho < 1 or wo < 1:
             raise ValueError(f"{self._label()}: pool {self.pool_size} is larger than the input "
                              f"{(h, w)} (input shape {tuple(input_shape)})")
