@@ -94,3 +94,64 @@ def test_load_weights_of_another_architecture_names_the_missing_weights(backend,
     other.build(x.shape[1:])
     with pytest.raises(ValueError, match=r"unexpected \['batch_normalization/"):
         other.load_weights(path)
+
+
+# -- Sequential.fit and evaluate, as a Keras user expects them ----------------------------------------
+def test_fit_learns_and_reports_a_history(capsys):
+    x, y = quadrant_blobs(400)
+    xv, yv = quadrant_blobs(100, seed=1)
+    model = small_cnn()
+    history = model.fit(x, y, epochs=6, batch_size=32, validation_data=(xv, yv),
+                        optimizer=tc.optim.Adam(model.parameters(), lr=3e-3))
+    h = history.history
+    assert history.epoch == [1, 2, 3, 4, 5, 6]
+    assert list(h) == ["loss", "accuracy", "val_loss", "val_accuracy"] and all(len(v) == 6 for v in h.values())
+    assert h["loss"][-1] < h["loss"][0] / 5 and h["accuracy"][-1] >= 0.95 and h["val_accuracy"][-1] >= 0.9
+    assert model.evaluate(xv, yv) == pytest.approx((h["val_loss"][-1], h["val_accuracy"][-1]))
+    out = capsys.readouterr()
+    assert "epoch 6/6: loss" in out.out and "val_accuracy" in out.out   # the per-epoch line
+    opt = model.optimizer
+    model.fit(x, y, epochs=1, verbose=0)                               # a second fit continues with it
+    assert model.optimizer is opt and opt.iterations == 7 * 13   # 13 steps of 32 per epoch of 400
+
+
+def test_fit_is_repeatable_with_a_seed():
+    x, y = quadrant_blobs(96)
+    a, b = small_cnn(seed=3), small_cnn(seed=3)
+    for m in (a, b):
+        m.fit(x, y, epochs=2, batch_size=16, seed=5, verbose=0)
+    for (k, wa), wb in zip(a.get_weights().items(), b.get_weights().values()):
+        np.testing.assert_array_equal(wa, wb, err_msg=k)
+
+
+def test_fit_calls_callbacks_and_augment_and_stops_when_asked():
+    x, y = quadrant_blobs(64)
+    model = small_cnn()
+    seen, augmented = [], []
+
+    class StopAfterTwo:
+        def on_epoch_end(self, epoch, logs):
+            seen.append((epoch, sorted(logs)))
+            if epoch == 2:
+                model.stop_training = True
+
+    def augment(batch, rng):
+        augmented.append(batch.shape)
+        return batch[:, :, ::-1]                  # a mirror: same shape, other pixels
+    history = model.fit(x, y, epochs=5, batch_size=16, callbacks=[StopAfterTwo()], augment=augment, verbose=0)
+    assert seen == [(1, ["accuracy", "loss"]), (2, ["accuracy", "loss"])] and history.epoch == [1, 2]
+    assert augmented == [(16, 12, 12, 1)] * 8
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x, y: m.fit(x, y.astype(np.float32)), "labels must be a 1-D integer array"),
+    (lambda m, x, y: m.fit(x, y[:-1]), "64 inputs but 63 labels"),
+    (lambda m, x, y: m.fit(x, y, epochs=0), "epochs and batch_size must be positive"),
+    (lambda m, x, y: m.fit(x[:0], y[:0]), "no training examples"),
+    (lambda m, x, y: m.fit(x, y, validation_data=(x, y[:3])), r"validation_data\): 64 inputs but 3 labels"),
+    (lambda m, x, y: m.evaluate((x * 255).astype(np.uint8), y), "inputs must be a float array"),
+])
+def test_fit_and_evaluate_refuse_bad_data(call, message):
+    x, y = quadrant_blobs(64)
+    with pytest.raises(ValueError, match=message):
+        call(small_cnn(), x, y)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import zipfile
 import zlib
 
@@ -86,6 +87,102 @@ class Sequential:
             for s in range(0, len(x), batch_size):
                 outs.append(self(x[s:s + batch_size], training=False).data)
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+    # -- training, as Keras' fit and evaluate ----------------------------------------------
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, optimizer=None, loss=None,
+            class_weights=None, label_smoothing=0.0, augment=None, shuffle=True, seed=0, callbacks=(),
+            verbose=1) -> "History":
+        """Train on inputs x (N, ...) and integer labels y (N,), in Keras' spirit.
+
+        Each epoch visits the examples in a fresh random order (``shuffle``), one optimiser
+        step per batch of ``batch_size``; ``augment(batch, rng)`` may transform each
+        training batch (e.g. ``fer_models.augment.Augmenter()``). After the epoch the
+        model is evaluated on ``validation_data`` = (x_val, y_val) if given.
+
+        Args:
+            optimizer: default Adam with Keras' defaults; kept on the model, so that a
+                second ``fit`` continues with the same optimiser state.
+            loss: ``loss(logits, labels) -> scalar Tensor``; default softmax
+                cross-entropy from logits (with ``class_weights`` and ``label_smoothing``).
+            callbacks: objects with ``on_epoch_end(epoch, logs)`` (epoch from 1; logs as
+                below); setting ``model.stop_training = True`` ends training there.
+            verbose: 1 shows a progress bar per epoch (loss, accuracy, images/s).
+
+        Returns a ``History`` whose ``history`` maps ``loss``, ``accuracy`` (and
+        ``val_loss``, ``val_accuracy``) to one value per epoch.
+        """
+        from tqdm.auto import tqdm
+
+        from . import losses, optim
+        x, y = _check_xy("fit", x, y)
+        if int(epochs) < 1 or int(batch_size) < 1:
+            raise ValueError(f"Sequential '{self.name}'.fit(): epochs and batch_size must be positive, "
+                             f"got {epochs} and {batch_size}")
+        if validation_data is not None:
+            validation_data = _check_xy("fit (validation_data)", *validation_data)
+        if len(x) == 0:
+            raise ValueError(f"Sequential '{self.name}'.fit(): no training examples (x has shape {x.shape})")
+        if self.input_shape is None:
+            self.build(x.shape[1:])
+        if optimizer is not None:
+            self.optimizer = optimizer
+        elif getattr(self, "optimizer", None) is None:
+            self.optimizer = optim.Adam(self.parameters())
+        if loss is None:
+            def loss(logits, labels):
+                return losses.softmax_cross_entropy(logits, labels, class_weights=class_weights,
+                                                    label_smoothing=label_smoothing)
+        rng = np.random.default_rng(seed)
+        history, n = History(), len(x)
+        steps = -(-n // int(batch_size))
+        self.stop_training = False
+        for epoch in range(1, int(epochs) + 1):
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            total_loss, correct, started = 0.0, 0, time.perf_counter()
+            with tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not verbose, leave=True,
+                      unit="batch") as bar:
+                for step in range(steps):
+                    idx = order[step * batch_size:(step + 1) * batch_size]
+                    xb, yb = x[idx], y[idx]
+                    if augment is not None:
+                        xb = augment(xb, rng)
+                    logits = self(xb, training=True)
+                    if not np.isfinite(logits.data).all():
+                        raise FloatingPointError(
+                            f"Sequential '{self.name}'.fit(): the outputs became NaN or inf at epoch {epoch}, "
+                            f"step {step + 1}: training diverged; try a lower learning rate")
+                    value = loss(logits, yb)
+                    self.optimizer.zero_grad()
+                    value.backward()
+                    self.optimizer.step()
+                    total_loss += float(value.item()) * len(idx)
+                    correct += int((logits.data.argmax(axis=1) == yb).sum())
+                    seen = step * batch_size + len(idx)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", accuracy=f"{correct / seen:.4f}",
+                                    img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+            logs = {"loss": total_loss / n, "accuracy": correct / n}
+            if validation_data is not None:
+                logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data)
+            history.record(epoch, logs)
+            if verbose:
+                print(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+            for callback in callbacks:
+                callback.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        return history
+
+    def evaluate(self, x, y, batch_size=256):
+        """(mean softmax cross-entropy, accuracy) of the model's logits on x (N, ...) with
+        integer labels y (N,), in inference mode, without recording a graph."""
+        x, y = _check_xy("evaluate", x, y)
+        if len(x) == 0:
+            raise ValueError(f"Sequential '{self.name}'.evaluate(): no examples (x has shape {x.shape})")
+        logits = self.predict(x, batch_size=batch_size).astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(len(y)), y].mean()), float((logits.argmax(axis=1) == y).mean())
 
     # -- parameters and weights -----------------------------------------------------------
     def parameters(self) -> "Parameters":
@@ -175,6 +272,32 @@ class Sequential:
         out += ["=" * sum(w), f"Total params: {total:,}", f"Trainable params: {trainable:,}",
                 f"Non-trainable params: {total - trainable:,}", line]
         print_fn("\n".join(out))
+
+
+class History:
+    """What ``fit`` returns: ``history`` maps each metric to its value per epoch, as Keras'."""
+
+    def __init__(self):
+        self.epoch: list[int] = []
+        self.history: dict[str, list[float]] = {}
+
+    def record(self, epoch, logs):
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+
+
+def _check_xy(what, x, y):
+    """Inputs as float32 and labels as int64, of the same length, or a ValueError."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{what}: inputs must be a float array, got dtype {x.dtype} with shape {x.shape}")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{what}: labels must be a 1-D integer array, got dtype {y.dtype} shape {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"{what}: {len(x)} inputs but {len(y)} labels")
+    return x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)
 
 
 class Parameters:
