@@ -21,8 +21,8 @@ One frame goes through four small steps, each usable alone:
 
 For live use, run the model on one thread (``webcam.py`` does: ``--threads``): a
 frame's few faces are too small a batch to share out, and idle BLAS and Numba workers
-left spinning made one face through small3 cost 30 ms of CPU instead of 0.6 ms on a
-busy 2-core machine.
+left spinning cost far more CPU than the model itself (README, "Live emotion
+detection", has the measurement).
 """
 from __future__ import annotations
 
@@ -43,10 +43,10 @@ Box = tuple[int, int, int, int]  # (x, y, width, height) in frame pixels
 # the frame down further than min_face -> 24 px would lose faces the user asked for.
 HAAR_WINDOW = 24
 
-# Margin added on each side of the detected box, as a fraction of the box's size.
-# Measured: on FER-2013 test faces pasted into a frame, the Haar box is about the size
-# of the FER-2013 crop itself (median 1.02x, 10-90 % range 0.88-1.36x), so only a
-# small margin makes the crop look like the training data.
+# Margin added on each side of the detected box, as a fraction of the box's size. On
+# FER-2013 faces pasted into a frame the Haar box is about the size of the FER-2013 crop
+# itself (README, "Live emotion detection"), so only a small margin makes the crop look
+# like the training data.
 DEFAULT_MARGIN = 0.05
 
 
