@@ -44,14 +44,19 @@ def set_backend(name: str) -> None:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
-    """Select the kernels for the duration of a ``with`` block."""
-    previous = get_backend()
-    set_backend(name)
+def _for_a_block(get, set_, name):
+    """Apply ``set_(name)`` for the duration of a ``with`` block, then restore."""
+    previous = get()
+    set_(name)
     try:
         yield
     finally:
-        set_backend(previous)
+        set_(previous)
+
+
+def use_backend(name: str):
+    """Select the kernels for the duration of a ``with`` block."""
+    return _for_a_block(get_backend, set_backend, name)
 
 
 CONV_ALGORITHMS = ("auto", "im2col", "winograd")
@@ -79,15 +84,9 @@ def set_conv_algorithm(name: str) -> None:
     _conv_algorithm = name
 
 
-@contextlib.contextmanager
 def use_conv_algorithm(name: str):
     """Select the convolution algorithm for the duration of a ``with`` block."""
-    previous = get_conv_algorithm()
-    set_conv_algorithm(name)
-    try:
-        yield
-    finally:
-        set_conv_algorithm(previous)
+    return _for_a_block(get_conv_algorithm, set_conv_algorithm, name)
 
 
 def dispatch(reference, fast):
