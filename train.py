@@ -170,17 +170,9 @@ def load_checkpoint(run, model, opt):
                  f"best weights; start a new run with --out")
 
 
-def seed_dropout(model, seed, epoch):
-    from tinycnn.layers import Dropout
-    for i, layer in enumerate(model.all_layers()):
-        if isinstance(layer, Dropout):
-            layer.rng = np.random.default_rng([seed, epoch, i])
-
-
 # -- training -------------------------------------------------------------------------------
 def train(args):
     import tinycnn as tc
-    from tqdm import tqdm
 
     import fer_models
     from fer_models.augment import Augmenter
@@ -261,73 +253,59 @@ def train(args):
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
 
-    for epoch in range(start, args.epochs + 1):
-        rng = np.random.default_rng([args.seed, epoch])
-        seed_dropout(model, args.seed, epoch)
-        order = rng.permutation(len(x_train))
-        t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{args.epochs}", unit="batch",
-                   dynamic_ncols=True, leave=True, file=sys.stdout)
-        try:
-            for step in bar:
-                idx = order[step * args.batch_size:(step + 1) * args.batch_size]
-                xb, yb = x_train[idx], y_train[idx]
-                if augment:
-                    xb = augment(xb, rng)
-                if cosine:
-                    opt.lr = cosine((epoch - 1) * steps_per_epoch + step)
-                elif plateau:
-                    opt.lr = plateau.lr
-                logits = model(xb, training=True)
-                if not np.isfinite(logits.data).all():   # diverged: the loss would refuse these logits
-                    loss = tc.Tensor(np.float32(np.nan))
-                else:
-                    loss = tc.losses.softmax_cross_entropy(logits, yb, class_weights=weights,
-                                                           label_smoothing=args.label_smoothing)
-                if not np.isfinite(loss.item()):
-                    bar.close()
-                    sys.exit(f"error: the loss became {loss.item()} at epoch {epoch}, step {step + 1}. "
-                             f"Training stopped; the last good checkpoint (epoch {epoch - 1}) is kept in {run}. "
-                             "Try a lower --lr.")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                seen += len(yb)
-                correct += int((logits.data.argmax(1) == yb).sum())
-                loss_sum += loss.item() * len(yb)
-                if step % 10 == 0 or step == steps_per_epoch - 1:
-                    rate = seen / (time.perf_counter() - t0)
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                    img_s=f"{rate:.0f}", lr=f"{opt.lr:.2e}")
-                if stop["now"]:
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            bar.close()
-            save_model(model, run / "interrupted.npz")
-            print(f"\ninterrupted during epoch {epoch}: its partial weights are in {run / 'interrupted.npz'}; "
-                  f"the last checkpoint (epoch {epoch - 1}) is intact. Continue with: "
-                  f"python train.py --resume {run}")
-            sys.exit(130)
-        bar.close()
-        train_time = time.perf_counter() - t0
+    class RunKeeping:
+        """fit's callbacks: the learning-rate schedules, a SIGTERM stop, and after each
+        epoch best.npz, checkpoint.npz and history.json, written atomically, and one line."""
+        epoch = start
 
-        pred, val_loss = evaluate_model(model, x_val, y_val)
-        val_acc = float((pred == y_val).mean())
-        history.append({"epoch": epoch, "loss": loss_sum / seen, "acc": correct / seen, "val_loss": val_loss,
-                        "val_acc": val_acc, "lr": opt.lr, "seconds": train_time, "img_per_s": seen / train_time})
-        improved = val_acc > best["acc"]
-        if improved:
-            best = {"acc": val_acc, "epoch": epoch}
-            save_model(model, run / "best.npz")
-        if plateau:
-            plateau.step(val_acc)
-        save_checkpoint(run, model, opt, epoch, history, best, plateau)
-        write_json(run / "history.json", history)
-        print(f"epoch {epoch}: loss {loss_sum / seen:.4f} acc {correct / seen:.4f} | PublicTest loss {val_loss:.4f} "
-              f"acc {val_acc:.4f}{' (best)' if improved else ''} | {seen / train_time:.0f} img/s, {train_time:.0f} s")
-        if args.early_stopping and epoch - best["epoch"] >= args.early_stopping:
-            print(f"early stopping: no PublicTest improvement for {args.early_stopping} epochs")
-            break
+        def on_epoch_begin(self, epoch):
+            self.epoch = epoch
+            if plateau:
+                opt.lr = plateau.lr
+
+        def on_train_batch_begin(self, step):
+            if stop["now"]:
+                raise KeyboardInterrupt
+            if cosine:
+                opt.lr = cosine((self.epoch - 1) * steps_per_epoch + step)
+
+        def on_epoch_end(self, epoch, logs):
+            nonlocal best
+            seconds = model.history.seconds[-1]
+            val_acc = logs["val_accuracy"]
+            history.append({"epoch": epoch, "loss": logs["loss"], "acc": logs["accuracy"],
+                            "val_loss": logs["val_loss"], "val_acc": val_acc, "lr": opt.lr,
+                            "seconds": seconds, "img_per_s": len(x_train) / seconds})
+            improved = val_acc > best["acc"]
+            if improved:
+                best = {"acc": val_acc, "epoch": epoch}
+                save_model(model, run / "best.npz")
+            if plateau:
+                plateau.step(val_acc)
+            save_checkpoint(run, model, opt, epoch, history, best, plateau)
+            write_json(run / "history.json", history)
+            print(f"epoch {epoch}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} | PublicTest loss "
+                  f"{logs['val_loss']:.4f} acc {val_acc:.4f}{' (best)' if improved else ''} | "
+                  f"{len(x_train) / seconds:.0f} img/s, {seconds:.0f} s")
+            if args.early_stopping and epoch - best["epoch"] >= args.early_stopping:
+                print(f"early stopping: no PublicTest improvement for {args.early_stopping} epochs")
+                model.stop_training = True
+
+    keeping = RunKeeping()
+    try:
+        model.fit(x_train, y_train, epochs=args.epochs, initial_epoch=start - 1, batch_size=args.batch_size,
+                  validation_data=(x_val, y_val), optimizer=opt, class_weights=weights,
+                  label_smoothing=args.label_smoothing, augment=augment, seed=args.seed,
+                  callbacks=[keeping], verbose=1)
+    except KeyboardInterrupt:
+        save_model(model, run / "interrupted.npz")
+        print(f"\ninterrupted during epoch {keeping.epoch}: its partial weights are in {run / 'interrupted.npz'}; "
+              f"the last checkpoint (epoch {keeping.epoch - 1}) is intact. Continue with: "
+              f"python train.py --resume {run}")
+        sys.exit(130)
+    except tc.model.TrainingDiverged as e:
+        sys.exit(f"error: the loss became {e.value} at epoch {e.epoch}, step {e.step}. Training stopped; the last "
+                 f"good checkpoint (epoch {e.epoch - 1}) is kept in {run}. Try a lower --lr.")
 
     print(f"best PublicTest accuracy {best['acc']:.4f} at epoch {best['epoch']}; evaluating it on PrivateTest")
     evaluate(run, data=data, out=run)

@@ -102,9 +102,9 @@ def test_fit_learns_and_reports_a_history(capsys):
     xv, yv = quadrant_blobs(100, seed=1)
     model = small_cnn()
     history = model.fit(x, y, epochs=6, batch_size=32, validation_data=(xv, yv),
-                        optimizer=tc.optim.Adam(model.parameters(), lr=3e-3))
+                        optimizer=tc.optim.Adam(model.parameters(), lr=3e-3), verbose=2)
     h = history.history
-    assert history.epoch == [1, 2, 3, 4, 5, 6]
+    assert history.epoch == [1, 2, 3, 4, 5, 6] and len(history.seconds) == 6 and model.history is history
     assert list(h) == ["loss", "accuracy", "val_loss", "val_accuracy"] and all(len(v) == 6 for v in h.values())
     assert h["loss"][-1] < h["loss"][0] / 5 and h["accuracy"][-1] >= 0.95 and h["val_accuracy"][-1] >= 0.9
     assert model.evaluate(xv, yv) == pytest.approx((h["val_loss"][-1], h["val_accuracy"][-1]))
@@ -127,9 +127,12 @@ def test_fit_is_repeatable_with_a_seed():
 def test_fit_calls_callbacks_and_augment_and_stops_when_asked():
     x, y = quadrant_blobs(64)
     model = small_cnn()
-    seen, augmented = [], []
+    seen, augmented, began = [], [], []
 
     class StopAfterTwo:
+        def on_epoch_begin(self, epoch):
+            began.append(epoch)
+
         def on_epoch_end(self, epoch, logs):
             seen.append((epoch, sorted(logs)))
             if epoch == 2:
@@ -140,6 +143,7 @@ def test_fit_calls_callbacks_and_augment_and_stops_when_asked():
         return batch[:, :, ::-1]                  # a mirror: same shape, other pixels
     history = model.fit(x, y, epochs=5, batch_size=16, callbacks=[StopAfterTwo()], augment=augment, verbose=0)
     assert seen == [(1, ["accuracy", "loss"]), (2, ["accuracy", "loss"])] and history.epoch == [1, 2]
+    assert began == [1, 2]
     assert augmented == [(16, 12, 12, 1)] * 8
 
 
@@ -155,3 +159,23 @@ def test_fit_and_evaluate_refuse_bad_data(call, message):
     x, y = quadrant_blobs(64)
     with pytest.raises(ValueError, match=message):
         call(small_cnn(), x, y)
+
+
+def test_fit_continued_from_an_epoch_equals_one_run():
+    """initial_epoch: epoch k's order, augmentation and Dropout masks depend on (seed, k) only."""
+    x, y = quadrant_blobs(96)
+    straight = small_cnn(seed=4)
+    straight.fit(x, y, epochs=3, batch_size=16, seed=2, verbose=0)
+    cut = small_cnn(seed=4)
+    cut.fit(x, y, epochs=1, batch_size=16, seed=2, verbose=0)
+    cut.fit(x, y, epochs=3, batch_size=16, seed=2, verbose=0, initial_epoch=1)
+    for (k, a), b in zip(straight.get_weights().items(), cut.get_weights().values()):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_fit_stops_with_the_epoch_and_step_when_training_diverges():
+    x, y = quadrant_blobs(64)
+    model = small_cnn()
+    with pytest.raises(tc.model.TrainingDiverged, match="loss became nan at epoch 1, step 1") as info:
+        model.fit(x, y, verbose=0, loss=lambda logits, labels: logits.sum() * float("nan"))
+    assert (info.value.epoch, info.value.step) == (1, 1)

@@ -91,33 +91,41 @@ class Sequential:
     # -- training, as Keras' fit and evaluate ----------------------------------------------
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, optimizer=None, loss=None,
             class_weights=None, label_smoothing=0.0, augment=None, shuffle=True, seed=0, callbacks=(),
-            verbose=1) -> "History":
+            verbose=1, initial_epoch=0) -> "History":
         """Train on inputs x (N, ...) and integer labels y (N,), in Keras' spirit.
 
-        Each epoch visits the examples in a fresh random order (``shuffle``), one optimiser
-        step per batch of ``batch_size``; ``augment(batch, rng)`` may transform each
-        training batch (e.g. ``fer_models.augment.Augmenter()``). After the epoch the
-        model is evaluated on ``validation_data`` = (x_val, y_val) if given.
+        Each epoch visits the examples in a random order (``shuffle``), one optimiser step
+        per batch of ``batch_size``; ``augment(batch, rng)`` may transform each training
+        batch (e.g. ``fer_models.augment.Augmenter()``). After the epoch the model is
+        evaluated on ``validation_data`` = (x_val, y_val) if given. Epoch k's randomness
+        (order, augmentation, Dropout masks) comes from (``seed``, k) alone, so a run
+        stopped after epoch k and continued with ``initial_epoch=k`` (same weights and
+        optimiser state) goes on exactly as if it had never stopped.
 
         Args:
             optimizer: default Adam with Keras' defaults; kept on the model, so that a
                 second ``fit`` continues with the same optimiser state.
             loss: ``loss(logits, labels) -> scalar Tensor``; default softmax
                 cross-entropy from logits (with ``class_weights`` and ``label_smoothing``).
-            callbacks: objects with ``on_epoch_end(epoch, logs)`` (epoch from 1; logs as
-                below); setting ``model.stop_training = True`` ends training there.
-            verbose: 1 shows a progress bar per epoch (loss, accuracy, images/s).
+            callbacks: objects with any of ``on_epoch_begin(epoch)``,
+                ``on_train_batch_begin(step)`` and ``on_epoch_end(epoch, logs)`` (epochs
+                count from 1); setting ``model.stop_training = True`` ends training.
+            verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+            initial_epoch: epochs already done; training runs epochs initial_epoch+1 .. epochs.
 
-        Returns a ``History`` whose ``history`` maps ``loss``, ``accuracy`` (and
-        ``val_loss``, ``val_accuracy``) to one value per epoch.
+        Returns a ``History`` (also ``model.history``) whose ``history`` maps ``loss``,
+        ``accuracy`` (and ``val_loss``, ``val_accuracy``) to one value per epoch, and whose
+        ``seconds`` holds each epoch's training time (validation excluded).
+        Raises ``TrainingDiverged`` (a FloatingPointError) when the outputs or the loss
+        stop being finite, naming the epoch and step.
         """
         from tqdm.auto import tqdm
 
         from . import losses, optim
         x, y = _check_xy("fit", x, y)
-        if int(epochs) < 1 or int(batch_size) < 1:
-            raise ValueError(f"Sequential '{self.name}'.fit(): epochs and batch_size must be positive, "
-                             f"got {epochs} and {batch_size}")
+        if int(epochs) < 1 or int(batch_size) < 1 or int(initial_epoch) < 0:
+            raise ValueError(f"Sequential '{self.name}'.fit(): epochs and batch_size must be positive and "
+                             f"initial_epoch >= 0, got {epochs}, {batch_size} and {initial_epoch}")
         if validation_data is not None:
             validation_data = _check_xy("fit (validation_data)", *validation_data)
         if len(x) == 0:
@@ -132,26 +140,36 @@ class Sequential:
             def loss(logits, labels):
                 return losses.softmax_cross_entropy(logits, labels, class_weights=class_weights,
                                                     label_smoothing=label_smoothing)
-        rng = np.random.default_rng(seed)
-        history, n = History(), len(x)
-        steps = -(-n // int(batch_size))
+
+        def hooks(name, *args):
+            for callback in callbacks:
+                if hasattr(callback, name):
+                    getattr(callback, name)(*args)
+
+        history, n, batch_size = History(), len(x), int(batch_size)
+        self.history = history
+        steps = -(-n // batch_size)
         self.stop_training = False
-        for epoch in range(1, int(epochs) + 1):
+        for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
+            rng = np.random.default_rng([seed, epoch])
+            for i, layer in enumerate(self.all_layers()):   # Dropout masks, per epoch too
+                if hasattr(layer, "rate") and hasattr(layer, "rng"):
+                    layer.rng = np.random.default_rng([seed, epoch, i])
+            hooks("on_epoch_begin", epoch)
             order = rng.permutation(n) if shuffle else np.arange(n)
             total_loss, correct, started = 0.0, 0, time.perf_counter()
-            with tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not verbose, leave=True,
-                      unit="batch") as bar:
+            with tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=verbose != 1, leave=True,
+                      unit="batch", dynamic_ncols=True) as bar:
                 for step in range(steps):
+                    hooks("on_train_batch_begin", step)
                     idx = order[step * batch_size:(step + 1) * batch_size]
                     xb, yb = x[idx], y[idx]
                     if augment is not None:
                         xb = augment(xb, rng)
                     logits = self(xb, training=True)
-                    if not np.isfinite(logits.data).all():
-                        raise FloatingPointError(
-                            f"Sequential '{self.name}'.fit(): the outputs became NaN or inf at epoch {epoch}, "
-                            f"step {step + 1}: training diverged; try a lower learning rate")
-                    value = loss(logits, yb)
+                    value = loss(logits, yb) if np.isfinite(logits.data).all() else None
+                    if value is None or not np.isfinite(value.item()):
+                        raise TrainingDiverged(epoch, step + 1, float("nan") if value is None else value.item())
                     self.optimizer.zero_grad()
                     value.backward()
                     self.optimizer.step()
@@ -159,16 +177,19 @@ class Sequential:
                     correct += int((logits.data.argmax(axis=1) == yb).sum())
                     seen = step * batch_size + len(idx)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", accuracy=f"{correct / seen:.4f}",
-                                    img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+                    if step % 10 == 0 or step == steps - 1:
+                        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                        img_s=f"{seen / (time.perf_counter() - started):.0f}",
+                                        lr=f"{getattr(self.optimizer, 'lr', float('nan')):.2e}", refresh=False)
+            seconds = time.perf_counter() - started
             logs = {"loss": total_loss / n, "accuracy": correct / n}
             if validation_data is not None:
                 logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data)
-            history.record(epoch, logs)
-            if verbose:
-                print(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-            for callback in callbacks:
-                callback.on_epoch_end(epoch, logs)
+            history.record(epoch, logs, seconds)
+            if verbose == 2:
+                print(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
+                      + f" ({seconds:.0f} s)")
+            hooks("on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
         return history
@@ -275,16 +296,28 @@ class Sequential:
 
 
 class History:
-    """What ``fit`` returns: ``history`` maps each metric to its value per epoch, as Keras'."""
+    """What ``fit`` returns: ``history`` maps each metric to its value per epoch, as Keras';
+    ``seconds``: each epoch's training time, validation excluded."""
 
     def __init__(self):
         self.epoch: list[int] = []
         self.history: dict[str, list[float]] = {}
+        self.seconds: list[float] = []
 
-    def record(self, epoch, logs):
+    def record(self, epoch, logs, seconds):
         self.epoch.append(epoch)
+        self.seconds.append(seconds)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
+
+
+class TrainingDiverged(FloatingPointError):
+    """The model's outputs or loss stopped being finite during ``fit``."""
+
+    def __init__(self, epoch, step, value):
+        super().__init__(f"the loss became {value} at epoch {epoch}, step {step}: training diverged; "
+                         "try a lower learning rate")
+        self.epoch, self.step, self.value = epoch, step, value
 
 
 def _check_xy(what, x, y):
