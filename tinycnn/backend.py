@@ -105,8 +105,7 @@ def keep_freed_memory() -> bool:
     A training step allocates and frees the same large activation arrays every time.
     glibc serves each allocation above 32 MiB with a fresh ``mmap`` and unmaps it on
     free, so every step pays a page fault (and the kernel's zeroing) for every page
-    it touches: measured here, filling a fresh 550 MB array took 140-500 ms against
-    70 ms for a reused one. Raising the mmap and trim thresholds makes those arrays
+    it touches (bench/README.md has the measurement). Raising the mmap and trim thresholds makes those arrays
     come from the heap, where freed pages are reused: the effect of the caching
     allocators that TensorFlow and PyTorch carry, in two calls. The price is that a
     process keeps its peak memory until it exits.
