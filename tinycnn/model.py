@@ -119,9 +119,10 @@ class Sequential:
         Raises ``TrainingDiverged`` (a FloatingPointError) when the outputs or the loss
         stop being finite, naming the epoch and step.
         """
-        from tqdm.auto import tqdm
+        from tqdm import tqdm   # not tqdm.auto: in a notebook without ipywidgets it warns on import
 
         from . import losses, optim
+        from .layers.core import Dropout
         x, y = _check_xy("fit", x, y)
         if int(epochs) < 1 or int(batch_size) < 1 or int(initial_epoch) < 0:
             raise ValueError(f"Sequential '{self.name}'.fit(): epochs and batch_size must be positive and "
@@ -153,8 +154,8 @@ class Sequential:
         for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
             rng = np.random.default_rng([seed, epoch])
             for i, layer in enumerate(self.all_layers()):   # Dropout masks, per epoch too
-                if hasattr(layer, "rate") and hasattr(layer, "rng"):
-                    layer.rng = np.random.default_rng([seed, epoch, i])
+                if isinstance(layer, Dropout):            # (from the layer's own seed if it has one)
+                    layer.rng = np.random.default_rng([seed if layer.seed is None else layer.seed, epoch, i])
             hooks("on_epoch_begin", epoch)
             order = rng.permutation(n) if shuffle else np.arange(n)
             total_loss, correct, started = 0.0, 0, time.perf_counter()
