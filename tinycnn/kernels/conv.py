@@ -29,6 +29,8 @@ chunks so that the column matrix stays small.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -382,6 +384,29 @@ def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, col
         return winograd.winograd_conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
     return (conv2d_grad_input(dy, w, x.shape, strides, pads) if need_input else None,
             conv2d_grad_weight(x, dy, w.shape, strides, pads, cols=cols) if need_weight else None)
+
+
+class ConvSaved(NamedTuple):
+    """What a convolution's backward needs: its input, kernel and geometry, and ``cols``,
+    the fast im2col kernel's column matrix (None otherwise), kept for the weight gradient."""
+    x: np.ndarray
+    w: np.ndarray
+    strides: tuple
+    pads: tuple
+    cols: np.ndarray | None
+
+
+def conv2d_forward(x, w, strides, pads):
+    """(y, saved): the convolution, and what ``conv2d_backward`` will need. Whatever the
+    chosen kernel wants to keep for its backward travels inside ``saved``."""
+    y, cols = conv2d(x, w, strides, pads, keep_cols=True)
+    return y, ConvSaved(x, w, strides, pads, cols)
+
+
+def conv2d_backward(saved, dy, need_input=True, need_weight=True):
+    """(dx or None, dw or None) for the convolution that produced ``saved``."""
+    return conv2d_grads(saved.x, dy, saved.w, saved.strides, saved.pads, need_input, need_weight,
+                        cols=saved.cols)
 
 
 # the direct (im2col) kernels themselves, as every dispatched kernel exposes them

@@ -30,26 +30,28 @@ class Conv2DFn(Function):
     """y = relu?(conv(x, w) + b).
 
     x (N, H, W, C), w (KH, KW, C, O), b (O,) -> y (N, HO, WO, O). The bias and ReLU are
-    fused into the convolution (``K.bias_relu``, one pass) and ReLU's mask comes from the
+    fused into one pass over the output (``K.bias_relu``) and ReLU's mask comes from the
     saved output (y > 0): backward masks the gradient and sums the bias gradient in one
-    pass (``K.bias_relu_grad``). Saved: x, w, strides, pads, y, relu and, when a gradient will be
-    needed, the fast kernel's column matrix ``cols`` so the weight gradient need not
-    gather x again (memory traded for time).
+    pass (``K.bias_relu_grad``). Saved: ``conv``, what the convolution's backward needs
+    (``K.conv2d_forward``: x, w, strides, pads, and whatever the chosen kernel keeps for
+    itself), y and relu.
     """
 
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, relu):
-        keep = is_grad_enabled()
-        y, cols = K.conv2d(x, w, strides, pads, keep_cols=True) if keep else (K.conv2d(x, w, strides, pads), None)
+        if is_grad_enabled():
+            y, conv = K.conv2d_forward(x, w, strides, pads)
+        else:  # no backward will come: nothing to keep
+            y, conv = K.conv2d(x, w, strides, pads), None
         K.bias_relu(y, b, relu)
-        ctx.save(x=x, w=w, strides=strides, pads=pads, y=y, relu=relu, cols=cols)
+        ctx.save(conv=conv, y=y, relu=relu)
         return y
 
     @staticmethod
     def backward(ctx, g):
         g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx, dw = K.conv2d_grads(ctx.x, g, ctx.w, ctx.strides, ctx.pads, need_x, need_w, cols=ctx.cols)
+        dx, dw = K.conv2d_backward(ctx.conv, g, need_x, need_w)
         return dx, dw, db if need_b else None
 
 
