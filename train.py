@@ -22,10 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(os.environ["FER2013_DIR"]) if os.environ.get("FER2013_DIR") else \
-    Path(__file__).resolve().parent.parent / "shared" / "fer2013"   # as fer_models.data.default_location()
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the empty ones whose help already says what happens."""
 
@@ -37,11 +33,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def parse_args(argv=None):
     import fer_models
+    from fer_models.data import default_location
     p = argparse.ArgumentParser(
         description="Train a tinycnn model on FER-2013, validate on PublicTest each epoch, "
                     "report PrivateTest at the end.",
         formatter_class=_HelpFormatter)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+    p.add_argument("--data", type=Path, default=default_location(),
                    help="FER-2013: an image-folder tree (train/, test/ [validation/]) or fer2013.csv")
     p.add_argument("--model", default=None, choices=fer_models.names(),
                    help="architecture (see --list-models); with --evaluate, for weights files that do not "

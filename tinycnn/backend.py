@@ -26,9 +26,21 @@ BACKENDS = ("numba", "numpy")
 # cache does not tell the two settings apart: a process loads whichever was compiled
 # first, so give each setting its own ``NUMBA_CACHE_DIR``.
 PARALLEL = os.environ.get("TINYCNN_NUMBA_PARALLEL", "0") == "1"
-_current = os.environ.get("TINYCNN_BACKEND", "numba")
-if _current not in BACKENDS:
-    raise ValueError(f"TINYCNN_BACKEND={_current!r}: expected one of {BACKENDS}")
+
+
+def _choice(value, choices, where):
+    """``value`` if it is one of ``choices``, else a ValueError saying where it came from."""
+    if value not in choices:
+        raise ValueError(f"{where}: expected one of {choices}")
+    return value
+
+
+def _from_environment(variable, default, choices):
+    value = os.environ.get(variable, default)
+    return _choice(value, choices, f"{variable}={value!r}")
+
+
+_current = _from_environment("TINYCNN_BACKEND", "numba", BACKENDS)
 
 
 def get_backend() -> str:
@@ -38,9 +50,7 @@ def get_backend() -> str:
 def set_backend(name: str) -> None:
     """Select the kernels used from now on: ``"numba"`` (fast) or ``"numpy"`` (reference)."""
     global _current
-    if name not in BACKENDS:
-        raise ValueError(f"set_backend({name!r}): expected one of {BACKENDS}")
-    _current = name
+    _current = _choice(name, BACKENDS, f"set_backend({name!r})")
 
 
 @contextlib.contextmanager
@@ -60,9 +70,7 @@ def use_backend(name: str):
 
 
 CONV_ALGORITHMS = ("auto", "im2col", "winograd")
-_conv_algorithm = os.environ.get("TINYCNN_CONV_ALGORITHM", "auto")
-if _conv_algorithm not in CONV_ALGORITHMS:
-    raise ValueError(f"TINYCNN_CONV_ALGORITHM={_conv_algorithm!r}: expected one of {CONV_ALGORITHMS}")
+_conv_algorithm = _from_environment("TINYCNN_CONV_ALGORITHM", "auto", CONV_ALGORITHMS)
 
 
 def get_conv_algorithm() -> str:
@@ -79,9 +87,7 @@ def set_conv_algorithm(name: str) -> None:
     The environment variable ``TINYCNN_CONV_ALGORITHM`` sets the starting value.
     """
     global _conv_algorithm
-    if name not in CONV_ALGORITHMS:
-        raise ValueError(f"set_conv_algorithm({name!r}): expected one of {CONV_ALGORITHMS}")
-    _conv_algorithm = name
+    _conv_algorithm = _choice(name, CONV_ALGORITHMS, f"set_conv_algorithm({name!r})")
 
 
 def use_conv_algorithm(name: str):

@@ -391,8 +391,9 @@ def _kernel_transform_adjoint_fast(dU, m):
     return (np.kron(G, G).T @ dU.reshape(-1, c * o)).reshape(3, 3, c, o)
 
 
-def _buffer(size, shape):
-    return size[:int(np.prod(shape))].reshape(shape)
+def _buffer(flat, shape):
+    """A contiguous array of ``shape`` at the start of the preallocated 1-D ``flat``."""
+    return flat[:int(np.prod(shape))].reshape(shape)
 
 
 def winograd_conv2d_fast(x, w, strides, pads, m=TILE):
