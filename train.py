@@ -33,6 +33,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def parse_args(argv=None):
     import fer_models
+    from fer_models.preprocess import METHODS
     from fer_models.data import default_location
     p = argparse.ArgumentParser(
         description="Train a tinycnn model on FER-2013, validate on PublicTest each epoch, "
@@ -57,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--plateau-patience", type=int, default=3, help="epochs without improvement before halving")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random flip, rotation, shift and zoom on Training images")
+    p.add_argument("--preprocessing", choices=METHODS, default="none",
+                   help="contrast normalisation of every face before the model (see fer_models/preprocess.py); "
+                        "recorded in the weights file, so prediction and evaluation apply the same")
     p.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                    help="'balanced' weights each class by n / (7 * count), as scikit-learn")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
@@ -68,6 +72,12 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<model>-<time>)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue the run in RUN from its last checkpoint (its settings are reused)")
+    p.add_argument("--distill-from", type=Path, default=None, metavar="TEACHER",
+                   help="train on a teacher's probabilities (an ensemble file or any weights/run) instead of "
+                        "the one-hot labels: knowledge distillation")
+    p.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="RUN",
+                   help="combine trained runs or weights files into one ensemble file (written to --out, "
+                        "default ensemble.npz), reporting each member and the average on PublicTest, then exit")
     p.add_argument("--evaluate", type=Path, default=None, metavar="RUN_OR_WEIGHTS",
                    help="only evaluate a run directory or weights file on PrivateTest, then exit")
     p.add_argument("--list-models", action="store_true", help="list architectures with parameters and multiply-adds")
@@ -175,6 +185,7 @@ def train(args):
     from fer_models.augment import Augmenter
     from fer_models.data import load_fer2013
     from fer_models.predict import save_model
+    from fer_models.preprocess import preprocess
 
     fresh_start = False
     if args.resume:
@@ -223,8 +234,21 @@ def train(args):
         x_train, y_train = x_train[keep], y_train[keep]
     if len(x_val) == 0:
         sys.exit("error: the data has no PublicTest split to validate on")
+    teacher = getattr(args, "distill_from", None)
+    if teacher:   # the teacher sees the raw faces, each member with its own preprocessing
+        from fer_models.ensemble import soft_labels
+        from fer_models.predict import load_model
+        try:
+            teacher_model = load_model(teacher)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: --distill-from {teacher}: {e}")
+        print(f"distilling from {teacher_model.name}: computing its probabilities on {len(x_train):,} images")
+        y_train = soft_labels(teacher_model, x_train, tta=True, progress=True)
+    preprocessing = getattr(args, "preprocessing", "none")   # runs from before the option: none
+    x_train, x_val = preprocess(x_train, preprocessing), preprocess(x_val, preprocessing)
 
     model = fer_models.build(args.model, seed=args.seed)
+    model.preprocessing = preprocessing   # saved with the weights; evaluation applies it to raw faces
     opt = make_optimizer(args, model)
     weights = (tc.losses.balanced_class_weights(y_train, fer_models.NUM_CLASSES)
                if args.class_weights == "balanced" else None)
@@ -352,6 +376,45 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
     return result
 
 
+def make_ensemble(args):
+    """Load the members, report each one and their average on PublicTest (the split the
+    members are chosen on), and write the ensemble file."""
+    import tinycnn as tc
+
+    from fer_models.data import load_fer2013
+    from fer_models.ensemble import Ensemble, save_ensemble
+    from fer_models.predict import load_model
+    tc.set_backend(args.backend)
+    tc.set_conv_algorithm(args.conv_algorithm)
+    members, labels = [], []
+    for path in args.ensemble:
+        try:
+            m = load_model(path)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: --ensemble {path}: {e}")
+        parts = m.members if hasattr(m, "members") else [m]
+        members += parts
+        labels += [f"{path} ({p.name})" if len(parts) == 1 else f"{path} member {i} ({p.name})"
+                   for i, p in enumerate(parts)]
+    try:
+        x, y = load_fer2013(args.data, cache_dir=args.cache_dir)["PublicTest"]
+    except (FileNotFoundError, ValueError, OSError) as e:
+        sys.exit(f"error: --data {args.data}: {e}")
+    if len(x) == 0:
+        sys.exit("error: the data has no PublicTest split to choose members on")
+    ensemble = Ensemble(members)
+    print(f"PublicTest accuracy ({len(y):,} images), plain and with mirror TTA:")
+    for label, model in list(zip(labels, members)) + [(ensemble.name, ensemble)]:
+        accs = [float((evaluate_model(model, x, y, tta=tta)[0] == y).mean()) for tta in (False, True)]
+        print(f"  {accs[0]:.4f}  {accs[1]:.4f}  {label}")
+    out = args.out or Path("ensemble.npz")
+    if out.suffix != ".npz":
+        out = out.with_suffix(".npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_ensemble(ensemble, out)
+    print(f"ensemble of {len(members)} written to {out}; evaluate it once with: python train.py --evaluate {out} --tta")
+
+
 def main(argv=None):
     args = parse_args(argv)
     import tinycnn as tc
@@ -362,6 +425,9 @@ def main(argv=None):
     if args.model_card:
         from fer_models.card import model_card
         print(model_card(args.model_card), end="")
+        return
+    if args.ensemble:
+        make_ensemble(args)
         return
     if args.evaluate:
         import tinycnn as tc

@@ -3,8 +3,10 @@
     >>> from fer_models import predict_emotion
     >>> label, probs = predict_emotion("face.jpg")      # probs: {class: probability}
 
-Faces are prepared exactly as in training (``prepare_face``): grayscale, resized to
-48x48 with area interpolation, scaled to [0, 1], shape (48, 48, 1).
+Faces are prepared exactly as in training: ``prepare_face`` makes any crop grayscale,
+48x48 (area interpolation), in [0, 1], shape (48, 48, 1); then ``predict_probabilities``
+applies the contrast normalisation the model was trained with
+(``fer_models.preprocess``), which the weights file records.
 """
 from __future__ import annotations
 
@@ -17,20 +19,31 @@ import tinycnn as tc
 
 from .architectures import build, names
 from .classes import CLASSES
+from .preprocess import METHODS, preprocess
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "bundled.npz"
 MODEL_KEY = "__model__"  # the architecture's name, stored beside the weights
+PREPROCESSING_KEY = "__preprocessing__"  # the contrast normalisation it was trained with
+
+
+def preprocessing_of(model) -> str:
+    """The contrast normalisation a model expects (``fer_models.preprocess.METHODS``);
+    ``"none"`` for a model that was never given one."""
+    return getattr(model, "preprocessing", "none")
 
 
 def save_model(model: tc.Sequential, path) -> None:
-    """Weights plus the architecture's name, so ``load_model(path)`` needs nothing else."""
+    """Weights plus the architecture's name and the model's preprocessing, so
+    ``load_model(path)`` needs nothing else."""
     from tinycnn.model import save_npz_atomic
-    save_npz_atomic(path, {MODEL_KEY: np.array(model.name), **model.get_weights()})
+    save_npz_atomic(path, {MODEL_KEY: np.array(model.name),
+                           PREPROCESSING_KEY: np.array(preprocessing_of(model)), **model.get_weights()})
 
 
-def load_model(weights=None, model: str | None = None) -> tc.Sequential:
-    """Build the architecture and load weights.
+def load_model(weights=None, model: str | None = None):
+    """Build the architecture and load weights: a ``tinycnn.Sequential``, or a
+    ``fer_models.ensemble.Ensemble`` when the file holds one (``save_ensemble``).
 
     Args:
         weights: an .npz written by ``save_model``/train.py, or a run directory holding
@@ -44,21 +57,31 @@ def load_model(weights=None, model: str | None = None) -> tc.Sequential:
         raise FileNotFoundError(f"weights file {path} does not exist"
                                 + ("" if weights else " (the bundled model is missing from the install)"))
     from tinycnn.model import read_npz
+
+    from .ensemble import ENSEMBLE_KEY, ensemble_from_arrays
     arrays = read_npz(path)
+    for key, value in arrays.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"{path}: weight '{key}' holds NaN or inf: the training that wrote it diverged")
+    if ENSEMBLE_KEY in arrays:
+        if model is not None:
+            raise ValueError(f"{path} is an ensemble: each member records its architecture; do not pass model=")
+        return ensemble_from_arrays(arrays, path)
     stored = str(arrays.pop(MODEL_KEY)) if MODEL_KEY in arrays else None
+    preprocessing = str(arrays.pop(PREPROCESSING_KEY)) if PREPROCESSING_KEY in arrays else "none"
+    if preprocessing not in METHODS:
+        raise ValueError(f"{path}: unknown preprocessing {preprocessing!r} recorded; one of {', '.join(METHODS)}")
     name = model or stored
     if name is None:
         raise ValueError(f"{path} does not record its architecture; pass model= (one of {names()})")
     if name not in names():
         raise ValueError(f"{path}: unknown architecture {name!r}; one of {names()}")
-    for key, value in arrays.items():
-        if not np.isfinite(value).all():
-            raise ValueError(f"{path}: weight '{key}' holds NaN or inf: the training that wrote it diverged")
     net = build(name)
     try:
         net.set_weights(arrays)
     except ValueError as e:
         raise ValueError(f"{path} does not fit model '{name}': {e}") from None
+    net.preprocessing = preprocessing
     return net
 
 
@@ -88,10 +111,16 @@ def prepare_face(image) -> np.ndarray:
 
 
 def predict_probabilities(model, batch, tta=False) -> np.ndarray:
-    """Softmax probabilities (N, 7) of a model for faces (N, 48, 48, 1), without a graph.
+    """Softmax probabilities (N, 7) of a model for faces (N, 48, 48, 1) in [0, 1], without
+    a graph. The model's own preprocessing (``preprocessing_of(model)``) is applied here.
 
     ``tta``: also classify each face's mirror image and average the two: a face and
-    its mirror show the same emotion, so the average removes some of the noise."""
+    its mirror show the same emotion, so the average removes some of the noise.
+    ``model`` may be an ``Ensemble``: its members' average."""
+    if hasattr(model, "members"):
+        return model.predict_probabilities(batch, tta=tta)
+    if preprocessing_of(model) != "none":
+        batch = preprocess(batch, preprocessing_of(model))
     with tc.no_grad():
         probs = tc.softmax(model(batch, training=False)).numpy()
         if tta:

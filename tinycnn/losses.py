@@ -37,9 +37,13 @@ def softmax_cross_entropy(logits, labels, class_weights=None, label_smoothing=0.
 
     Args:
         logits: Tensor (N, K).
-        labels: integer class indices (N,).
-        class_weights: optional (K,) weight per class (see ``balanced_class_weights``).
-        label_smoothing: ``eps`` in [0, 1): targets become ``(1 - eps) * onehot + eps / K``.
+        labels: integer class indices (N,), or target probabilities (N, K) whose rows
+            sum to 1 (soft labels, e.g. a teacher ensemble's predictions when
+            distilling; Keras' categorical cross-entropy).
+        class_weights: optional (K,) weight per class (see ``balanced_class_weights``);
+            with soft labels an example is weighted by its most probable class.
+        label_smoothing: ``eps`` in [0, 1): targets become ``(1 - eps) * t + eps / K``
+            with ``t`` the one-hot (or given soft) targets.
     Returns:
         A scalar Tensor.
     """
@@ -52,17 +56,11 @@ def softmax_cross_entropy(logits, labels, class_weights=None, label_smoothing=0.
     if not np.isfinite(logits.data).all():   # a diverged model: say so rather than return NaN
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(logits.data))[0])
         raise ValueError(f"softmax_cross_entropy: logits {logits.shape} hold NaN or inf, first at {bad}")
-    labels = np.asarray(labels)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"softmax_cross_entropy: labels must be {n} integers for logits {logits.shape}, "
-                         f"got dtype {labels.dtype} shape {labels.shape}")
-    if n and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}), got range "
-                         f"[{labels.min()}, {labels.max()}]")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"softmax_cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
-    targets = np.full((n, k), label_smoothing / k, np.float32)
-    targets[np.arange(n), labels] += 1.0 - label_smoothing
+    targets = target_probabilities(labels, n, k, "softmax_cross_entropy")
+    hard = targets.argmax(axis=1)
+    targets = (targets * np.float32(1.0 - label_smoothing) + np.float32(label_smoothing / k)).astype(np.float32)
     if class_weights is None:
         weights = np.ones(n, np.float32)
     else:
@@ -70,8 +68,28 @@ def softmax_cross_entropy(logits, labels, class_weights=None, label_smoothing=0.
         if class_weights.shape != (k,):
             raise ValueError(f"softmax_cross_entropy: class_weights must have shape ({k},), "
                              f"got {class_weights.shape}")
-        weights = class_weights[labels]
+        weights = class_weights[hard]
     return SoftmaxCrossEntropyFn.apply(logits, targets, weights)
+
+
+def target_probabilities(labels, n, k, who) -> np.ndarray:
+    """Integer labels (n,) as one-hot rows, or soft targets (n, k) checked -> float32 (n, k)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and np.issubdtype(labels.dtype, np.floating):
+        if labels.shape != (n, k):
+            raise ValueError(f"{who}: soft targets must have shape ({n}, {k}) for logits ({n}, {k}), "
+                             f"got {labels.shape}")
+        if not np.isfinite(labels).all() or labels.min() < 0 or np.abs(labels.sum(axis=1) - 1).max() > 1e-3:
+            raise ValueError(f"{who}: soft targets must be probabilities (non-negative rows summing to 1)")
+        return labels.astype(np.float32)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{who}: labels must be {n} integers (or ({n}, {k}) probabilities) for logits "
+                         f"({n}, {k}), got dtype {labels.dtype} shape {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"{who}: labels must lie in [0, {k}), got range [{labels.min()}, {labels.max()}]")
+    onehot = np.zeros((n, k), np.float32)
+    onehot[np.arange(n), labels] = 1.0
+    return onehot
 
 
 def balanced_class_weights(labels, num_classes):

@@ -92,7 +92,9 @@ class Sequential:
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, optimizer=None, loss=None,
             class_weights=None, label_smoothing=0.0, augment=None, shuffle=True, seed=0, callbacks=(),
             verbose=1, initial_epoch=0) -> "History":
-        """Train on inputs x (N, ...) and integer labels y (N,), in Keras' spirit.
+        """Train on inputs x (N, ...) and integer labels y (N,), in Keras' spirit; y may
+        instead be target probabilities (N, K) (soft labels: distillation), and then
+        ``accuracy`` counts agreement with each row's most probable class.
 
         Each epoch visits the examples in a random order (``shuffle``), one optimiser step
         per batch of ``batch_size``; ``augment(batch, rng)`` may transform each training
@@ -123,7 +125,8 @@ class Sequential:
 
         from . import losses, optim
         from .layers.core import Dropout
-        x, y = _check_xy("fit", x, y)
+        x, y = _check_xy("fit", x, y, soft=True)
+        y_hard = y.argmax(axis=1) if y.ndim == 2 else y
         if int(epochs) < 1 or int(batch_size) < 1 or int(initial_epoch) < 0:
             raise ValueError(f"Sequential '{self.name}'.fit(): epochs and batch_size must be positive and "
                              f"initial_epoch >= 0, got {epochs}, {batch_size} and {initial_epoch}")
@@ -175,7 +178,7 @@ class Sequential:
                     value.backward()
                     self.optimizer.step()
                     total_loss += float(value.item()) * len(idx)
-                    correct += int((logits.data.argmax(axis=1) == yb).sum())
+                    correct += int((logits.data.argmax(axis=1) == y_hard[idx]).sum())
                     seen = step * batch_size + len(idx)
                     bar.update(1)
                     if step % 10 == 0 or step == steps - 1:
@@ -321,14 +324,20 @@ class TrainingDiverged(FloatingPointError):
         self.epoch, self.step, self.value = epoch, step, value
 
 
-def _check_xy(what, x, y):
-    """Inputs as float32 and labels as int64, of the same length, or a ValueError."""
+def _check_xy(what, x, y, soft=False):
+    """Inputs as float32 and labels as int64 (or, where ``soft``, probability rows (N, K)
+    as float32), of the same length, or a ValueError."""
     x = np.asarray(x)
     y = np.asarray(y)
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{what}: inputs must be a float array, got dtype {x.dtype} with shape {x.shape}")
+    if soft and y.ndim == 2 and np.issubdtype(y.dtype, np.floating):
+        if len(x) != len(y):
+            raise ValueError(f"{what}: {len(x)} inputs but {len(y)} target rows")
+        return x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{what}: labels must be a 1-D integer array, got dtype {y.dtype} shape {y.shape}")
+        raise ValueError(f"{what}: labels must be a 1-D integer array{' or (N, K) probabilities' if soft else ''}, "
+                         f"got dtype {y.dtype} shape {y.shape}")
     if len(x) != len(y):
         raise ValueError(f"{what}: {len(x)} inputs but {len(y)} labels")
     return x.astype(np.float32, copy=False), y.astype(np.int64, copy=False)

@@ -1,0 +1,180 @@
+"""Preprocessing recorded with the weights, ensembles, soft labels (distillation), and
+train.py's --preprocessing, --ensemble and --distill-from."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+import fer_models
+import tinycnn as tc
+import train
+from fer_models.data import default_location
+from fer_models.ensemble import Ensemble, save_ensemble, soft_labels
+from fer_models.predict import EmotionClassifier, load_model, predict_probabilities, save_model
+from fer_models.preprocess import METHODS, preprocess
+
+DATA = default_location()
+needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
+
+
+def faces(n=6, seed=0):
+    """Low-contrast random faces in [0.3, 0.6]: equalisation visibly changes them."""
+    rng = np.random.default_rng(seed)
+    return (0.3 + 0.3 * rng.random((n, 48, 48, 1))).astype(np.float32)
+
+
+# -- preprocessing ------------------------------------------------------------------------
+def test_each_method_is_what_its_docstring_says():
+    x = faces()
+    levels = np.rint(x[..., 0] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(preprocess(x, "none"), x)
+    eq = preprocess(x, "equalize")
+    np.testing.assert_array_equal(eq[..., 0], np.stack([cv2.equalizeHist(f) for f in levels]) / np.float32(255))
+    assert eq.min() == 0.0 and eq.max() == 1.0           # equalised faces span the full range
+    clahe = preprocess(x, "clahe")
+    assert clahe.shape == x.shape and 0 <= clahe.min() and clahe.max() <= 1
+    assert not np.allclose(clahe, x) and not np.allclose(clahe, eq)
+    st = preprocess(x, "standardize")
+    np.testing.assert_allclose(st.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(st.std(axis=(1, 2, 3)), 1, atol=1e-4)
+    flat = np.full((1, 48, 48, 1), 0.5, np.float32)       # no contrast: no division by zero
+    assert np.isfinite(preprocess(flat, "standardize")).all()
+    for method in METHODS:
+        assert preprocess(x[:0], method).shape == (0, 48, 48, 1)
+        assert preprocess(x, method) is not x              # never the caller's array
+
+
+def test_bad_method_and_shape_are_refused():
+    with pytest.raises(ValueError, match="unknown method 'hist'.*equalize"):
+        preprocess(faces(), "hist")
+    with pytest.raises(ValueError, match=r"\(N, H, W, 1\).*\(48, 48\)"):
+        preprocess(np.zeros((48, 48), np.float32), "equalize")
+
+
+def test_the_weights_file_records_preprocessing_and_prediction_applies_it(tmp_path):
+    model = fer_models.build("mini", seed=0)
+    model.preprocessing = "equalize"
+    save_model(model, tmp_path / "eq.npz")
+    loaded = load_model(tmp_path / "eq.npz")
+    assert loaded.preprocessing == "equalize"
+    x = faces()
+    with tc.no_grad():
+        by_hand = tc.softmax(loaded(preprocess(x, "equalize"), training=False)).numpy()
+        raw = tc.softmax(loaded(x, training=False)).numpy()
+    np.testing.assert_allclose(predict_probabilities(loaded, x), by_hand, atol=1e-6)
+    assert not np.allclose(by_hand, raw, atol=1e-4)        # so the check above can fail
+    # the classifier behind predict_emotion and webcam.py goes through the same call
+    crops = [np.rint(f[..., 0] * 255).astype(np.uint8) for f in x]   # equalisation rounds to these levels
+    np.testing.assert_allclose(EmotionClassifier(tmp_path / "eq.npz").predict_proba(crops), by_hand, atol=1e-5)
+    # a file written before preprocessing was recorded means "none"
+    arrays = dict(np.load(tmp_path / "eq.npz"))
+    del arrays["__preprocessing__"]
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert load_model(tmp_path / "old.npz").preprocessing == "none"
+    arrays["__preprocessing__"] = np.array("sharpen")
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="unknown preprocessing 'sharpen'"):
+        load_model(tmp_path / "bad.npz")
+
+
+def test_the_bundled_model_records_the_equalisation_it_was_trained_on():
+    assert load_model().preprocessing == "equalize"
+
+
+# -- ensembles ------------------------------------------------------------------------------
+def members():
+    a, b = fer_models.build("mini", seed=1), fer_models.build("small3", seed=2)
+    b.preprocessing = "clahe"
+    return [a, b]
+
+
+def test_an_ensemble_averages_its_members_each_with_its_preprocessing(tmp_path):
+    a, b = members()
+    ens = Ensemble([a, b])
+    x = faces()
+    for tta in (False, True):
+        expected = (predict_probabilities(a, x, tta=tta) + predict_probabilities(b, x, tta=tta)) / 2
+        np.testing.assert_allclose(predict_probabilities(ens, x, tta=tta), expected, atol=1e-6)
+    save_ensemble(ens, tmp_path / "ens.npz")
+    back = load_model(tmp_path / "ens.npz")
+    assert isinstance(back, Ensemble) and [m.name for m in back.members] == ["mini", "small3"]
+    assert [m.preprocessing for m in back.members] == ["none", "clahe"]
+    np.testing.assert_allclose(predict_probabilities(back, x), predict_probabilities(ens, x), atol=1e-6)
+    assert ens.count_params() == a.count_params() + b.count_params()
+    with pytest.raises(ValueError, match="is an ensemble"):
+        load_model(tmp_path / "ens.npz", model="mini")
+    with pytest.raises(ValueError, match="at least one member"):
+        Ensemble([])
+
+
+def test_soft_labels_are_the_teachers_probabilities():
+    a, _ = members()
+    x = faces(10)
+    t = soft_labels(a, x, tta=False, batch_size=4)
+    assert t.shape == (10, 7) and t.dtype == np.float32
+    np.testing.assert_allclose(t.sum(axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(t, predict_probabilities(a, x), atol=1e-6)
+
+
+def test_fit_on_soft_targets_moves_the_student_towards_them():
+    teacher, _ = members()
+    x = faces(64, seed=3)
+    targets = soft_labels(teacher, x, tta=False)
+    targets = (0.5 * targets + 0.5 * np.eye(7, dtype=np.float32)[np.arange(64) % 7])  # sharper, still rows of 1
+    student = fer_models.build("mini", seed=5)
+    history = student.fit(x, targets, epochs=8, batch_size=16, verbose=0,
+                          optimizer=tc.optim.Adam(student.parameters(), lr=3e-3))
+    # the training loss is the cross-entropy against the soft targets (BatchNorm's moving
+    # averages have not settled after 32 steps, so inference is not the measure here)
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert 0 <= history.history["accuracy"][-1] <= 1
+    with pytest.raises(ValueError, match="probabilities"):
+        student.fit(x, targets * 2, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=r"soft targets must have shape \(64, 7\)"):
+        tc.losses.softmax_cross_entropy(tc.Tensor(np.zeros((64, 7), np.float32)), targets[:, :5])
+
+
+def test_soft_one_hot_targets_give_the_integer_label_loss():
+    rng = np.random.default_rng(0)
+    logits = tc.Tensor(rng.normal(size=(5, 7)).astype(np.float32))
+    labels = np.array([0, 3, 6, 2, 2])
+    for smoothing in (0.0, 0.1):
+        a = tc.losses.softmax_cross_entropy(logits, labels, label_smoothing=smoothing).item()
+        b = tc.losses.softmax_cross_entropy(logits, np.eye(7, dtype=np.float32)[labels],
+                                            label_smoothing=smoothing).item()
+        assert a == pytest.approx(b, rel=1e-6)
+
+
+# -- the command line -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fer-cache")
+
+
+def run(argv, cache):
+    return train.main([*map(str, argv), "--data", str(DATA), "--cache-dir", str(cache)])
+
+
+@needs_data
+def test_preprocessing_ensemble_and_distillation_from_the_command_line(tmp_path, cache, capsys):
+    common = ["--model", "mini", "--limit", "600", "--epochs", "1", "--batch-size", "32"]
+    run(common + ["--preprocessing", "equalize", "--out", tmp_path / "a"], cache)
+    assert json.loads((tmp_path / "a" / "args.json").read_text())["preprocessing"] == "equalize"
+    assert load_model(tmp_path / "a").preprocessing == "equalize"
+    run(common + ["--seed", "1", "--out", tmp_path / "b"], cache)
+    capsys.readouterr()
+    run(["--ensemble", tmp_path / "a", tmp_path / "b" / "best.npz", "--out", tmp_path / "ens.npz"], cache)
+    printed = capsys.readouterr().out
+    assert "PublicTest accuracy (3,589 images)" in printed and "ensemble(mini+mini)" in printed
+    ens = load_model(tmp_path / "ens.npz")
+    assert [m.preprocessing for m in ens.members] == ["equalize", "none"]
+    run(["--evaluate", tmp_path / "ens.npz", "--out", tmp_path / "ens-eval"], cache)
+    report = json.loads((tmp_path / "ens-eval" / "report.json").read_text())
+    assert report["model"] == "ensemble(mini+mini)" and report["PrivateTest"]["report"]["accuracy"] > 0
+    run(common + ["--distill-from", tmp_path / "ens.npz", "--out", tmp_path / "student"], cache)
+    assert "distilling from ensemble(mini+mini)" in capsys.readouterr().out
+    assert load_model(tmp_path / "student").name == "mini"
+    with pytest.raises(SystemExit, match="--distill-from .*does not exist"):
+        run(common + ["--distill-from", tmp_path / "nothing.npz", "--out", tmp_path / "c"], cache)
