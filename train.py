@@ -58,9 +58,20 @@ def parse_args(argv=None):
     p.add_argument("--plateau-patience", type=int, default=3, help="epochs without improvement before halving")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random flip, rotation, shift and zoom on Training images")
-    p.add_argument("--preprocessing", choices=METHODS, default="none",
+    p.add_argument("--preprocessing", choices=METHODS, default=None,
                    help="contrast normalisation of every face before the model (see fer_models/preprocess.py); "
-                        "recorded in the weights file, so prediction and evaluation apply the same")
+                        "recorded in the weights file, so prediction and evaluation apply the same "
+                        "(default: none; with --evaluate or --init-from: what the file records)")
+    p.add_argument("--input-scale", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="with --evaluate or --init-from a Keras model: the pixel range it takes, where the file "
+                        "does not record it (e.g. -1 1) (default: recorded, else 0 1)")
+    p.add_argument("--classes", default=None, metavar="ORDER",
+                   help="with --evaluate or --init-from a Keras model: its output order, where the file does "
+                        "not record it: 'fer2013' (the CSV's), 'alphabetical' (this project's) or seven "
+                        "comma-separated names")
+    p.add_argument("--init-from", type=Path, default=None, metavar="FILE",
+                   help="start from a trained model instead of --model's fresh weights: a Keras file (.keras, "
+                        ".h5) or weights written here (.npz); fine-tunes it with this run's recipe")
     p.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                    help="'balanced' weights each class by n / (7 * count), as scikit-learn")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
@@ -178,14 +189,53 @@ def load_checkpoint(run, model, opt):
 
 
 # -- training -------------------------------------------------------------------------------
+def build_model(args):
+    """The model a run trains: --model's architecture, fresh from --seed, or the model in
+    --init-from (a Keras file or weights written here), with its input contract."""
+    import fer_models
+    from fer_models.predict import load_model, set_input_contract
+    contract = contract_of(args)
+    init_from = getattr(args, "init_from", None)
+    if init_from is None:
+        model = fer_models.build(args.model, seed=args.seed)
+        return set_input_contract(model, contract["preprocessing"] or "none", contract["input_scale"],
+                                  contract["classes"], where="train.py")
+    try:
+        model = load_model(init_from, **contract)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        sys.exit(f"error: --init-from {init_from}: {e}")
+    if hasattr(model, "members"):
+        sys.exit(f"error: --init-from {init_from} is an ensemble; distil it instead (--distill-from)")
+    return model
+
+
+def save_best(model, path_stem):
+    """best.npz for this project's architectures; best.keras (+ its input contract beside
+    it) for a model imported from Keras, whose architecture only a Keras file can hold."""
+    import fer_models
+    from fer_models.predict import save_keras_model, save_model
+    if model.name in fer_models.names():
+        save_model(model, path_stem.with_suffix(".npz"))
+    else:
+        save_keras_model(model, path_stem.with_suffix(".keras"))
+
+
+def contract_of(args) -> dict:
+    """--preprocessing, --input-scale, --classes as ``load_model``'s overrides (None: not given)."""
+    classes = getattr(args, "classes", None)
+    if isinstance(classes, str) and "," in classes:
+        classes = [c.strip().lower() for c in classes.split(",")]
+    return {"preprocessing": getattr(args, "preprocessing", None), "input_scale": getattr(args, "input_scale", None),
+            "classes": classes}
+
+
 def train(args):
     import tinycnn as tc
 
     import fer_models
     from fer_models.augment import Augmenter
     from fer_models.data import load_fer2013
-    from fer_models.predict import save_model
-    from fer_models.preprocess import preprocess
+    from fer_models.predict import classes_of, model_input
 
     fresh_start = False
     if args.resume:
@@ -234,6 +284,7 @@ def train(args):
         x_train, y_train = x_train[keep], y_train[keep]
     if len(x_val) == 0:
         sys.exit("error: the data has no PublicTest split to validate on")
+    y_labels = y_train   # the hard labels, whatever the model is trained on
     teacher = getattr(args, "distill_from", None)
     if teacher:   # the teacher sees the raw faces, each member with its own preprocessing
         from fer_models.ensemble import soft_labels
@@ -244,13 +295,16 @@ def train(args):
             sys.exit(f"error: --distill-from {teacher}: {e}")
         print(f"distilling from {teacher_model.name}: computing its probabilities on {len(x_train):,} images")
         y_train = soft_labels(teacher_model, x_train, tta=True, progress=True)
-    preprocessing = getattr(args, "preprocessing", "none")   # runs from before the option: none
-    x_train, x_val = preprocess(x_train, preprocessing), preprocess(x_val, preprocessing)
 
-    model = fer_models.build(args.model, seed=args.seed)
-    model.preprocessing = preprocessing   # saved with the weights; evaluation applies it to raw faces
+    model = build_model(args)
+    # the model's own view of the data: its input size, preprocessing and scale, its class order
+    x_train, x_val = model_input(model, x_train), model_input(model, x_val)
+    order = [fer_models.CLASSES.index(c) for c in classes_of(model)]   # output k is CLASSES[order[k]]
+    if order != list(range(fer_models.NUM_CLASSES)):
+        y_train = y_train[:, order] if y_train.ndim == 2 else np.argsort(order)[y_train]
+        y_val = np.argsort(order)[y_val]
     opt = make_optimizer(args, model)
-    weights = (tc.losses.balanced_class_weights(y_train, fer_models.NUM_CLASSES)
+    weights = (tc.losses.balanced_class_weights(y_labels, fer_models.NUM_CLASSES)[order]
                if args.class_weights == "balanced" else None)
     augment = Augmenter() if args.augment else None
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
@@ -269,7 +323,7 @@ def train(args):
             plateau.load_state_dict(meta["plateau"])
         print(f"resuming {run} after epoch {meta['epoch']} (best PublicTest {best['acc']:.4f} at epoch {best['epoch']})")
 
-    print(f"{args.model}: {model.count_params():,} parameters, {model.multiply_adds() / 1e6:.1f}M mult-adds/image; "
+    print(f"{model.name}: {model.count_params():,} parameters, {model.multiply_adds() / 1e6:.1f}M mult-adds/image; "
           f"{len(x_train):,} training images, {len(x_val):,} PublicTest; run directory {run}")
     stop = {"now": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -300,7 +354,7 @@ def train(args):
             improved = val_acc > best["acc"]
             if improved:
                 best = {"acc": val_acc, "epoch": epoch}
-                save_model(model, run / "best.npz")
+                save_best(model, run / "best")
             if plateau:
                 plateau.step(val_acc)
             save_checkpoint(run, model, opt, epoch, history, best, plateau)
@@ -319,8 +373,9 @@ def train(args):
                   label_smoothing=args.label_smoothing, augment=augment, seed=args.seed,
                   callbacks=[keeping], verbose=1)
     except KeyboardInterrupt:
-        save_model(model, run / "interrupted.npz")
-        print(f"\ninterrupted during epoch {keeping.epoch}: its partial weights are in {run / 'interrupted.npz'}; "
+        save_best(model, run / "interrupted")
+        saved_as = next(p for p in (run / "interrupted.npz", run / "interrupted.keras") if p.exists())
+        print(f"\ninterrupted during epoch {keeping.epoch}: its partial weights are in {saved_as}; "
               f"the last checkpoint (epoch {keeping.epoch - 1}) is intact. Continue with: "
               f"python train.py --resume {run}")
         sys.exit(130)
@@ -334,11 +389,12 @@ def train(args):
 
 
 # -- evaluation -------------------------------------------------------------------------------
-def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=False, model=None):
+def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=False, model=None, contract=None):
     """PrivateTest accuracy, confusion matrix and per-class figures, printed and saved
     (``report.json``, ``confusion.png``; with ``tta``: ``report-tta.json`` and
     ``confusion-tta.png``, beside the plain ones). ``model``: the architecture, for
-    weights files that do not record it (default: the one recorded)."""
+    weights files that do not record it (default: the one recorded); ``contract``:
+    preprocessing / input_scale / classes overrides for ``load_model``."""
     import fer_models
     from fer_models.data import load_fer2013
     from fer_models.metrics import classification_report, confusion_matrix, format_report
@@ -346,13 +402,17 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
     from fer_models.plots import plot_confusion, plot_history
 
     target = Path(target)
-    model = load_model(target, model)
+    model = load_model(target, model, **(contract or {}))
     if data is None:
         data = load_fer2013(data_path, cache_dir=cache_dir)
     out = Path(out) if out else (target if target.is_dir() else target.parent)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-tta" if tta else ""
-    result = {"weights": str(target / "best.npz" if target.is_dir() else target), "model": model.name,
+    weights = target
+    if target.is_dir():
+        weights = target / ("best.keras" if (target / "best.keras").exists() and not (target / "best.npz").exists()
+                            else "best.npz")
+    result = {"weights": str(weights), "model": model.name,
               "tta": tta}
     for split in ("PublicTest", "PrivateTest"):
         x, y = data[split]
@@ -437,7 +497,7 @@ def main(argv=None):
             sys.exit(f"error: {args.evaluate} does not exist")
         try:
             evaluate(args.evaluate, data_path=args.data, cache_dir=args.cache_dir, out=args.out, tta=args.tta,
-                     model=args.model if args.model_given else None)
+                     model=args.model if args.model_given else None, contract=contract_of(args))
         except (ValueError, FileNotFoundError) as e:
             sys.exit(f"error: {e}")
         return

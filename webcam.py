@@ -71,9 +71,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="average each face's probabilities over its last N frames (faces followed by "
                           "box overlap) so the label does not flicker; camera and video sources only")
     mod = p.add_argument_group("model")
-    mod.add_argument("--weights", metavar="NPZ",
-                     help="weights written by train.py (a .npz, or a run folder holding best.npz); "
-                          "default: the bundled model fer_models/weights/bundled.npz")
+    mod.add_argument("--weights", metavar="FILE",
+                     help="weights written by train.py (a .npz, an ensemble .npz, or a run folder holding "
+                          "best.npz), or a Keras model (.keras, .h5); default: the bundled model "
+                          "fer_models/weights/bundled.npz")
+    mod.add_argument("--input-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                     help="pixel range the model takes, for a Keras model trained on other than [0, 1] "
+                          "(e.g. --input-scale -1 1); default: what the file records, else 0 1")
+    mod.add_argument("--classes", metavar="ORDER",
+                     help="the model's output order, where the file does not record it: 'fer2013' (the CSV's "
+                          "angry,disgust,fear,happy,sad,surprise,neutral), 'alphabetical' (this project's) or "
+                          "the seven names separated by commas")
+    mod.add_argument("--preprocessing", choices=("none", "equalize", "clahe", "standardize"),
+                     help="contrast normalisation the model was trained with, where the file does not record it")
     mod.add_argument("--model", metavar="NAME",
                      help="architecture name, for weights files that do not record it (see train.py --list-models)")
     mod.add_argument("--tta", action="store_true",
@@ -312,6 +322,14 @@ class Window:
 
 # -- main ---------------------------------------------------------------------------------
 
+def contract_args(args) -> dict:
+    """--preprocessing, --input-scale, --classes as ``load_model``'s overrides."""
+    classes = args.classes
+    if classes is not None and "," in classes:
+        classes = [c.strip().lower() for c in classes.split(",")]
+    return {"preprocessing": args.preprocessing, "input_scale": args.input_scale, "classes": classes}
+
+
 def load_pipeline(args, smooth: int = 0):
     from fer_models.detect import DEFAULT_MARGIN, EmotionPipeline, FaceDetector
     from fer_models.predict import DEFAULT_WEIGHTS
@@ -324,6 +342,7 @@ def load_pipeline(args, smooth: int = 0):
     try:
         detector = FaceDetector(min_face=args.min_face, detect_width=args.detect_width)
         pipeline = EmotionPipeline.from_weights(args.weights, args.model, tta=args.tta, detector=detector,
+                                                contract=contract_args(args),
                                                 margin=DEFAULT_MARGIN if args.margin is None else args.margin,
                                                 smooth=smooth)
     except (ValueError, FileNotFoundError) as e:

@@ -285,11 +285,12 @@ class EmotionPipeline:
         self.tracker = FaceTracker(smooth) if smooth > 1 else None
 
     @classmethod
-    def from_weights(cls, weights=None, model: str | None = None, tta: bool = False,
+    def from_weights(cls, weights=None, model: str | None = None, tta: bool = False, contract=None,
                      **kwargs) -> "EmotionPipeline":
-        """Load ``weights`` (default: the bundled model) and build the pipeline;
-        ``tta``: classify each face and its mirror image and average them."""
-        return cls(EmotionClassifier(weights, model, tta=tta), **kwargs)
+        """Load ``weights`` (default: the bundled model; a Keras file too) and build the
+        pipeline; ``tta``: classify each face and its mirror image and average them;
+        ``contract``: ``{preprocessing, input_scale, classes}`` overrides (``load_model``)."""
+        return cls(EmotionClassifier(weights, model, tta=tta, **(contract or {})), **kwargs)
 
     def warm_up(self) -> None:
         """One dummy batch, so that loading compiled kernels is not timed on frame 1."""
@@ -302,7 +303,7 @@ class EmotionPipeline:
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         boxes = self.detector.detect(gray)
         t1 = time.perf_counter()
-        crops = [prepare_face(crop_face(gray, b, self.margin)) for b in boxes]
+        crops = [prepare_face(crop_face(gray, b, self.margin), self.classifier.input_size) for b in boxes]
         probs = self.classifier.predict_proba(np.stack(crops)) if crops else np.zeros((0, NUM_CLASSES), np.float32)
         if self.tracker is not None:
             probs = self.tracker.update(boxes, probs)

@@ -18,13 +18,26 @@ import numpy as np
 import tinycnn as tc
 
 from .architectures import build, names
-from .classes import CLASSES
+from .classes import CLASSES, CSV_CODES
 from .preprocess import METHODS, preprocess
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "bundled.npz"
 MODEL_KEY = "__model__"  # the architecture's name, stored beside the weights
 PREPROCESSING_KEY = "__preprocessing__"  # the contrast normalisation it was trained with
+INPUT_SCALE_KEY = "__input_scale__"      # pixel range the model takes, (low, high)
+CLASSES_KEY = "__classes__"              # the class of each output, in output order
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+# What a model expects of its input and what its outputs mean. A model trained here takes
+# 48x48 grey faces in [0, 1] and outputs CLASSES in order; a model imported from Keras may
+# take 64x64 faces in [-1, 1] and output the CSV's order (angry, disgust, fear, happy, sad,
+# surprise, neutral). The attributes live on the model; the defaults are this project's.
+#   model.preprocessing  one of fer_models.preprocess.METHODS
+#   model.input_scale    (low, high): [0, 1] pixels are mapped linearly onto this range
+#   model.classes        tuple of class names, one per output, in output order
+DEFAULT_INPUT_SCALE = (0.0, 1.0)
+NAMED_CLASS_ORDERS = {"alphabetical": CLASSES, "fer2013": tuple(CSV_CODES[i] for i in range(len(CSV_CODES)))}
 
 
 def preprocessing_of(model) -> str:
@@ -33,29 +46,115 @@ def preprocessing_of(model) -> str:
     return getattr(model, "preprocessing", "none")
 
 
+def input_scale_of(model) -> tuple[float, float]:
+    return tuple(getattr(model, "input_scale", DEFAULT_INPUT_SCALE))
+
+
+def classes_of(model) -> tuple[str, ...]:
+    return tuple(getattr(model, "classes", CLASSES))
+
+
+def set_input_contract(model, preprocessing=None, input_scale=None, classes=None, where="model"):
+    """Check and set what ``model`` expects (see the comment above); ``None`` keeps the
+    current value. ``classes`` may be a name in ``NAMED_CLASS_ORDERS`` or 7 class names."""
+    if preprocessing is not None:
+        if preprocessing not in METHODS:
+            raise ValueError(f"{where}: unknown preprocessing {preprocessing!r}; one of {', '.join(METHODS)}")
+        model.preprocessing = str(preprocessing)
+    if input_scale is not None:
+        lo, hi = (float(v) for v in input_scale)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"{where}: input scale must be two finite numbers LOW < HIGH, got {input_scale!r}")
+        model.input_scale = (lo, hi)
+    if classes is not None:
+        order = NAMED_CLASS_ORDERS.get(classes) if isinstance(classes, str) else tuple(classes)
+        if order is None or sorted(order) != sorted(CLASSES):
+            raise ValueError(f"{where}: classes must be one of {', '.join(NAMED_CLASS_ORDERS)} or the 7 names "
+                             f"{', '.join(CLASSES)} in the model's output order, got {classes!r}")
+        model.classes = tuple(order)
+    return model
+
+
 def save_model(model: tc.Sequential, path) -> None:
-    """Weights plus the architecture's name and the model's preprocessing, so
+    """Weights plus the architecture's name and the model's input contract, so
     ``load_model(path)`` needs nothing else."""
     from tinycnn.model import save_npz_atomic
     save_npz_atomic(path, {MODEL_KEY: np.array(model.name),
-                           PREPROCESSING_KEY: np.array(preprocessing_of(model)), **model.get_weights()})
+                           PREPROCESSING_KEY: np.array(preprocessing_of(model)),
+                           INPUT_SCALE_KEY: np.array(input_scale_of(model), np.float64),
+                           CLASSES_KEY: np.array(classes_of(model)), **model.get_weights()})
 
 
-def load_model(weights=None, model: str | None = None):
+def keras_sidecar(path) -> Path:
+    """``model.keras`` -> ``model.keras.json``: the input contract of a Keras file, which
+    Keras' own format has no place for (written by ``save_keras_model``)."""
+    return Path(str(path) + ".json")
+
+
+def save_keras_model(model, path) -> None:
+    """A tinycnn model as a Keras file (``tinycnn.io.save_keras``: ``.keras`` or ``.h5``,
+    ending in softmax) plus its input contract in ``keras_sidecar(path)``."""
+    import json
+
+    from tinycnn.io import save_keras
+    save_keras(model, path)
+    keras_sidecar(path).write_text(json.dumps({"model": model.name, "preprocessing": preprocessing_of(model),
+                                               "input_scale": list(input_scale_of(model)),
+                                               "classes": list(classes_of(model))}, indent=2))
+
+
+def _load_keras_model(path: Path):
+    import json
+
+    from tinycnn.io import load_keras
+    net = load_keras(path)
+    sidecar = keras_sidecar(path)
+    if sidecar.exists():
+        try:
+            spec = json.loads(sidecar.read_text())
+            assert isinstance(spec, dict)
+        except (ValueError, AssertionError):
+            raise ValueError(f"{sidecar}: not a JSON object describing {path.name}'s input") from None
+        set_input_contract(net, spec.get("preprocessing"), spec.get("input_scale"), spec.get("classes"),
+                           where=str(sidecar))
+    return net
+
+
+def load_model(weights=None, model: str | None = None, preprocessing=None, input_scale=None, classes=None):
     """Build the architecture and load weights: a ``tinycnn.Sequential``, or a
     ``fer_models.ensemble.Ensemble`` when the file holds one (``save_ensemble``).
 
     Args:
-        weights: an .npz written by ``save_model``/train.py, or a run directory holding
-            ``best.npz``; default: the bundled model.
+        weights: an .npz written by ``save_model``/train.py, a run directory holding
+            ``best.npz`` (or ``best.keras``), or a Keras model file (``.keras``, ``.h5``,
+            ``.hdf5``, read by ``tinycnn.io.load_keras`` without TensorFlow); default:
+            the bundled model.
         model: architecture name; default: the one recorded in the file.
+        preprocessing, input_scale, classes: what the model expects and outputs, where
+            the file does not say (see ``set_input_contract``); given, they override
+            the file. A Keras file's input size is read from the file.
     """
     path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
     if path.is_dir():
-        path = path / "best.npz"
+        path = path / "best.npz" if (path / "best.npz").exists() or not (path / "best.keras").exists() \
+            else path / "best.keras"
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist"
                                 + ("" if weights else " (the bundled model is missing from the install)"))
+    if path.suffix.lower() in KERAS_SUFFIXES:
+        if model is not None:
+            raise ValueError(f"{path} is a Keras file: it holds its own architecture; do not pass model=")
+        net = _load_keras_model(path)
+    else:
+        net = _load_npz_model(path, model)
+    if hasattr(net, "members"):
+        if (preprocessing, input_scale, classes) != (None, None, None):
+            raise ValueError(f"{path} is an ensemble: each member records its own input; nothing to override")
+        return net
+    return set_input_contract(net, preprocessing, input_scale, classes, where=str(path))
+
+
+def _load_npz_model(path: Path, model):
     from tinycnn.model import read_npz
 
     from .ensemble import ENSEMBLE_KEY, ensemble_from_arrays
@@ -71,6 +170,8 @@ def load_model(weights=None, model: str | None = None):
     preprocessing = str(arrays.pop(PREPROCESSING_KEY)) if PREPROCESSING_KEY in arrays else "none"
     if preprocessing not in METHODS:
         raise ValueError(f"{path}: unknown preprocessing {preprocessing!r} recorded; one of {', '.join(METHODS)}")
+    input_scale = arrays.pop(INPUT_SCALE_KEY, None)
+    classes = arrays.pop(CLASSES_KEY, None)
     name = model or stored
     if name is None:
         raise ValueError(f"{path} does not record its architecture; pass model= (one of {names()})")
@@ -81,13 +182,14 @@ def load_model(weights=None, model: str | None = None):
         net.set_weights(arrays)
     except ValueError as e:
         raise ValueError(f"{path} does not fit model '{name}': {e}") from None
-    net.preprocessing = preprocessing
-    return net
+    return set_input_contract(net, preprocessing, None if input_scale is None else input_scale.tolist(),
+                              None if classes is None else [str(c) for c in classes], where=str(path))
 
 
-def prepare_face(image) -> np.ndarray:
+def prepare_face(image, size=(48, 48)) -> np.ndarray:
     """Any face crop (H, W), (H, W, 1), (H, W, 3) BGR, uint8 or float in [0, 1] ->
-    float32 (48, 48, 1) in [0, 1], as the training data."""
+    float32 (48, 48, 1) in [0, 1], as the training data (``size``: (height, width) for a
+    model that takes another size, so the crop is resampled once)."""
     import cv2
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[2] == 3:
@@ -105,8 +207,10 @@ def prepare_face(image) -> np.ndarray:
         a = a.astype(np.float32)
         if a.max(initial=0) > 1.0 + 1e-6:  # float pixels given in 0..255
             a = a / 255.0
-    if a.shape != (48, 48):
-        a = cv2.resize(a, (48, 48), interpolation=cv2.INTER_AREA)
+    size = (int(size[0]), int(size[1]))
+    if a.shape != size:
+        shrink = size[0] * size[1] < a.shape[0] * a.shape[1]
+        a = cv2.resize(a, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     return np.clip(a, 0.0, 1.0)[:, :, None]
 
 
@@ -116,34 +220,71 @@ def predict_probabilities(model, batch, tta=False) -> np.ndarray:
 
     ``tta``: also classify each face's mirror image and average the two: a face and
     its mirror show the same emotion, so the average removes some of the noise.
-    ``model`` may be an ``Ensemble``: its members' average."""
+    ``model`` may be an ``Ensemble``: its members' average. Columns follow ``CLASSES``
+    whatever the model's own output order."""
     if hasattr(model, "members"):
         return model.predict_probabilities(batch, tta=tta)
-    if preprocessing_of(model) != "none":
-        batch = preprocess(batch, preprocessing_of(model))
+    batch = model_input(model, batch)
     with tc.no_grad():
         probs = tc.softmax(model(batch, training=False)).numpy()
         if tta:
             mirrored = np.ascontiguousarray(batch[:, :, ::-1])
             probs = (probs + tc.softmax(model(mirrored, training=False)).numpy()) / 2
-    return probs
+    return in_class_order(model, probs)
+
+
+def model_input(model, batch) -> np.ndarray:
+    """Faces (N, h, w, 1) in [0, 1], as ``prepare_face`` and ``load_fer2013`` give them ->
+    what ``model`` was trained on: resized to its input size (H, W) and channels (grey
+    repeated for a 3-channel model), its preprocessing, its input scale."""
+    import cv2
+    batch = np.asarray(batch, np.float32)
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and tuple(shape[:2]) != batch.shape[1:3] and len(batch):
+        h, w = int(shape[0]), int(shape[1])
+        shrink = h * w < batch.shape[1] * batch.shape[2]
+        batch = np.stack([cv2.resize(f[..., 0], (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+                          for f in batch])[..., None]
+    if preprocessing_of(model) != "none":
+        batch = preprocess(batch, preprocessing_of(model))
+    lo, hi = input_scale_of(model)
+    if (lo, hi) != DEFAULT_INPUT_SCALE:
+        batch = batch * np.float32(hi - lo) + np.float32(lo)
+    if shape is not None and shape[-1] == 3 and batch.shape[-1] == 1:
+        batch = np.repeat(batch, 3, axis=-1)
+    return np.ascontiguousarray(batch, np.float32)
+
+
+def in_class_order(model, probs) -> np.ndarray:
+    """A model's outputs (N, 7), in its own class order -> columns in ``CLASSES`` order."""
+    order = classes_of(model)
+    return probs if order == CLASSES else probs[:, [order.index(c) for c in CLASSES]]
 
 
 class EmotionClassifier:
     """A loaded model that turns face crops into the seven class probabilities."""
 
-    def __init__(self, weights=None, model: str | None = None, tta: bool = False):
-        self.model = load_model(weights, model)
+    def __init__(self, weights=None, model: str | None = None, tta: bool = False, **contract):
+        """``contract``: ``preprocessing``, ``input_scale``, ``classes`` for ``load_model``."""
+        self.model = load_model(weights, model, **contract)
         self.classes = CLASSES
         self.tta = tta
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the model takes (48x48 for this project's models and ensembles)."""
+        shape = getattr(self.model, "input_shape", None)
+        return (48, 48) if shape is None else (int(shape[0]), int(shape[1]))
+
     def predict_proba(self, faces) -> np.ndarray:
-        """faces: a list of crops (any size, gray or BGR) or an array (N, 48, 48, 1) in
-        [0, 1] -> probabilities (N, 7), all in one batch."""
-        if isinstance(faces, np.ndarray) and faces.ndim == 4 and faces.shape[1:] == (48, 48, 1):
+        """faces: a list of crops (any size, gray or BGR) or an array (N, H, W, 1) in
+        [0, 1] (from ``prepare_face``) -> probabilities (N, 7) in ``CLASSES`` order, all
+        in one batch."""
+        if isinstance(faces, np.ndarray) and faces.ndim == 4 and faces.shape[3] == 1:
             batch = faces.astype(np.float32, copy=False)
         else:
-            batch = np.stack([prepare_face(f) for f in faces]) if len(faces) else np.zeros((0, 48, 48, 1), np.float32)
+            batch = (np.stack([prepare_face(f, self.input_size) for f in faces]) if len(faces)
+                     else np.zeros((0,) + self.input_size + (1,), np.float32))
         if len(batch) == 0:
             return np.zeros((0, len(CLASSES)), np.float32)
         return predict_probabilities(self.model, batch, tta=self.tta)
