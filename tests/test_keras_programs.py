@@ -1,0 +1,150 @@
+"""Keras files where weights are accepted: predict_emotion, EmotionClassifier, webcam.py,
+train.py --evaluate and --init-from, with the input size, pixel scale and class order an
+imported model expects (a mini-Xception on 64x64 faces in [-1, 1], outputting the CSV's
+class order, as the face_classification project trains it)."""
+import json
+import subprocess
+import sys
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+import keras_models as km
+import train
+from fer_models.classes import CLASSES, CSV_CODES
+from fer_models.data import default_location
+from fer_models.predict import (EmotionClassifier, keras_sidecar, load_model, predict_emotion,
+                                predict_probabilities, save_keras_model)
+from fixtures_faces import ROOT, WEBCAM, face_frame, fer_faces
+
+DATA = default_location()
+needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
+FER2013_ORDER = [CSV_CODES[i] for i in range(7)]
+
+
+@pytest.fixture(scope="module")
+def xception(tmp_path_factory):
+    """A mini-Xception saved by Keras (random weights, BatchNorm statistics perturbed), .keras and .h5."""
+    folder = tmp_path_factory.mktemp("keras")
+    model = km.mini_xception(input_shape=(64, 64, 1), l2=None)
+    km.randomise_weights(model, seed=3)
+    model.save(folder / "xception.keras")
+    model.save(folder / "xception.h5")
+    return model, folder
+
+
+def keras_probabilities(model, faces48):
+    """What the Keras model itself gives for 48x48 [0, 1] faces, prepared by hand as its
+    project does (resize to 64x64, scale to [-1, 1]), with columns put in CLASSES order."""
+    big = np.stack([cv2.resize(f[..., 0], (64, 64), interpolation=cv2.INTER_LINEAR) for f in faces48])[..., None]
+    probs = model.predict(big * 2 - 1, verbose=0)
+    return probs[:, [FER2013_ORDER.index(c) for c in CLASSES]]
+
+
+def some_faces(n=6):
+    rng = np.random.default_rng(1)
+    return rng.uniform(0, 1, (n, 48, 48, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_keras_model_gets_the_input_it_expects(xception, suffix):
+    model, folder = xception
+    net = load_model(folder / f"xception{suffix}", input_scale=(-1, 1), classes="fer2013")
+    assert net.input_shape == (64, 64, 1) and net.classes == tuple(FER2013_ORDER)
+    x = some_faces()
+    np.testing.assert_allclose(predict_probabilities(net, x), keras_probabilities(model, x), atol=1e-5)
+    # without the contract the same file gives other answers: the options matter
+    plain = load_model(folder / f"xception{suffix}")
+    assert not np.allclose(predict_probabilities(plain, x), keras_probabilities(model, x), atol=1e-3)
+
+
+def test_the_sidecar_records_the_contract_and_options_override_it(xception, tmp_path):
+    model, folder = xception
+    net = load_model(folder / "xception.keras", input_scale=(-1, 1), classes="fer2013")
+    save_keras_model(net, tmp_path / "copy.keras")
+    spec = json.loads(keras_sidecar(tmp_path / "copy.keras").read_text())
+    assert spec["input_scale"] == [-1.0, 1.0] and spec["classes"] == FER2013_ORDER
+    again = load_model(tmp_path / "copy.keras")             # nothing to say: the sidecar says it
+    x = some_faces()
+    np.testing.assert_allclose(predict_probabilities(again, x), keras_probabilities(model, x), atol=1e-5)
+    assert load_model(tmp_path / "copy.keras", input_scale=(0, 1)).input_scale == (0.0, 1.0)
+    with pytest.raises(ValueError, match="input scale must be two finite numbers LOW < HIGH"):
+        load_model(tmp_path / "copy.keras", input_scale=(1, -1))
+    with pytest.raises(ValueError, match="classes must be one of alphabetical, fer2013"):
+        load_model(tmp_path / "copy.keras", classes="random")
+    with pytest.raises(ValueError, match="is a Keras file"):
+        load_model(tmp_path / "copy.keras", model="resfer")
+    keras_sidecar(tmp_path / "copy.keras").write_text("[1, 2")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        load_model(tmp_path / "copy.keras")
+
+
+def test_predict_emotion_and_the_classifier_take_keras_files(xception):
+    model, folder = xception
+    crop = (np.random.default_rng(2).uniform(0, 255, (130, 110))).astype(np.uint8)
+    clf = EmotionClassifier(folder / "xception.keras", input_scale=(-1, 1), classes="fer2013")
+    assert clf.input_size == (64, 64)
+    by_keras = model.predict((cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA)[None, ..., None]
+                              .astype(np.float32) / 255) * 2 - 1, verbose=0)[0]
+    expected = by_keras[[FER2013_ORDER.index(c) for c in CLASSES]]
+    np.testing.assert_allclose(clf.predict_proba([crop])[0], expected, atol=1e-5)
+    label, probs = predict_emotion(crop, weights=folder / "xception.h5", tta=False)
+    assert label in CLASSES and set(probs) == set(CLASSES)
+
+
+@needs_data
+def test_webcam_runs_a_keras_model(xception, tmp_path):
+    _, folder = xception
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), face_frame(fer_faces(1)))
+    proc = subprocess.run([sys.executable, str(WEBCAM), "--source", str(image), "--json", "--weights",
+                           str(folder / "xception.h5"), "--input-scale", "-1", "1", "--classes", "fer2013"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stdout.splitlines()[0])
+    assert len(line["faces"]) == 1 and line["faces"][0]["label"] in CLASSES
+    bad = subprocess.run([sys.executable, str(WEBCAM), "--source", str(image), "--json", "--weights",
+                          str(folder / "xception.h5"), "--classes", "shuffled"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad.returncode == 2 and "classes must be one of" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fer-cache")
+
+
+def run(argv, cache):
+    return train.main([*map(str, argv), "--data", str(DATA), "--cache-dir", str(cache)])
+
+
+@needs_data
+def test_train_evaluates_and_fine_tunes_a_keras_model(xception, tmp_path, cache):
+    model, folder = xception
+    contract = ["--input-scale", "-1", "1", "--classes", "fer2013"]
+    run(["--evaluate", folder / "xception.keras", "--out", tmp_path / "eval", *contract], cache)
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["model"] == model.name
+    # the report's predictions are Keras' own, in CLASSES order
+    from fer_models.data import load_fer2013
+    x, y = load_fer2013(DATA, cache_dir=cache, progress=False)["PrivateTest"]
+    expected = keras_probabilities(model, x).argmax(1)
+    cm = np.zeros((7, 7), int)
+    np.add.at(cm, (y, expected), 1)
+    assert report["PrivateTest"]["confusion_matrix"] == cm.tolist()
+
+    out = tmp_path / "tuned"
+    run(["--init-from", folder / "xception.h5", "--limit", "300", "--epochs", "1", "--batch-size", "32",
+         "--out", out, *contract], cache)
+    assert (out / "best.keras").exists() and not (out / "best.npz").exists()
+    tuned = load_model(out)                                   # best.keras with its sidecar
+    assert tuned.input_shape == (64, 64, 1) and tuned.input_scale == (-1.0, 1.0)
+    assert tuned.classes == tuple(FER2013_ORDER)
+    reloaded = keras.models.load_model(out / "best.keras")    # and Keras opens what was trained here
+    x8 = x[:8]
+    np.testing.assert_allclose(predict_probabilities(tuned, x8), keras_probabilities(reloaded, x8), atol=1e-5)
+    # a resumed run rebuilds the imported model from --init-from, then its checkpoint
+    run(["--resume", out, "--epochs", "2"], cache)
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
