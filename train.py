@@ -89,6 +89,10 @@ def parse_args(argv=None):
     p.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="RUN",
                    help="combine trained runs or weights files into one ensemble file (written to --out, "
                         "default ensemble.npz), reporting each member and the average on PublicTest, then exit")
+    p.add_argument("--export", type=Path, nargs=2, default=None, metavar=("MODEL", "FILE"),
+                   help="write MODEL (a run, weights file or Keras file) as FILE: .onnx (ONNX, for onnxruntime "
+                        "and other engines), .keras or .h5 (Keras); the input contract (size, preprocessing, "
+                        "pixel scale, class order) goes in the ONNX metadata or a .json beside a Keras file")
     p.add_argument("--evaluate", type=Path, default=None, metavar="RUN_OR_WEIGHTS",
                    help="only evaluate a run directory or weights file on PrivateTest, then exit")
     p.add_argument("--list-models", action="store_true", help="list architectures with parameters and multiply-adds")
@@ -436,6 +440,36 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
     return result
 
 
+def export(args):
+    """--export MODEL FILE: ONNX or Keras, with the input contract alongside."""
+    from fer_models.predict import (classes_of, input_scale_of, load_model, preprocessing_of,
+                                    save_keras_model)
+    source, dest = args.export
+    try:
+        model = load_model(source, args.model if args.model_given else None, **contract_of(args))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        sys.exit(f"error: --export {source}: {e}")
+    if hasattr(model, "members"):
+        sys.exit(f"error: --export {source} is an ensemble of {len(model)}; export each member, or distil "
+                 f"it into one model first (--distill-from)")
+    suffix = dest.suffix.lower()
+    try:
+        if suffix == ".onnx":
+            from tinycnn.io import export_onnx
+            export_onnx(model, dest, softmax=True, metadata={
+                "preprocessing": preprocessing_of(model), "input_scale": json.dumps(list(input_scale_of(model))),
+                "classes": json.dumps(list(classes_of(model))),
+                "input": "NHWC float32 grey faces; pixels in [0, 1] after preprocessing, mapped onto input_scale"})
+        elif suffix in (".keras", ".h5", ".hdf5"):
+            save_keras_model(model, dest)
+        else:
+            sys.exit(f"error: --export: {dest} must end in .onnx, .keras or .h5")
+    except (ValueError, ImportError, OSError) as e:
+        sys.exit(f"error: --export {dest}: {e}")
+    print(f"{model.name} written to {dest} (input {tuple(model.input_shape)}, preprocessing "
+          f"{preprocessing_of(model)}, pixels scaled to {list(input_scale_of(model))})")
+
+
 def make_ensemble(args):
     """Load the members, report each one and their average on PublicTest (the split the
     members are chosen on), and write the ensemble file."""
@@ -488,6 +522,9 @@ def main(argv=None):
         return
     if args.ensemble:
         make_ensemble(args)
+        return
+    if args.export:
+        export(args)
         return
     if args.evaluate:
         import tinycnn as tc

@@ -148,3 +148,31 @@ def test_train_evaluates_and_fine_tunes_a_keras_model(xception, tmp_path, cache)
     # a resumed run rebuilds the imported model from --init-from, then its checkpoint
     run(["--resume", out, "--epochs", "2"], cache)
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+
+
+def test_export_writes_onnx_and_keras_with_the_input_contract(tmp_path, capsys):
+    import onnx
+    import onnxruntime as ort
+
+    from fer_models.ensemble import Ensemble, save_ensemble
+    from fer_models.predict import model_input
+    net = load_model()                                         # the bundled model: preprocessing equalize
+    train.main(["--export", str(ROOT / "fer_models/weights/bundled.npz"), str(tmp_path / "fer.onnx")])
+    assert "preprocessing equalize" in capsys.readouterr().out
+    proto = onnx.load(tmp_path / "fer.onnx")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["preprocessing"] == "equalize" and json.loads(meta["classes"]) == list(CLASSES)
+    x = some_faces(4)
+    session = ort.InferenceSession(str(tmp_path / "fer.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": model_input(net, x)})[0],
+                               predict_probabilities(net, x), atol=1e-5)
+    train.main(["--export", str(ROOT / "fer_models/weights/bundled.npz"), str(tmp_path / "fer.keras")])
+    keras_model = keras.models.load_model(tmp_path / "fer.keras")
+    np.testing.assert_allclose(keras_model.predict(model_input(net, x), verbose=0), predict_probabilities(net, x),
+                               atol=1e-5)
+    assert load_model(tmp_path / "fer.keras").preprocessing == "equalize"   # from the sidecar
+    save_ensemble(Ensemble([net, net]), tmp_path / "ens.npz")
+    with pytest.raises(SystemExit, match="is an ensemble of 2"):
+        train.main(["--export", str(tmp_path / "ens.npz"), str(tmp_path / "ens.onnx")])
+    with pytest.raises(SystemExit, match="must end in .onnx, .keras or .h5"):
+        train.main(["--export", str(ROOT / "fer_models/weights/bundled.npz"), str(tmp_path / "fer.pt")])

@@ -84,7 +84,7 @@ MIN_OPSET = 17
 _NCHW, _NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 
 
-def export_onnx(model, path, softmax=True, opset=MIN_OPSET):
+def export_onnx(model, path, softmax=True, opset=MIN_OPSET, metadata=None):
     """Write ``model`` (a built ``tinycnn.Sequential``) to ``path`` as an ONNX graph.
 
     Args:
@@ -94,6 +94,8 @@ def export_onnx(model, path, softmax=True, opset=MIN_OPSET):
         softmax: append a Softmax over the last axis and name the output
             ``"probabilities"``; ``False`` exports the logits, named ``"logits"``.
         opset: the ONNX operator set, ``MIN_OPSET`` (17) or later.
+        metadata: optional ``{key: text}`` stored in the model's ``metadata_props``
+            (e.g. what preprocessing the input needs), readable by any ONNX runtime.
 
     Input ``"input"`` (N, *model.input_shape) float32, N dynamic; output (N, *output
     shape), as tinycnn's. Returns the ``onnx.ModelProto`` written, which has passed
@@ -145,6 +147,9 @@ def export_onnx(model, path, softmax=True, opset=MIN_OPSET):
     # the oldest IR version that can hold this opset: runtimes older than the onnx package still read it
     proto = h.make_model(graph, opset_imports=opsets, ir_version=h.find_min_ir_version_for(opsets),
                          producer_name="tinycnn", producer_version=_version())
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
     onnx.checker.check_model(proto, full_check=True)
     _write_atomic(path, proto.SerializeToString())
     return proto
