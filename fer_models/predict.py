@@ -293,11 +293,14 @@ class EmotionClassifier:
 _default: dict[bool, EmotionClassifier] = {}
 
 
-def predict_emotion(image, weights=None, model: str | None = None, tta: bool = True):
+def predict_emotion(image, weights=None, model: str | None = None, tta: bool = True, **contract):
     """Classify one face: a path to an image file or an array (a face crop).
 
     ``tta`` (default on): average the face's probabilities with its mirror image's, the
     configuration chosen for the bundled model on PublicTest (see its model card).
+    ``weights``: any file ``load_model`` reads (a Keras file too); ``contract``:
+    ``preprocessing``, ``input_scale``, ``classes`` where that file does not record them
+    (e.g. ``input_scale=(-1, 1), classes="fer2013"``).
 
     Returns ``(label, probabilities)`` where probabilities maps each of the seven
     class names to its probability.
@@ -308,11 +311,11 @@ def predict_emotion(image, weights=None, model: str | None = None, tta: bool = T
         if arr is None:
             raise ValueError(f"predict_emotion: cannot read an image from {image}")
         image = arr
-    if weights is None and model is None:
+    if weights is None and model is None and not any(v is not None for v in contract.values()):
         if tta not in _default:
             _default[tta] = EmotionClassifier(tta=tta)
         clf = _default[tta]
     else:
-        clf = EmotionClassifier(weights, model, tta=tta)
+        clf = EmotionClassifier(weights, model, tta=tta, **contract)
     p = clf.predict_proba([image])[0]
     return CLASSES[int(p.argmax())], {c: float(v) for c, v in zip(CLASSES, p)}

@@ -90,8 +90,10 @@ def test_predict_emotion_and_the_classifier_take_keras_files(xception):
                               .astype(np.float32) / 255) * 2 - 1, verbose=0)[0]
     expected = by_keras[[FER2013_ORDER.index(c) for c in CLASSES]]
     np.testing.assert_allclose(clf.predict_proba([crop])[0], expected, atol=1e-5)
-    label, probs = predict_emotion(crop, weights=folder / "xception.h5", tta=False)
-    assert label in CLASSES and set(probs) == set(CLASSES)
+    label, probs = predict_emotion(crop, weights=folder / "xception.h5", tta=False, input_scale=(-1, 1),
+                                   classes="fer2013")
+    assert list(probs.values()) == pytest.approx(list(expected), abs=1e-5)
+    assert label == CLASSES[int(np.argmax(expected))]
 
 
 @needs_data
