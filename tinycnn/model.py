@@ -383,17 +383,30 @@ def read_npz(path, what="weights file") -> dict[str, np.ndarray]:
                          f"{reason})") from None
 
 
-def save_npz_atomic(path, arrays: dict):
-    """np.savez to a temporary file in the same folder, then rename over ``path``."""
+def write_atomic(path, write, suffix=".tmp"):
+    """``write(temporary path)`` in ``path``'s folder, then rename it over ``path``: a crash
+    or a kill leaves the old file or the new one, never half of one. The file gets the
+    permissions of any new file (0666 less the umask), not mkstemp's private 0600."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.npz")
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_npz_atomic(path, arrays: dict):
+    """np.savez to a temporary file in the same folder, then rename over ``path``."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    write_atomic(path, write, suffix=".tmp.npz")

@@ -44,7 +44,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 
@@ -52,7 +51,7 @@ import h5py
 import numpy as np
 
 from .. import layers as L
-from ..model import Sequential
+from ..model import Sequential, write_atomic
 
 KERAS_VERSION = "3.15.1"   # the Keras whose files save_keras mirrors (metadata.json, legacy attributes)
 _WEIGHT_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "bias",
@@ -880,7 +879,7 @@ def save_keras(model: Sequential, path, softmax: bool | None = None):
     if extension not in (".keras", ".h5", ".hdf5"):
         raise ValueError(f"save_keras: {path} must end in .keras (Keras 3) or .h5/.hdf5 (legacy HDF5)")
     graph = _KerasGraph(model, softmax)
-    _write_atomic(path, lambda tmp: (_write_archive if extension == ".keras" else _write_legacy_h5)(tmp, graph))
+    write_atomic(path, lambda tmp: (_write_archive if extension == ".keras" else _write_legacy_h5)(tmp, graph))
 
 
 class _KerasGraph:
@@ -1186,16 +1185,3 @@ def _save_strings(group, name, values, limit=64512):
             group.attrs[f"{name}{k}"] = part
 
 
-def _write_atomic(path, write):
-    """``write(temporary path)`` beside ``path``, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

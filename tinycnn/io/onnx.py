@@ -71,14 +71,12 @@ in inference: no node). Any other layer raises ValueError naming it.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 
 import numpy as np
 
 from .. import layers as L
 from ..kernels.shapes import paddings
-from ..model import Sequential
+from ..model import Sequential, write_atomic
 
 MIN_OPSET = 17
 _NCHW, _NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
@@ -151,7 +149,12 @@ def export_onnx(model, path, softmax=True, opset=MIN_OPSET, metadata=None):
         entry = proto.metadata_props.add()
         entry.key, entry.value = str(key), str(value)
     onnx.checker.check_model(proto, full_check=True)
-    _write_atomic(path, proto.SerializeToString())
+    data = proto.SerializeToString()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomic(path, write, suffix=".tmp.onnx")
     return proto
 
 
@@ -366,17 +369,3 @@ _EMITTERS = {
 }
 
 
-def _write_atomic(path, data: bytes):
-    """Write to a temporary file in the same folder, then rename over ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.onnx")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
