@@ -401,7 +401,7 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
     preprocessing / input_scale / classes overrides for ``load_model``."""
     import fer_models
     from fer_models.data import load_fer2013
-    from fer_models.metrics import classification_report, confusion_matrix, format_report
+    from fer_models.metrics import accuracy_interval, classification_report, confusion_matrix, format_report
     from fer_models.predict import load_model
     from fer_models.plots import plot_confusion, plot_history
 
@@ -425,8 +425,11 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
         pred, loss = evaluate_model(model, x, y, tta=tta)
         cm = confusion_matrix(y, pred, fer_models.NUM_CLASSES)
         report = classification_report(y, pred)
-        result[split] = {"loss": loss, "report": report, "confusion_matrix": cm.tolist()}
-        print(f"\n== {split}: accuracy {report['accuracy']:.4f} on {len(y):,} images ==")
+        low, high = accuracy_interval(int(np.trace(cm)), len(y))
+        result[split] = {"loss": loss, "report": report, "confusion_matrix": cm.tolist(),
+                         "accuracy_95ci": [low, high]}
+        print(f"\n== {split}: accuracy {report['accuracy']:.4f} on {len(y):,} images "
+              f"(95% interval {low:.4f}-{high:.4f}) ==")
         print(format_report(report, cm))
         if split == "PrivateTest":
             plot_confusion(cm, out / f"confusion{suffix}.png",

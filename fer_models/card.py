@@ -12,10 +12,13 @@ def _accuracy_sections(report, heading, intro=None) -> list[str]:
     """Markdown lines: accuracy and loss per split, then PrivateTest's per-class table
     and confusion matrix, from a report written by ``train.py --evaluate``."""
     lines = [f"## {heading}", ""] + ([intro, ""] if intro else [])
-    lines += ["| split | accuracy | loss |", "|---|---:|---:|"]
+    lines += ["| split | accuracy | 95% interval | loss |", "|---|---:|---:|---:|"]
     for split in ("PublicTest", "PrivateTest"):
         if split in report:
-            lines.append(f"| {split} | {report[split]['report']['accuracy']:.4f} | {report[split]['loss']:.4f} |")
+            ci = report[split].get("accuracy_95ci")
+            interval = f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "-"
+            lines.append(f"| {split} | {report[split]['report']['accuracy']:.4f} | {interval} | "
+                         f"{report[split]['loss']:.4f} |")
     if "PrivateTest" in report:
         r, cm = report["PrivateTest"]["report"], report["PrivateTest"]["confusion_matrix"]
         lines += ["", "PrivateTest per class:", "", "| class | precision | recall | F1 | support |",
@@ -47,7 +50,8 @@ def model_card(run, title="FER-2013 emotion model") -> str:
     lines = [f"# {title}", "",
              f"Architecture `{args['model']}`: {describe(args['model'])}. "
              f"{model.count_params():,} parameters, {model.multiply_adds() / 1e6:.1f}M multiply-adds per "
-             "48x48 face. Input: grayscale 48x48 in [0, 1]; output: logits for "
+             f"48x48 face. Input: grayscale 48x48 in [0, 1], preprocessing `{args.get('preprocessing') or 'none'}` "
+             "(recorded in the weights; `fer_models/preprocess.py`); output: logits for "
              f"{', '.join(CLASSES)} (in that order).", "",
              "## Recipe", "",
              f"- data: FER-2013 Training ({'all' if not args.get('limit') else args['limit']} images), "

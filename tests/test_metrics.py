@@ -120,3 +120,20 @@ def test_empty_report_and_mismatched_matrix_raise():
     report = classification_report(Y_TRUE, Y_PRED, class_names=NAMES)
     with pytest.raises(ValueError, match=r"\(4, 4\).*got shape \(7, 7\)"):
         format_report(report, np.zeros((7, 7), int))
+
+
+def test_accuracy_interval_is_wilsons():
+    from fer_models.metrics import accuracy_interval
+    # Wilson's 95% interval for 8 of 10, as tabulated (Newcombe 1998: 0.4902-0.9433)
+    low, high = accuracy_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+    # PrivateTest-sized: about +-1.6 points around 65%, nearly the normal approximation
+    low, high = accuracy_interval(2333, 3589)
+    p = 2333 / 3589
+    assert (high - low) / 2 == pytest.approx(1.96 * np.sqrt(p * (1 - p) / 3589), rel=1e-3)
+    assert accuracy_interval(0, 5)[0] == pytest.approx(0.0, abs=1e-12)
+    assert accuracy_interval(5, 5)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="n must be positive"):
+        accuracy_interval(0, 0)
+    with pytest.raises(ValueError, match=r"correct must lie in \[0, 3\]"):
+        accuracy_interval(4, 3)
