@@ -12,6 +12,12 @@ import tinycnn  # noqa: E402
 from helpers import BACKENDS  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def fer_cache(tmp_path_factory):
+    """One decoded-data cache folder for the whole run: FER-2013 is decoded once."""
+    return tmp_path_factory.mktemp("fer-cache")
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """The kernel path under test, selected with ``tinycnn.use_backend`` for the whole test."""

@@ -211,3 +211,10 @@ def upstream_like(rng, shape):
 def describe(layer_type, **settings):
     """``"Conv2D(kernel_size=(3, 3), strides=2)"``: a label for failure messages."""
     return f"{layer_type}(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")"
+
+
+def run_train(argv, cache):
+    """``python train.py ARGV --data <FER-2013> --cache-dir CACHE``, in this process."""
+    import train
+    from fer_models.data import default_location
+    return train.main([*map(str, argv), "--data", str(default_location()), "--cache-dir", str(cache)])

@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from helpers import run_train
 
 import fer_models
 import tinycnn as tc
@@ -148,13 +149,12 @@ def test_soft_one_hot_targets_give_the_integer_label_loss():
 
 
 # -- the command line -----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("fer-cache")
+@pytest.fixture
+def cache(fer_cache):
+    return fer_cache
 
 
-def run(argv, cache):
-    return train.main([*map(str, argv), "--data", str(DATA), "--cache-dir", str(cache)])
+run = run_train
 
 
 @needs_data

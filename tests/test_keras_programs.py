@@ -10,6 +10,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+from helpers import run_train
 
 import keras_models as km
 import train
@@ -113,13 +114,12 @@ def test_webcam_runs_a_keras_model(xception, tmp_path):
     assert bad.returncode == 2 and "classes must be one of" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("fer-cache")
+@pytest.fixture
+def cache(fer_cache):
+    return fer_cache
 
 
-def run(argv, cache):
-    return train.main([*map(str, argv), "--data", str(DATA), "--cache-dir", str(cache)])
+run = run_train
 
 
 @needs_data

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_train
 
 import tinycnn as tc
 import train
@@ -15,13 +16,12 @@ DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("fer-cache")
+@pytest.fixture
+def cache(fer_cache):
+    return fer_cache
 
 
-def run(argv, cache):
-    return train.main([*map(str, argv), "--data", str(DATA), "--cache-dir", str(cache)])
+run = run_train
 
 
 def test_short_training_run_learns(tmp_path, cache, capsys):
