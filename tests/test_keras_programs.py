@@ -178,3 +178,18 @@ def test_export_writes_onnx_and_keras_with_the_input_contract(tmp_path, capsys):
         train.main(["--export", str(tmp_path / "ens.npz"), str(tmp_path / "ens.onnx")])
     with pytest.raises(SystemExit, match="must end in .onnx, .keras or .h5"):
         train.main(["--export", str(ROOT / "fer_models/weights/bundled.npz"), str(tmp_path / "fer.pt")])
+
+
+def test_a_keras_mini_xception_goes_on_to_onnx(xception, tmp_path):
+    """Keras -> tinycnn -> ONNX: onnxruntime gives what Keras gives, on real faces when present."""
+    import onnxruntime as ort
+
+    from tinycnn.io import export_onnx, load_keras
+    model, folder = xception
+    net = load_keras(folder / "xception.keras")
+    export_onnx(net, tmp_path / "xception.onnx")
+    files = sorted((DATA / "test" / "happy").glob("PublicTest_*.png"))[:4] if DATA.exists() else []
+    x = (np.stack([cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (64, 64)) for f in files])[..., None]
+         .astype(np.float32) / 127.5 - 1) if files else np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 1)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "xception.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x, verbose=0), atol=1e-5)
