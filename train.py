@@ -58,6 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--plateau-patience", type=int, default=3, help="epochs without improvement before halving")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random flip, rotation, shift and zoom on Training images")
+    p.add_argument("--erase", type=float, default=0.0, metavar="P",
+                   help="random erasing: with probability P a rectangle of 2-25%% of each training face is "
+                        "replaced by noise (Zhong et al. 2017), on top of --augment")
     p.add_argument("--preprocessing", choices=METHODS, default=None,
                    help="contrast normalisation of every face before the model (see fer_models/preprocess.py); "
                         "recorded in the weights file, so prediction and evaluation apply the same "
@@ -310,7 +313,8 @@ def train(args):
     opt = make_optimizer(args, model)
     weights = (tc.losses.balanced_class_weights(y_labels, fer_models.NUM_CLASSES)[order]
                if args.class_weights == "balanced" else None)
-    augment = Augmenter() if args.augment else None
+    erase = getattr(args, "erase", 0.0)    # runs from before the option: none
+    augment = Augmenter(erase=erase) if args.augment else (Augmenter(False, 0, 0, 0, erase) if erase else None)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     cosine = (tc.optim.CosineDecay(args.lr, args.epochs * steps_per_epoch, min_lr=args.lr * 0.01)
               if args.schedule == "cosine" else None)
@@ -543,6 +547,8 @@ def main(argv=None):
         return
     if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1:
         sys.exit("error: --epochs and --batch-size must be positive")
+    if not 0 <= args.erase <= 1:
+        sys.exit(f"error: --erase must be a probability in [0, 1], got {args.erase}")
     if args.lr is not None and not args.lr > 0:
         sys.exit(f"error: --lr must be positive, got {args.lr}")
     train(args)

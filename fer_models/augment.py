@@ -61,6 +61,40 @@ def augment_batch(x, rng, flip=True, rotation=10.0, shift=0.1, zoom=0.1) -> np.n
     return out
 
 
+def erase_batch(x, rng, probability=0.5, area=(0.02, 0.25), aspect=(0.3, 3.3)) -> np.ndarray:
+    """Random erasing (Zhong et al., 2017): in each image, with ``probability``, one
+    rectangle is filled with uniform noise in the image's own value range.
+
+    A face seen with its mouth or one eye hidden must be told from what remains, so the
+    network cannot lean on a single region; on FER-2013, where hands, hair and glasses
+    cover parts of many faces, that is the situation at test time too.
+
+    The rectangle covers a fraction of the image uniform in ``area``, with height/width
+    log-uniform in ``aspect``, placed uniformly where it fits. x float32 (N, H, W, C) ->
+    a new array; the random draws come from ``rng`` (six arrays of N numbers).
+    """
+    x = _check_batch(x)
+    if not 0 <= probability <= 1:
+        raise ValueError(f"erase_batch: probability must be in [0, 1], got {probability}")
+    if not (0 < area[0] <= area[1] < 1 and 0 < aspect[0] <= aspect[1]):
+        raise ValueError(f"erase_batch: area must satisfy 0 < low <= high < 1 and aspect 0 < low <= high, "
+                         f"got area {area}, aspect {aspect}")
+    n, h, w, c = x.shape
+    out = x.copy()
+    erase = rng.random(n) < probability
+    areas = rng.uniform(area[0], area[1], n) * h * w
+    ratios = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), n))
+    tops, lefts, seeds = rng.random(n), rng.random(n), rng.integers(2**31, size=n)
+    for i in np.flatnonzero(erase):
+        eh = int(np.clip(round(np.sqrt(areas[i] * ratios[i])), 1, h))
+        ew = int(np.clip(round(np.sqrt(areas[i] / ratios[i])), 1, w))
+        top, left = int(tops[i] * (h - eh + 1)), int(lefts[i] * (w - ew + 1))
+        low, high = float(x[i].min()), float(x[i].max())
+        noise = np.random.default_rng(seeds[i]).uniform(low, high, (eh, ew, c))
+        out[i, top:top + eh, left:left + ew] = noise.astype(np.float32)
+    return out
+
+
 def _affine_matrices(flips, angles, scales, shifts, h, w) -> np.ndarray:
     """The (N, 2, 3) float64 matrices mapping input pixel (x, y, 1) to output pixel.
 
@@ -106,16 +140,21 @@ def _check_batch(x) -> np.ndarray:
 class Augmenter:
     """The settings of ``augment_batch``, kept together: ``Augmenter(...)(x, rng)``.
 
-    ``Augmenter(False, 0, 0, 0)`` (or ``Augmenter.none()``) is the identity.
+    ``Augmenter(False, 0, 0, 0)`` (or ``Augmenter.none()``) is the identity. ``erase``:
+    the probability of random erasing (``erase_batch``) after the warp; 0 (the
+    default) draws nothing for it, so the other transforms' draws stay as they were.
     """
 
     flip: bool = True
     rotation: float = 10.0
     shift: float = 0.1
     zoom: float = 0.1
+    erase: float = 0.0
 
     def __post_init__(self):
         _check_settings("Augmenter", self.rotation, self.shift, self.zoom)
+        if not 0 <= self.erase <= 1:
+            raise ValueError(f"Augmenter: erase must be a probability in [0, 1], got {self.erase}")
 
     @classmethod
     def none(cls) -> "Augmenter":
@@ -123,8 +162,9 @@ class Augmenter:
 
     def __call__(self, x, rng) -> np.ndarray:
         """x float32 (N, H, W, C) -> augmented float32 (N, H, W, C); see ``augment_batch``."""
-        return augment_batch(x, rng, flip=self.flip, rotation=self.rotation, shift=self.shift,
-                             zoom=self.zoom)
+        out = augment_batch(x, rng, flip=self.flip, rotation=self.rotation, shift=self.shift,
+                            zoom=self.zoom)
+        return erase_batch(out, rng, self.erase) if self.erase > 0 else out
 
 
-__all__ = ["augment_batch", "Augmenter"]
+__all__ = ["augment_batch", "erase_batch", "Augmenter"]

@@ -102,3 +102,33 @@ def test_speed_is_printed():
     for _ in range(repeats):
         augment_batch(x, rng)
     print(f"\naugment_batch: {(time.perf_counter() - start) / repeats * 1e3:.2f} ms per batch of 128")
+
+
+def test_random_erasing_covers_one_rectangle_with_noise_in_range():
+    from fer_models.augment import erase_batch
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.2, 0.7, (200, 48, 48, 1)).astype(np.float32)
+    out = erase_batch(x, np.random.default_rng(5), probability=0.5)
+    assert out.shape == x.shape and out.dtype == np.float32 and out is not x
+    changed = (out != x).any(axis=(1, 2, 3))
+    assert 0.35 < changed.mean() < 0.65                            # about half the faces
+    for i in np.flatnonzero(changed)[:40]:
+        ys, xs = np.nonzero((out[i] != x[i])[..., 0])
+        box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+        assert len(ys) > 0.9 * box                                 # one rectangle, filled
+        assert 0.01 * 48 * 48 <= box <= 0.3 * 48 * 48              # of 2-25% of the face (rounding)
+        assert x[i].min() <= out[i].min() and out[i].max() <= x[i].max()   # values in the face's range
+    np.testing.assert_array_equal(erase_batch(x, np.random.default_rng(5), probability=0.5), out)  # seeded
+    np.testing.assert_array_equal(erase_batch(x, np.random.default_rng(5), probability=0.0), x)
+    with pytest.raises(ValueError, match="probability must be in"):
+        erase_batch(x, rng, probability=1.5)
+
+
+def test_augmenter_without_erasing_draws_as_before():
+    x = np.random.default_rng(1).uniform(0, 1, (16, 48, 48, 1)).astype(np.float32)
+    np.testing.assert_array_equal(Augmenter()(x, np.random.default_rng(3)), augment_batch(x, np.random.default_rng(3)))
+    erased = Augmenter(erase=1.0)(x, np.random.default_rng(3))
+    plain = augment_batch(x, np.random.default_rng(3))
+    assert (erased != plain).any(axis=(1, 2, 3)).all()             # every face erased after the same warp
+    with pytest.raises(ValueError, match="erase must be a probability"):
+        Augmenter(erase=-0.1)
