@@ -101,9 +101,11 @@ def parse_args(argv=None):
     p.add_argument("--list-models", action="store_true", help="list architectures with parameters and multiply-adds")
     p.add_argument("--model-card", type=Path, default=None, metavar="RUN",
                    help="print a markdown model card of a finished, evaluated run directory, then exit")
-    p.add_argument("--tta", action="store_true",
-                   help="evaluate with test-time augmentation: average each face with its mirror image "
-                        "(saved as report-tta.json beside the plain report)")
+    p.add_argument("--tta", nargs="?", const="mirror", default=False, choices=("mirror", "shifts"),
+                   help="evaluate with test-time augmentation: 'mirror' (the default when given alone) averages "
+                        "each face with its mirror image (saved as report-tta.json beside the plain report); "
+                        "'shifts' averages ten views, the face and its mirror each also moved 2 px four ways "
+                        "(report-tta-shifts.json)")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                    help="tinycnn kernels: fast Numba or the readable NumPy reference")
     p.add_argument("--conv-algorithm", choices=("auto", "im2col", "winograd"), default="auto",
@@ -415,7 +417,7 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
         data = load_fer2013(data_path, cache_dir=cache_dir)
     out = Path(out) if out else (target if target.is_dir() else target.parent)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "-tta" if tta else ""
+    suffix = {False: "", "mirror": "-tta", True: "-tta", "shifts": "-tta-shifts"}[tta]
     weights = target
     if target.is_dir():
         weights = target / ("best.keras" if (target / "best.keras").exists() and not (target / "best.npz").exists()
@@ -437,7 +439,7 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
         print(format_report(report, cm))
         if split == "PrivateTest":
             plot_confusion(cm, out / f"confusion{suffix}.png",
-                           title=f"{model.name}{' + mirror TTA' if tta else ''} on PrivateTest "
+                           title=f"{model.name}{f' + {tta} TTA' if tta else ''} on PrivateTest "
                                  f"(accuracy {report['accuracy']:.3f})")
     write_json(out / f"report{suffix}.json", result)
     history = out / "history.json"
@@ -504,10 +506,10 @@ def make_ensemble(args):
     if len(x) == 0:
         sys.exit("error: the data has no PublicTest split to choose members on")
     ensemble = Ensemble(members)
-    print(f"PublicTest accuracy ({len(y):,} images), plain and with mirror TTA:")
+    print(f"PublicTest accuracy ({len(y):,} images): plain, mirror TTA, shifts TTA (10 views):")
     for label, model in list(zip(labels, members)) + [(ensemble.name, ensemble)]:
-        accs = [float((evaluate_model(model, x, y, tta=tta)[0] == y).mean()) for tta in (False, True)]
-        print(f"  {accs[0]:.4f}  {accs[1]:.4f}  {label}")
+        accs = [float((evaluate_model(model, x, y, tta=tta)[0] == y).mean()) for tta in (False, "mirror", "shifts")]
+        print(f"  {accs[0]:.4f}  {accs[1]:.4f}  {accs[2]:.4f}  {label}")
     out = args.out or Path("ensemble.npz")
     if out.suffix != ".npz":
         out = out.with_suffix(".npz")

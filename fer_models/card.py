@@ -71,6 +71,12 @@ def model_card(run, title="FER-2013 emotion model") -> str:
                                           "Each face is classified together with its mirror image and the "
                                           "two probability vectors are averaged (`train.py --evaluate RUN "
                                           "--tta`, `predict_emotion`'s default, `webcam.py --tta`).")]
+    shifts = run / "report-tta-shifts.json"
+    if shifts.exists():
+        lines += ["", *_accuracy_sections(json.loads(shifts.read_text()), "With ten-view test-time augmentation",
+                                          "Each face is classified as ten views, itself and its mirror image "
+                                          "each also shifted by 2 pixels in the four directions, and the ten "
+                                          "probability vectors averaged (`train.py --evaluate RUN --tta shifts`).")]
     lines += ["", "## Per epoch", "", "| epoch | train loss | train acc | PublicTest acc | lr | img/s |",
               "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['acc']:.4f} | {h['val_acc']:.4f} | {h['lr']:.2e} | "

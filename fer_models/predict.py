@@ -214,22 +214,48 @@ def prepare_face(image, size=(48, 48)) -> np.ndarray:
     return np.clip(a, 0.0, 1.0)[:, :, None]
 
 
+TTA_VIEWS = {False: 1, True: 2, "mirror": 2, "shifts": 10}   # test-time augmentation: views per face
+SHIFT_PX = 2   # the "shifts" views move the face this many pixels (of 48) up, down, left and right
+
+
+def test_time_views(batch, tta) -> list[np.ndarray]:
+    """The views of each face a prediction averages: ``False``: the face; ``True`` or
+    ``"mirror"``: the face and its mirror image; ``"shifts"``: those two, each also
+    moved by ``SHIFT_PX`` pixels in the four directions (borders mirrored, as the
+    training shifts), ten views in all: the "ten-crop" averaging of the FER literature,
+    done with shifts so every view keeps the model's input size."""
+    import cv2
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"test-time augmentation must be one of {list(TTA_VIEWS)}, got {tta!r}")
+    views = [batch]
+    if tta:
+        views.append(np.ascontiguousarray(batch[:, :, ::-1]))
+    if tta == "shifts":
+        h, w = batch.shape[1:3]
+        for base in list(views):
+            for dx, dy in ((SHIFT_PX, 0), (-SHIFT_PX, 0), (0, SHIFT_PX), (0, -SHIFT_PX)):
+                m = np.float32([[1, 0, dx], [0, 1, dy]])
+                moved = np.stack([cv2.warpAffine(np.ascontiguousarray(f), m, (w, h), flags=cv2.INTER_NEAREST,
+                                                 borderMode=cv2.BORDER_REFLECT_101).reshape(f.shape)
+                                  for f in base])
+                views.append(moved)
+    return views
+
+
 def predict_probabilities(model, batch, tta=False) -> np.ndarray:
     """Softmax probabilities (N, 7) of a model for faces (N, 48, 48, 1) in [0, 1], without
     a graph. The model's own preprocessing (``preprocessing_of(model)``) is applied here.
 
-    ``tta``: also classify each face's mirror image and average the two: a face and
-    its mirror show the same emotion, so the average removes some of the noise.
+    ``tta``: average over several views of each face (``test_time_views``): ``True``
+    (or ``"mirror"``) adds its mirror image: a face and its mirror show the same
+    emotion, so the average removes some of the noise; ``"shifts"`` ten views.
     ``model`` may be an ``Ensemble``: its members' average. Columns follow ``CLASSES``
     whatever the model's own output order."""
     if hasattr(model, "members"):
         return model.predict_probabilities(batch, tta=tta)
-    batch = model_input(model, batch)
+    views = test_time_views(model_input(model, batch), tta)
     with tc.no_grad():
-        probs = tc.softmax(model(batch, training=False)).numpy()
-        if tta:
-            mirrored = np.ascontiguousarray(batch[:, :, ::-1])
-            probs = (probs + tc.softmax(model(mirrored, training=False)).numpy()) / 2
+        probs = np.mean([tc.softmax(model(v, training=False)).numpy() for v in views], axis=0)
     return in_class_order(model, probs)
 
 

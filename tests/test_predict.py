@@ -104,3 +104,21 @@ def test_predict_emotion_averages_with_the_mirror_by_default(weights):
     _, mirror = predict_emotion(face[:, ::-1], weights=weights, tta=False)
     for c in CLASSES:
         assert with_tta[c] == pytest.approx((plain[c] + mirror[c]) / 2, abs=1e-6)
+
+
+def test_ten_view_tta_averages_shifted_faces_and_mirrors():
+    from fer_models.predict import SHIFT_PX, test_time_views
+    model = fer_models.build("mini", seed=0)
+    x = np.random.default_rng(4).uniform(0, 1, (3, 48, 48, 1)).astype(np.float32)
+    views = test_time_views(x, "shifts")
+    assert len(views) == 10 and all(v.shape == x.shape for v in views)
+    np.testing.assert_array_equal(views[1], x[:, :, ::-1])
+    # a shift right by SHIFT_PX: the interior moves, the border is mirrored in
+    np.testing.assert_array_equal(views[2][:, :, SHIFT_PX:], x[:, :, :-SHIFT_PX])
+    import tinycnn as tc
+    from fer_models.predict import predict_probabilities
+    with tc.no_grad():
+        by_hand = np.mean([tc.softmax(model(v, training=False)).numpy() for v in views], axis=0)
+    np.testing.assert_allclose(predict_probabilities(model, x, tta="shifts"), by_hand, atol=1e-6)
+    with pytest.raises(ValueError, match="test-time augmentation must be one of"):
+        predict_probabilities(model, x, tta="crops")

@@ -47,7 +47,7 @@ def test_short_training_run_learns(tmp_path, cache, capsys):
     # a mirror-TTA evaluation lands beside the plain report, and the card shows both
     run(["--evaluate", out, "--tta"], cache)
     tta = json.loads((out / "report-tta.json").read_text())
-    assert tta["tta"] is True and (out / "confusion-tta.png").stat().st_size > 0
+    assert tta["tta"] == "mirror" and (out / "confusion-tta.png").stat().st_size > 0
     assert json.loads((out / "report.json").read_text()) == report   # the plain report is kept
     capsys.readouterr()
     train.main(["--model-card", str(out)])
