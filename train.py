@@ -128,17 +128,6 @@ def list_models():
         print(f"{name:<8} {m.count_params():>11,} {m.multiply_adds() / 1e6:>14.1f}M  {fer_models.describe(name)}")
 
 
-def stratified_subset(y, n, seed):
-    """The first ``n`` images of a seeded shuffle, taken per class in proportion."""
-    rng = np.random.default_rng(seed)
-    idx = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        rng.shuffle(members)
-        idx.append(members[:max(1, round(n * len(members) / len(y)))])
-    return np.sort(np.concatenate(idx))
-
-
 def evaluate_model(model, x, y, batch_size=256, tta=False):
     """(predictions, mean cross-entropy) of a model on (x, y), in inference mode.
 
@@ -243,7 +232,7 @@ def train(args):
 
     import fer_models
     from fer_models.augment import Augmenter
-    from fer_models.data import load_fer2013
+    from fer_models.data import load_fer2013, stratified_subset
     from fer_models.predict import classes_of, model_input
 
     fresh_start = False

@@ -45,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from train import _HelpFormatter, stratified_subset, write_json
+from fer_models.data import stratified_subset
+from train import _HelpFormatter, write_json
 
 STRATEGIES = ("auto", "mirrored", "multiworker", "default")
 EVAL_BATCH = 256   # global batch for validation and prediction: no gradients, so larger is fine

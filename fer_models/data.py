@@ -112,6 +112,19 @@ def load_fer2013(path, cache_dir=None, progress=True) -> dict[str, tuple[np.ndar
             for split in SPLITS}
 
 
+def stratified_subset(y, n, seed):
+    """Indices (sorted) of about ``n`` examples of labels y (N,), taken per class in
+    proportion (at least one of each): the first of a seeded shuffle of each class.
+    For quick trials (train.py --limit) and the notebooks' reduced data."""
+    rng = np.random.default_rng(seed)
+    idx = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        rng.shuffle(members)
+        idx.append(members[:max(1, round(n * len(members) / len(y)))])
+    return np.sort(np.concatenate(idx))
+
+
 def class_counts(y) -> np.ndarray:
     """Number of examples of each class: y int (N,) in [0, 7) -> int64 (7,), in CLASSES order."""
     y = np.asarray(y)
