@@ -38,6 +38,13 @@ def make_layer(kind, p):
     if kind == "Conv2DTranspose":
         return L.Conv2DTranspose(p["filters"], p["kernel"], strides=p["stride"], padding=p["padding"],
                                  activation=p["activation"], use_bias=p["bias"])
+    if kind == "DepthwiseConv2D":
+        return L.DepthwiseConv2D(p["kernel"], strides=p["stride"], padding=p["padding"],
+                                 depth_multiplier=1 + p["filters"] % 3, activation=p["activation"], use_bias=p["bias"])
+    if kind == "SeparableConv2D":
+        return L.SeparableConv2D(p["filters"], p["kernel"], strides=p["stride"], padding=p["padding"],
+                                 depth_multiplier=1 + p["filters"] % 2, activation=p["activation"],
+                                 use_bias=p["bias"])
     if kind == "MaxPool2D":
         return L.MaxPool2D(p["kernel"], strides=p["stride"], padding=p["padding"])
     if kind == "BatchNormalization":
@@ -176,7 +183,8 @@ def same(a, b, what):
                 raise AssertionError(f"{what}: gradients differ between the backends")
 
 
-SPATIAL = {"Conv2D", "Conv2DTranspose", "MaxPool2D", "GlobalAveragePooling2D", "Residual"}
+SPATIAL = {"Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "MaxPool2D", "GlobalAveragePooling2D",
+           "Residual"}
 
 
 @st.composite

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).resolve().parent / "fuzz_worker.py"
-KINDS = ["Conv2D", "Conv2DTranspose", "MaxPool2D", "BatchNormalization", "Dense", "Dropout",
+KINDS = ["Conv2D", "Conv2DTranspose", "DepthwiseConv2D", "SeparableConv2D", "MaxPool2D", "BatchNormalization", "Dense", "Dropout",
          "GlobalAveragePooling2D", "Flatten", "Residual", "softmax_cross_entropy", "ops"]
 EXAMPLES = 150
 
