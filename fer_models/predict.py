@@ -22,7 +22,8 @@ from .classes import CLASSES, CSV_CODES
 from .preprocess import METHODS, preprocess
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "bundled.npz"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "bundled.npz"   # the default predictor (an ensemble; see its MODEL_CARD.md)
+SINGLE_WEIGHTS = WEIGHTS_DIR / "single.npz"     # the best single network: one forward pass per face
 MODEL_KEY = "__model__"  # the architecture's name, stored beside the weights
 PREPROCESSING_KEY = "__preprocessing__"  # the contrast normalisation it was trained with
 INPUT_SCALE_KEY = "__input_scale__"      # pixel range the model takes, (low, high)
