@@ -303,7 +303,8 @@ class EmotionPipeline:
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         boxes = self.detector.detect(gray)
         t1 = time.perf_counter()
-        crops = [prepare_face(crop_face(gray, b, self.margin), self.classifier.input_size) for b in boxes]
+        size = getattr(self.classifier, "input_size", (48, 48))   # any object with predict_proba will do
+        crops = [prepare_face(crop_face(gray, b, self.margin), size) for b in boxes]
         probs = self.classifier.predict_proba(np.stack(crops)) if crops else np.zeros((0, NUM_CLASSES), np.float32)
         if self.tracker is not None:
             probs = self.tracker.update(boxes, probs)

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from helpers import run_train
 
+import fer_models
 import keras_models as km
 import train
 from fer_models.classes import CLASSES, CSV_CODES
 from fer_models.data import default_location
 from fer_models.predict import (EmotionClassifier, keras_sidecar, load_model, predict_emotion,
-                                predict_probabilities, save_keras_model)
+                                predict_probabilities, save_keras_model, save_model)
 from fixtures_faces import ROOT, WEBCAM, face_frame, fer_faces
 
 DATA = default_location()
@@ -158,8 +159,12 @@ def test_export_writes_onnx_and_keras_with_the_input_contract(tmp_path, capsys):
 
     from fer_models.ensemble import Ensemble, save_ensemble
     from fer_models.predict import model_input
-    net = load_model()                                         # the bundled model: preprocessing equalize
-    train.main(["--export", str(ROOT / "fer_models/weights/bundled.npz"), str(tmp_path / "fer.onnx")])
+    source = tmp_path / "eq.npz"                               # a model with a preprocessing to carry
+    model = fer_models.build("mini", seed=0)
+    model.preprocessing = "equalize"
+    save_model(model, source)
+    net = load_model(source)
+    train.main(["--export", str(source), str(tmp_path / "fer.onnx")])
     assert "preprocessing equalize" in capsys.readouterr().out
     proto = onnx.load(tmp_path / "fer.onnx")
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -168,7 +173,7 @@ def test_export_writes_onnx_and_keras_with_the_input_contract(tmp_path, capsys):
     session = ort.InferenceSession(str(tmp_path / "fer.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": model_input(net, x)})[0],
                                predict_probabilities(net, x), atol=1e-5)
-    train.main(["--export", str(ROOT / "fer_models/weights/bundled.npz"), str(tmp_path / "fer.keras")])
+    train.main(["--export", str(source), str(tmp_path / "fer.keras")])
     keras_model = keras.models.load_model(tmp_path / "fer.keras")
     np.testing.assert_allclose(keras_model.predict(model_input(net, x), verbose=0), predict_probabilities(net, x),
                                atol=1e-5)
@@ -177,7 +182,7 @@ def test_export_writes_onnx_and_keras_with_the_input_contract(tmp_path, capsys):
     with pytest.raises(SystemExit, match="is an ensemble of 2"):
         train.main(["--export", str(tmp_path / "ens.npz"), str(tmp_path / "ens.onnx")])
     with pytest.raises(SystemExit, match="must end in .onnx, .keras or .h5"):
-        train.main(["--export", str(ROOT / "fer_models/weights/bundled.npz"), str(tmp_path / "fer.pt")])
+        train.main(["--export", str(source), str(tmp_path / "fer.pt")])
 
 
 def test_a_keras_mini_xception_goes_on_to_onnx(xception, tmp_path):
