@@ -88,8 +88,9 @@ def test_predict_emotion_and_the_classifier_take_keras_files(xception):
     crop = (np.random.default_rng(2).uniform(0, 255, (130, 110))).astype(np.uint8)
     clf = EmotionClassifier(folder / "xception.keras", input_scale=(-1, 1), classes="fer2013")
     assert clf.input_size == (64, 64)
-    by_keras = model.predict((cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA)[None, ..., None]
-                              .astype(np.float32) / 255) * 2 - 1, verbose=0)[0]
+    # the crop resized to the model's 64x64 (once, in float, as prepare_face does), then scaled to [-1, 1]
+    face64 = cv2.resize(crop.astype(np.float32) / 255, (64, 64), interpolation=cv2.INTER_AREA)
+    by_keras = model.predict(face64[None, ..., None] * 2 - 1, verbose=0)[0]
     expected = by_keras[[FER2013_ORDER.index(c) for c in CLASSES]]
     np.testing.assert_allclose(clf.predict_proba([crop])[0], expected, atol=1e-5)
     label, probs = predict_emotion(crop, weights=folder / "xception.h5", tta=False, input_scale=(-1, 1),
