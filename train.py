@@ -92,6 +92,9 @@ def parse_args(argv=None):
     p.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="RUN",
                    help="combine trained runs or weights files into one ensemble file (written to --out, "
                         "default ensemble.npz), reporting each member and the average on PublicTest, then exit")
+    p.add_argument("--half", action="store_true",
+                   help="with --ensemble: store the weights as float16 (half the file), and report the "
+                        "stored file's PublicTest accuracy too")
     p.add_argument("--export", type=Path, nargs=2, default=None, metavar=("MODEL", "FILE"),
                    help="write MODEL (a run, weights file or Keras file) as FILE: .onnx (ONNX, for onnxruntime "
                         "and other engines), .keras or .h5 (Keras); the input contract (size, preprocessing, "
@@ -503,7 +506,14 @@ def make_ensemble(args):
     if out.suffix != ".npz":
         out = out.with_suffix(".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_ensemble(ensemble, out)
+    try:
+        save_ensemble(ensemble, out, half=args.half)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if args.half:   # what the file gives, not what the float32 members gave
+        stored = load_model(out)
+        accs = [float((evaluate_model(stored, x, y, tta=tta)[0] == y).mean()) for tta in (False, "mirror", "shifts")]
+        print(f"  {accs[0]:.4f}  {accs[1]:.4f}  {accs[2]:.4f}  as stored (float16 weights)")
     print(f"ensemble of {len(members)} written to {out}; evaluate it once with: python train.py --evaluate {out} --tta")
 
 

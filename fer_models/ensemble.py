@@ -61,16 +61,28 @@ class Ensemble:
         return f"Ensemble({self.name!r}, {len(self)} members)"
 
 
-def save_ensemble(ensemble: Ensemble, path) -> None:
+def save_ensemble(ensemble: Ensemble, path, half=False) -> None:
     """One ``.npz`` with every member's weights (``member<i>/<layer>/<weight>``) and a JSON
-    list of their architectures and preprocessing; ``load_model(path)`` returns the Ensemble."""
+    list of their architectures and preprocessing; ``load_model(path)`` returns the Ensemble.
+
+    ``half``: store the weights as float16, half the file (they are float32 again once
+    loaded). Each weight then carries a relative rounding error of at most 2**-11, far
+    below what training itself leaves uncertain; measure the stored file all the same
+    (``train.py --ensemble ... --half`` does). A weight beyond float16's range (65504)
+    raises ValueError rather than being stored as inf."""
     from tinycnn.model import save_npz_atomic
 
     from .predict import preprocessing_of
     arrays = {ENSEMBLE_KEY: np.array(json.dumps(
         [{"model": m.name, "preprocessing": preprocessing_of(m)} for m in ensemble.members]))}
     for i, m in enumerate(ensemble.members):
-        arrays.update({f"member{i}/{k}": v for k, v in m.get_weights().items()})
+        for k, v in m.get_weights().items():
+            if half:
+                if np.abs(v).max(initial=0) > np.finfo(np.float16).max:
+                    raise ValueError(f"save_ensemble: member {i} ({m.name}) weight '{k}' exceeds float16's "
+                                     f"range (largest {np.abs(v).max():.4g}); save it with half=False")
+                v = v.astype(np.float16)
+            arrays[f"member{i}/{k}"] = v
     save_npz_atomic(path, arrays)
 
 

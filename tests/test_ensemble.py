@@ -114,6 +114,27 @@ def test_an_ensemble_averages_its_members_each_with_its_preprocessing(tmp_path):
         Ensemble([])
 
 
+def test_an_ensemble_stored_in_half_precision_is_half_the_file_and_predicts_the_same(tmp_path):
+    a, b = members()
+    ens, x = Ensemble([a, b]), faces()
+    save_ensemble(ens, tmp_path / "full.npz")
+    save_ensemble(ens, tmp_path / "half.npz", half=True)
+    with np.load(tmp_path / "half.npz") as f:
+        assert all(f[k].dtype == np.float16 for k in f.files if k.startswith("member"))
+    assert (tmp_path / "half.npz").stat().st_size < 0.6 * (tmp_path / "full.npz").stat().st_size
+    back = load_model(tmp_path / "half.npz")
+    for m, orig in zip(back.members, ens.members):   # float32 again, each weight rounded to float16
+        for k, v in m.get_weights().items():
+            assert v.dtype == np.float32
+            np.testing.assert_array_equal(v, orig.get_weights()[k].astype(np.float16).astype(np.float32))
+    p_half, p_full = predict_probabilities(back, x), predict_probabilities(ens, x)
+    assert 0 < np.abs(p_half - p_full).max() < 1e-2
+    big = next(t for t in b.parameters())   # a weight past float16's range is refused, not stored as inf
+    big.data[...] = 1e6
+    with pytest.raises(ValueError, match="member 1 .*exceeds float16's range"):
+        save_ensemble(ens, tmp_path / "bad.npz", half=True)
+
+
 def test_soft_labels_are_the_teachers_probabilities():
     a, _ = members()
     x = faces(10)
@@ -170,9 +191,10 @@ def test_preprocessing_ensemble_and_distillation_from_the_command_line(tmp_path,
     assert load_model(tmp_path / "a").preprocessing == "equalize"
     run(common + ["--seed", "1", "--out", tmp_path / "b"], cache)
     capsys.readouterr()
-    run(["--ensemble", tmp_path / "a", tmp_path / "b" / "best.npz", "--out", tmp_path / "ens.npz"], cache)
+    run(["--ensemble", tmp_path / "a", tmp_path / "b" / "best.npz", "--out", tmp_path / "ens.npz", "--half"], cache)
     printed = capsys.readouterr().out
     assert "PublicTest accuracy (3,589 images)" in printed and "ensemble(mini+mini)" in printed
+    assert "as stored (float16 weights)" in printed
     ens = load_model(tmp_path / "ens.npz")
     assert [m.preprocessing for m in ens.members] == ["equalize", "none"]
     run(["--evaluate", tmp_path / "ens.npz", "--out", tmp_path / "ens-eval"], cache)
