@@ -18,6 +18,15 @@ def fer_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("fer-cache")
 
 
+@pytest.fixture(autouse=True)
+def every_kernel_on_all_threads(monkeypatch):
+    """The fast kernels run small inputs on one thread (``threads_by_size``); tests use
+    small inputs, so they lift that limit: every compiled loop then runs on all of
+    Numba's threads, as it does on a training batch, and a race between them would show.
+    ``test_kernels.py`` checks the one-thread path for small inputs itself."""
+    monkeypatch.setattr(tinycnn.backend, "SMALL_WORK", 0)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """The kernel path under test, selected with ``tinycnn.use_backend`` for the whole test."""

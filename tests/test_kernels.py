@@ -274,6 +274,26 @@ def test_dispatch_selects_by_backend():
         assert kernel() == "fast"
 
 
+def test_small_calls_run_on_one_thread_large_ones_on_all(monkeypatch):
+    import numba
+    seen = []
+    spy = B.threads_by_size(lambda a: seen.append(numba.get_num_threads()) or a.size)
+    monkeypatch.setattr(B, "SMALL_WORK", 1000)   # the tests lift it (conftest); restore a limit
+    all_threads = numba.get_num_threads()
+    assert spy(np.zeros(999)) == 999 and spy(np.zeros(1000)) == 1000
+    assert seen == ([1, all_threads] if B.PARALLEL else [all_threads, all_threads])
+    assert numba.get_num_threads() == all_threads        # restored after the small call
+    with pytest.raises(ZeroDivisionError):               # ... and after one that raised
+        B.threads_by_size(lambda a: 1 / 0)(np.zeros(3))
+    assert numba.get_num_threads() == all_threads
+    # the fast kernels are decorated: same result on either path
+    x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((3, 3, 3, 4)).astype(np.float32)
+    small = conv.conv2d.fast(x, w, (1, 1), ((1, 1), (1, 1)))
+    monkeypatch.setattr(B, "SMALL_WORK", 0)
+    np.testing.assert_array_equal(conv.conv2d.fast(x, w, (1, 1), ((1, 1), (1, 1))), small)
+
+
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad",
                   "bias_relu_affine"), pool: ("maxpool", "maxpool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference")}

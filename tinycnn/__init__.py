@@ -9,11 +9,18 @@
     loss = tc.losses.softmax_cross_entropy(logits, y)
     opt.zero_grad(); loss.backward(); opt.step()
 """
-from . import initializers, layers, losses, optim
-from .backend import (get_backend, get_conv_algorithm, set_backend, set_conv_algorithm, use_backend,
+import os as _os
+
+# Before Numba starts its OpenMP threads: idle, they sleep instead of spinning, so that
+# they leave the cores to BLAS between two parallel kernels (``tinycnn/backend.py``).
+# A value already set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import initializers, layers, losses, optim  # noqa: E402
+from .backend import (get_backend, get_conv_algorithm, set_backend, set_conv_algorithm, use_backend,  # noqa: E402
                       use_conv_algorithm)
-from .model import Sequential
-from .tensor import Function, Tensor, log_softmax, no_grad, relu, softmax
+from .model import Sequential  # noqa: E402
+from .tensor import Function, Tensor, log_softmax, no_grad, relu, softmax  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "Sequential", "layers", "losses", "optim",

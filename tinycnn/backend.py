@@ -2,8 +2,7 @@
 
 Every heavy op (convolution, pooling, batch normalisation) has two implementations
 with the same signature: ``reference`` (plain NumPy, written to be read) and
-``numba`` (compiled; serial unless ``TINYCNN_NUMBA_PARALLEL=1``, see ``PARALLEL``
-below). The Numba path is the default.
+``numba`` (compiled; on every core, see ``PARALLEL`` below). The Numba path is the default.
 
     tc.set_backend("numpy")          # for the rest of the program
     with tc.use_backend("numpy"):    # for one block
@@ -14,18 +13,55 @@ The environment variable ``TINYCNN_BACKEND`` sets the starting value.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+
+import numba
+import numpy as np
 
 BACKENDS = ("numba", "numpy")
 
-# Whether the Numba kernels run their ``prange`` loops (over images or rows) on several
-# threads. Off by default: the big matrix products already use every core through
-# BLAS, and BLAS's idle worker threads spin for a while after each product, so Numba
-# threads started in between fight them for the cores (bench/README.md has the
-# figures). ``TINYCNN_NUMBA_PARALLEL=1`` turns it on, read at import. Numba's on-disk
-# cache does not tell the two settings apart: a process loads whichever was compiled
-# first, so give each setting its own ``NUMBA_CACHE_DIR``.
-PARALLEL = os.environ.get("TINYCNN_NUMBA_PARALLEL", "0") == "1"
+# Whether the Numba kernels run their ``prange`` loops (over images or rows) on all the
+# cores. On by default; ``TINYCNN_NUMBA_PARALLEL=0`` (read at import) makes them serial.
+# BLAS runs the matrix products on every core and Numba's threads everything else (the
+# gathers, epilogues, pooling, normalisation, Winograd's transforms), one after the
+# other, so each must leave the cores alone when idle. Numba's OpenMP threads sleep at
+# once (``tinycnn/__init__.py`` sets ``OMP_WAIT_POLICY=PASSIVE``). OpenBLAS's spin for
+# about 0.1 s after each product unless ``OPENBLAS_THREAD_TIMEOUT`` (read when NumPy
+# loads OpenBLAS, so set before NumPy is imported) is lower, and that is a choice
+# between throughput and latency, so the programs make it: ``train.py`` sets 16 (spin
+# about 2**16 cycles), ``webcam.py`` keeps OpenBLAS' default, whose spinning threads
+# answer the next small product at once. Measured on this project's 2-core machine
+# (2026-11-25, training images/s at batch 128 / one-face ms), serial kernels with the
+# default -> parallel kernels with 16: small3 1268 / 0.45 -> 1542 / 0.74, vggbn 186 /
+# 2.21 -> 237 / 2.83, gap4 173 / 1.99 -> 250 / 2.33; parallel with the default spin:
+# training as fast as serial, one face as quick. Small calls (one face) run on one
+# thread (``threads_by_size``). Numba's on-disk cache does not tell parallel and serial
+# apart: a process loads whichever was compiled first, so give each setting its own
+# ``NUMBA_CACHE_DIR``.
+PARALLEL = os.environ.get("TINYCNN_NUMBA_PARALLEL", "1") == "1"
+
+# Below this many elements in its first array a fast kernel runs on one thread: waking
+# the other threads costs more than they save (a one-face call: 0.45 ms for small3 on
+# one thread, 0.94 ms on two).
+SMALL_WORK = 1 << 17
+
+
+def threads_by_size(fast):
+    """Decorator for a fast kernel's Python entry: its compiled loops run on one thread
+    when its first argument (an array) holds fewer than ``SMALL_WORK`` elements, on all
+    of Numba's threads otherwise."""
+    @functools.wraps(fast)
+    def run(*args, **kwargs):
+        if not PARALLEL or np.size(args[0]) >= SMALL_WORK:
+            return fast(*args, **kwargs)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return fast(*args, **kwargs)
+        finally:
+            numba.set_num_threads(previous)
+    return run
 
 
 def _choice(value, choices, where):

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..backend import PARALLEL, dispatch
+from ..backend import PARALLEL, dispatch, threads_by_size
 from .shapes import conv_output_size, tap_slice
 
 
@@ -222,6 +222,7 @@ def check_arrays(who, x_shape, w_shape, strides, pads, dy_shape=None, **arrays):
         raise ValueError(f"{who}: {problem} (input {tuple(x_shape)}, depthwise kernel {tuple(w_shape)})")
 
 
+@threads_by_size
 def depthwise_conv2d_fast(x, w, strides, pads):
     """As depthwise_conv2d_reference (float32; non-contiguous views are copied first)."""
     check_arrays("depthwise_conv2d", x.shape, w.shape, strides, pads, x=x, w=w)
@@ -231,6 +232,7 @@ def depthwise_conv2d_fast(x, w, strides, pads):
     return y
 
 
+@threads_by_size
 def depthwise_conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     """As depthwise_conv2d_grad_input_reference."""
     x_shape = tuple(x_shape)
@@ -241,6 +243,7 @@ def depthwise_conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     return dx
 
 
+@threads_by_size
 def depthwise_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads):
     """As depthwise_conv2d_grad_weight_reference."""
     w_shape = tuple(w_shape)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..backend import PARALLEL, dispatch
+from ..backend import PARALLEL, dispatch, threads_by_size
 
 
 def batchnorm_forward_reference(x2, gamma, beta, eps):
@@ -96,6 +96,7 @@ def _grad_input(g2, x2, mean, inv_std, scale, dbeta_m, dgamma_m, dx2):
             dx2[i, j] = scale[j] * (g2[i, j] - dbeta_m[j] - xhat * dgamma_m[j])
 
 
+@threads_by_size
 def batchnorm_forward_fast(x2, gamma, beta, eps):
     x2 = np.ascontiguousarray(x2)
     mean, var = _moments(x2)
@@ -106,6 +107,7 @@ def batchnorm_forward_fast(x2, gamma, beta, eps):
     return y2, mean, var, inv_std
 
 
+@threads_by_size
 def batchnorm_backward_fast(g2, x2, mean, gamma, inv_std):
     g2 = np.ascontiguousarray(g2)
     m = g2.shape[0]
@@ -121,6 +123,7 @@ def batchnorm_inference_reference(x2, mean, inv_std, gamma, beta):
     return ((x2 - mean) * (inv_std * gamma) + beta).astype(np.float32)
 
 
+@threads_by_size
 def batchnorm_inference_fast(x2, mean, inv_std, gamma, beta):
     x2 = np.ascontiguousarray(x2)
     y2 = np.empty_like(x2)

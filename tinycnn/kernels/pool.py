@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..backend import PARALLEL, dispatch
+from ..backend import PARALLEL, dispatch, threads_by_size
 from .shapes import tap_slice
 
 
@@ -104,6 +104,7 @@ def _maxpool_grad_tiled_numba(dy, argmax, ph, pw, pt, pl, dx):
                     dx[n, iy, ix, ch] = dy[n, oy, ox, ch] if won else np.float32(0.0)
 
 
+@threads_by_size
 def maxpool_fast(x, pool, strides, pads, out_hw):
     n, _, _, c = x.shape
     y = np.empty((n, out_hw[0], out_hw[1], c), np.float32)
@@ -113,6 +114,7 @@ def maxpool_fast(x, pool, strides, pads, out_hw):
     return y, argmax
 
 
+@threads_by_size
 def maxpool_grad_fast(dy, argmax, x_shape, pool, strides, pads):
     dx = np.empty(x_shape, np.float32)
     dy = np.ascontiguousarray(dy)

@@ -55,7 +55,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..backend import PARALLEL, dispatch
+from ..backend import PARALLEL, dispatch, threads_by_size
 
 # F(2x2, 3x3): points 0, 1, -1, infinity.
 BT_2 = np.array([[1, 0, -1, 0],
@@ -396,6 +396,7 @@ def _buffer(flat, shape):
     return flat[:int(np.prod(shape))].reshape(shape)
 
 
+@threads_by_size
 def winograd_conv2d_fast(x, w, strides, pads, m=TILE):
     """As winograd_conv2d_reference."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
@@ -454,18 +455,21 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
     return dx, (None if dU is None else _kernel_transform_adjoint_fast(dU, m).reshape(w_shape))
 
 
+@threads_by_size
 def winograd_conv2d_grad_input_fast(dy, w, x_shape, strides, pads, m=TILE):
     """As winograd_conv2d_grad_input_reference."""
     check_winograd_shapes(x_shape, w.shape, strides, pads, dy.shape)
     return _backward(dy, x_shape, w.shape, pads, m, w=w)[0]
 
 
+@threads_by_size
 def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=TILE):
     """As winograd_conv2d_grad_weight_reference."""
     check_winograd_shapes(x.shape, w_shape, strides, pads, dy.shape)
     return _backward(dy, x.shape, w_shape, pads, m, x=x)[1]
 
 
+@threads_by_size
 def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE):
     """As winograd_conv2d_grads_reference, in one pass over dy."""
     check_winograd_shapes(x.shape, w.shape, strides, pads, dy.shape)
