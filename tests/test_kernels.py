@@ -57,6 +57,21 @@ def test_conv2d_fast_equals_reference(problem, seed):
                  conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads, cols=cols), expected_dw, RTOL, ATOL)
 
 
+@pytest.mark.parametrize("strides, pads", [((1, 1), ((0, 0), (0, 0))), ((1, 1), ((1, 1), (1, 1))),
+                                            ((2, 2), ((0, 1), (0, 1))), ((2, 1), ((2, 0), (1, 2)))])
+def test_one_channel_direct_kernel_equals_reference(strides, pads, monkeypatch):
+    """A one-channel input (a first layer on gray faces) takes the direct kernel when the
+    call is large enough, im2col otherwise: both must be the convolution."""
+    rng = np.random.default_rng(7)
+    x, w = random_array(rng, (3, 13, 11, 1)), random_array(rng, (3, 3, 1, 40))
+    expected = conv.conv2d.reference(x, w, strides, pads)
+    label = f"one channel strides {strides} pads {pads}"
+    for small_work in (0, x.size + 1):       # direct, then im2col
+        monkeypatch.setattr(B, "SMALL_WORK", small_work)
+        assert_close(label, f"conv2d (SMALL_WORK={small_work})", conv.conv2d.fast(x, w, strides, pads),
+                     expected, RTOL, ATOL)
+
+
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 @SOME
 @given(conv_problems(), st.integers(0, 2**16))
