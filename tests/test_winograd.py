@@ -131,8 +131,8 @@ def test_choose_algorithm_follows_the_setting():
         assert conv.choose_algorithm(big, k3, (2, 2)) == "im2col"
         assert conv.choose_algorithm(big, k5, (1, 1)) == "im2col"
         k3_32 = (3, 3, 32, 64)   # 32 channels: only on large maps
-        assert conv.choose_algorithm((8, 24, 24, 32), k3_32, (1, 1)) == "winograd"
-        assert conv.choose_algorithm((8, 23, 23, 32), k3_32, (1, 1)) == "im2col"
+        assert conv.choose_algorithm((8, 23, 23, 32), k3_32, (1, 1)) == "winograd"
+        assert conv.choose_algorithm((8, 19, 19, 32), k3_32, (1, 1)) == "im2col"
         assert conv.choose_algorithm((8, 46, 46, 16), (3, 3, 16, 64), (1, 1)) == "im2col"
     with tc.use_conv_algorithm("winograd"):
         assert conv.choose_algorithm(first, k3_first, (1, 1)) == "winograd"

@@ -382,13 +382,13 @@ def choose_algorithm(x_shape, w_shape, strides):
     Winograd applies to 3x3 kernels with stride 1. Under ``set_conv_algorithm("auto")``
     it is used where it measured faster on this project's layers (``bench/conv_layers.py``):
     with at least 64 input channels and an input of at least 9x9, or at least 32 channels
-    on a map of at least 24x24, and at least 2048 input pixels in the batch. With fewer
+    on a map of at least 20x20, and at least 2048 input pixels in the batch. With fewer
     channels the (tiles, C) x (C, O) products are too thin to pay for the transforms (a
-    first layer on gray faces, C = 1, is many times slower; 32 channels pay only on
-    large maps, e.g. 46x46x32 -> 64 at batch 128, forward + gradients: 124.7 ms against
-    im2col's 150.6, but 36.9 against 35.1 at 23x23); on smaller maps most of each 4x4
-    output tile falls past the edge; in a small batch (one face) transforming the kernel
-    costs more than the products save.
+    first layer on gray faces, C = 1, is many times slower); 32 channels pay on the
+    models' large maps now that the transforms run on all cores (batch 128, forward +
+    gradients: 46x46x32 -> 64, 137.4 ms against im2col's 188.3; 23x23x32 -> 64, 35.0
+    against 39.8); on smaller maps most of each 4x4 output tile falls past the edge; in
+    a small batch (one face) transforming the kernel costs more than the products save.
     """
     mode = backend.get_conv_algorithm()
     applies = tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
@@ -397,7 +397,7 @@ def choose_algorithm(x_shape, w_shape, strides):
     if mode == "winograd":
         return "winograd"
     n, h, w, c = x_shape
-    wide_enough = (c >= 64 and min(h, w) >= 9) or (c >= 32 and min(h, w) >= 24)
+    wide_enough = (c >= 64 and min(h, w) >= 9) or (c >= 32 and min(h, w) >= 20)
     return "winograd" if wide_enough and n * h * w >= 2048 else "im2col"
 
 
