@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import tinycnn as tc
 from helpers import assert_close, distinct_values, random_array
 from tinycnn import backend as B
-from tinycnn.kernels import conv, norm, pool
+from tinycnn.kernels import conv, dropout, norm, pool
 
 RTOL, ATOL = 1e-5, 1e-5
 SOME = settings(max_examples=25, deadline=None, derandomize=True, database=None,
@@ -309,9 +309,29 @@ def test_small_calls_run_on_one_thread_large_ones_on_all(monkeypatch):
     np.testing.assert_array_equal(conv.conv2d.fast(x, w, (1, 1), ((1, 1), (1, 1))), small)
 
 
+@pytest.mark.parametrize("shape, rate", [((7,), 0.5), ((3, 5, 4, 6), 0.3), ((2, 9, 9, 16), 0.9)])
+def test_dropout_fast_equals_reference(shape, rate):
+    rng = np.random.default_rng(3)
+    x, g = random_array(rng, shape), random_array(rng, shape)
+    u = rng.random(shape, dtype=np.float32)
+    y, keep = dropout.dropout.fast(x, u, rate)
+    y_ref, keep_ref = dropout.dropout.reference(x, u, rate)
+    np.testing.assert_array_equal(keep, u >= rate)
+    np.testing.assert_array_equal(keep, keep_ref)
+    assert keep.dtype == np.bool_ and y.dtype == np.float32
+    assert_close(f"dropout {shape} rate {rate}", "y", y, y_ref, 1e-6, 0)
+    np.testing.assert_allclose(y[keep], x[keep] / (1 - rate), rtol=1e-6)
+    assert (y[~keep] == 0).all()
+    dx = dropout.dropout_grad.fast(g, keep, rate)
+    assert_close(f"dropout_grad {shape} rate {rate}", "dx", dx, dropout.dropout_grad.reference(g, keep, rate), 1e-6, 0)
+    with pytest.raises(ValueError, match=r"dropout: the values \(7,\) and the mask \(8,\)"):
+        dropout.dropout.fast(np.zeros(7, np.float32), np.zeros(8, np.float32), rate)
+
+
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad",
                   "bias_relu_affine"), pool: ("maxpool", "maxpool_grad"),
-           norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference")}
+           norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference"),
+           dropout: ("dropout", "dropout_grad")}
 
 
 def test_each_kernel_dispatches_between_its_two_implementations():
@@ -330,6 +350,7 @@ LAYER_CALLS = [
     ("MaxPooling2D", lambda: tc.layers.MaxPooling2D(2), (2, 4, 4, 3), {"maxpool", "maxpool_grad"}),
     ("BatchNormalization", lambda: tc.layers.BatchNormalization(), (2, 3, 3, 3),
      {"batchnorm_forward", "batchnorm_backward"}),
+    ("Dropout", lambda: tc.layers.Dropout(0.5, seed=0), (2, 3, 3, 3), {"dropout", "dropout_grad"}),
 ]
 
 

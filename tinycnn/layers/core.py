@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import initializers
+from ..kernels import dropout as KD
 from ..tensor import Function, Tensor, relu, softmax
 from .base import Layer
 
@@ -81,16 +82,20 @@ class Flatten(Layer):
 
 
 class DropoutFn(Function):
-    """y = x * mask, mask (same shape) holding 0 or 1/(1-rate). Saved: mask."""
+    """y = x / (1 - rate) where u >= rate, else 0 (``kernels/dropout.py``).
+
+    x and u (uniform draws in [0, 1)) of the same shape -> y. Saved: the mask (booleans)
+    and the rate; backward applies them to the gradient."""
 
     @staticmethod
-    def forward(ctx, x, mask):
-        ctx.save(mask=mask)
-        return x * mask
+    def forward(ctx, x, u, rate):
+        y, keep = KD.dropout(x, u, rate)
+        ctx.save(keep=keep, rate=rate)
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        return g * ctx.mask, None
+        return KD.dropout_grad(g, ctx.keep, ctx.rate), None
 
 
 class Dropout(Layer):
@@ -111,10 +116,8 @@ class Dropout(Layer):
     def call(self, x, training):
         if not training or self.rate == 0.0:
             return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.rate
-        mask = keep.astype(np.float32)
-        mask *= np.float32(1.0 / (1.0 - self.rate))
-        return DropoutFn.apply(x, mask)
+        u = self.rng.random(x.shape, dtype=np.float32)
+        return DropoutFn.apply(x, u, rate=self.rate)
 
 
 class Activation(Layer):
