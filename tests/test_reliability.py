@@ -173,3 +173,34 @@ def test_train_with_missing_or_empty_data_says_so(tmp_path):
     with pytest.raises(SystemExit, match="holds no Training images"):
         train.main(["--data", str(tmp_path / "fer"), "--model", "mini", "--out", str(tmp_path / "b"),
                     "--cache-dir", str(tmp_path / "cache")])
+
+
+FORK_SCRIPT = """
+import multiprocessing as mp, numpy as np
+import tinycnn as tc, fer_models
+m = fer_models.build("mini", seed=0)
+x = np.random.default_rng(0).random((256, 48, 48, 1), dtype=np.float32)   # big enough for all threads
+with tc.no_grad(): ref = m(x).data
+def child(_):
+    with tc.no_grad(): return float(np.abs(m(x).data - ref).max()), tc.get_backend()
+if __name__ == "__main__":
+    with mp.get_context("fork").Pool(1) as p:
+        err, backend = p.map(child, [0])[0]
+    print("child", backend, err < 1e-5, "parent", tc.get_backend())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="no fork here")
+def test_a_process_forked_after_the_parallel_kernels_ran_still_works(tmp_path):
+    """GNU OpenMP is not fork-safe (Numba ends such a child); tinycnn's forked child falls
+    back to the NumPy kernels and says so, instead of dying."""
+    script = tmp_path / "fork.py"
+    script.write_text(FORK_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    if tc.backend.PARALLEL:
+        assert "child numpy True parent numba" in run.stdout
+        assert "forked from one that ran Numba's OpenMP kernels" in run.stderr
+    else:
+        assert "child numba True parent numba" in run.stdout

@@ -64,6 +64,32 @@ def threads_by_size(fast):
     return run
 
 
+def _after_fork_in_child():
+    """GNU OpenMP is not fork-safe: Numba ends a forked child that starts a parallel
+    kernel when its parent had already run one (its OpenMP threading layer, the one
+    used here). Such a child switches to the NumPy kernels, slower but able to run,
+    and says so once. Processes started with the ``spawn`` method, or with
+    ``TINYCNN_NUMBA_PARALLEL=0``, keep the fast kernels."""
+    global _current
+    if not PARALLEL or _current != "numba":
+        return
+    try:
+        layer = numba.threading_layer()
+    except ValueError:   # no parallel kernel ran before the fork: nothing to fear
+        return
+    if layer == "omp":
+        _current = "numpy"
+        import warnings
+        warnings.warn("tinycnn: this process was forked from one that ran Numba's OpenMP kernels, which "
+                      "cannot run after a fork; using the NumPy kernels (slower). Start processes with "
+                      "multiprocessing's 'spawn' method, or set TINYCNN_NUMBA_PARALLEL=0, to keep the "
+                      "fast ones.", RuntimeWarning, stacklevel=1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _choice(value, choices, where):
     """``value`` if it is one of ``choices``, else a ValueError saying where it came from."""
     if value not in choices:
