@@ -110,3 +110,43 @@ def test_gradients_in_inference_mode_are_not_folded(backend):
     x = tc.Tensor(random_array(rng, (fold.FOLD_MIN_BATCH, 5, 5, 1)), requires_grad=True)
     model(x, training=False).backward(random_array(rng, (fold.FOLD_MIN_BATCH, 2)))
     assert x.grad is not None and model.layers[0].kernel.grad is not None and model.layers[1].gamma.grad is not None
+
+
+def layer_by_layer(model, x, training):
+    """The model's layers called one by one: nothing folded or fused."""
+    for layer in model.layers:
+        x = layer(x, training=training)
+    return x
+
+
+@pytest.mark.parametrize("name", ["small3", "updown", "deep4"])
+def test_conv_then_maxpool_runs_fused_with_the_unfused_results(backend, monkeypatch, name):
+    """Each Conv2D followed by MaxPooling2D runs as one Conv2DMaxPoolFn, in training and
+    inference: the outputs are the layer-by-layer ones to the bit (bias and ReLU commute
+    with max, rounding included), the gradients the same up to summation order."""
+    from tinycnn.layers import Conv2DMaxPoolFn
+    rng = np.random.default_rng(4)
+    model = fer_models.build(name, seed=2)
+    x = rng.random((3, 48, 48, 1), dtype=np.float32)
+    labels = np.array([0, 3, 6])
+    calls = []
+    original = Conv2DMaxPoolFn.apply
+    monkeypatch.setattr(Conv2DMaxPoolFn, "apply", lambda *a, **k: calls.append(1) or original(*a, **k))
+    results = {}
+    for fused in (False, True):
+        calls.clear()
+        with tc.no_grad():
+            inferred = (model(x) if fused else layer_by_layer(model, tc.Tensor(x), False)).numpy()
+        xt = tc.Tensor(x, requires_grad=True)
+        out = model(xt, training=False) if fused else layer_by_layer(model, xt, False)
+        for p in model.parameters():
+            p.grad = None
+        tc.losses.softmax_cross_entropy(out, labels).backward()
+        results[fused] = (inferred, out.numpy(), xt.grad, [p.grad for p in model.parameters()], len(calls))
+    convs = sum(isinstance(layer, Conv2D) for layer in model.layers)
+    assert results[False][4] == 0 and results[True][4] == 2 * convs, f"{name}: Conv2DMaxPoolFn calls"
+    np.testing.assert_array_equal(results[True][0], results[False][0], err_msg=f"{name} inference output")
+    np.testing.assert_array_equal(results[True][1], results[False][1], err_msg=f"{name} output")
+    assert_close(name, "input gradient", results[True][2], results[False][2], RTOL, ATOL)
+    for p, a, b in zip(model.parameters(), results[True][3], results[False][3]):
+        assert_close(name, f"gradient of {p.name}", a, b, RTOL, ATOL)

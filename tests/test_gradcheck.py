@@ -370,6 +370,33 @@ def test_small_model(backend, training):
                     np.random.default_rng(6), training=training)
 
 
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("pool, strides, padding", [(2, None, "valid"), (3, 2, "same"), ((2, 3), 1, "valid")])
+def test_conv_then_maxpool(backend, activation, pool, strides, padding):
+    """Conv2D followed by MaxPooling2D, which a Sequential runs as one Conv2DMaxPoolFn
+    (pooling before the bias and ReLU): tiling, overlapping and padded windows."""
+    model = tc.Sequential([Conv2D(3, 3, padding="same", activation=activation),
+                           MaxPooling2D(pool, strides=strides, padding=padding)])
+    model.build((6, 7, 2))
+
+    def draw(rng):
+        return {"input": random_array(rng, (2, 6, 7, 2)), "conv2d/kernel": random_array(rng, (3, 3, 2, 3), 0.5),
+                "conv2d/bias": random_array(rng, (3,), 0.3) - 0.5}   # many windows below 0
+
+    def ref(**a):
+        # relu(maxpool(z)), the same function as maxpool(relu(z)), written so that a window
+        # whose values are all negative is no tie at 0 to the kink check: draws keep them,
+        # and the ReLU's mask after pooling is checked too
+        z = R.conv2d(a["input"], a["conv2d/kernel"], a["conv2d/bias"], padding="same")
+        ps = pool if isinstance(pool, tuple) else (pool, pool)
+        y = R.maxpool2d(z, ps, (strides, strides) if strides else None, padding)
+        return R.relu(y) if activation == "relu" else y
+
+    label = describe("Sequential[Conv2D, MaxPooling2D]", activation=activation, pool=pool, strides=strides,
+                     padding=padding)
+    gradcheck_layer(label, model, ref, draw, np.random.default_rng(9), training=True)
+
+
 @pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
 def test_conv_then_global_average_pooling(backend, algorithm):
     """conv(relu) straight into GAP (as updown ends): GAP's gradient is a broadcast view."""

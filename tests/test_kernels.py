@@ -55,6 +55,10 @@ def test_conv2d_fast_equals_reference(problem, seed):
     assert_close(label, "conv2d(keep_cols=True)", y, conv.conv2d.reference(x, w, strides, pads), RTOL, ATOL)
     assert_close(label, "conv2d_grad_weight(cols=kept)",
                  conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads, cols=cols), expected_dw, RTOL, ATOL)
+    # both products from one gather, as Conv2DTranspose's backward asks for them
+    y, dw = conv.conv2d_and_grad_weight.fast(x, w, dy, strides, pads)
+    assert_close(label, "conv2d_and_grad_weight: conv", y, conv.conv2d.reference(x, w, strides, pads), RTOL, ATOL)
+    assert_close(label, "conv2d_and_grad_weight: grad_weight", dw, expected_dw, RTOL, ATOL)
 
 
 @pytest.mark.parametrize("strides, pads", [((1, 1), ((0, 0), (0, 0))), ((1, 1), ((1, 1), (1, 1))),
@@ -110,6 +114,9 @@ def test_conv2d_fast_in_chunks(monkeypatch):
                  expected_dw, RTOL, ATOL)
     assert_close(label, "conv2d_grad_weight(cols)", conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads, cols),
                  expected_dw, RTOL, ATOL)
+    y, dw = conv.conv2d_and_grad_weight.fast(x, w, dy, strides, pads)
+    assert_close(label, "conv2d_and_grad_weight: conv", y, conv.conv2d.reference(x, w, strides, pads), RTOL, ATOL)
+    assert_close(label, "conv2d_and_grad_weight: grad_weight", dw, expected_dw, RTOL, ATOL)
 
 
 def test_kernels_accept_non_contiguous_arrays():
@@ -328,8 +335,8 @@ def test_dropout_fast_equals_reference(shape, rate):
         dropout.dropout.fast(np.zeros(7, np.float32), np.zeros(8, np.float32), rate)
 
 
-KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad",
-                  "bias_relu_affine"), pool: ("maxpool", "maxpool_grad"),
+KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight", "bias_relu",
+                  "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference"),
            dropout: ("dropout", "dropout_grad")}
 
@@ -346,7 +353,10 @@ LAYER_CALLS = [
     ("Conv2D", lambda: tc.layers.Conv2D(2, 3, strides=2, padding="same"), (2, 5, 5, 3),
      {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"}),
     ("Conv2DTranspose", lambda: tc.layers.Conv2DTranspose(2, 3, strides=2), (2, 3, 3, 3),
-     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"}),
+     {"conv2d_grad_input", "conv2d_and_grad_weight", "bias_relu", "bias_relu_grad"}),
+    ("Conv2D then MaxPooling2D", lambda: tc.Sequential([tc.layers.Conv2D(2, 3, padding="same", activation="relu"),
+                                                        tc.layers.MaxPooling2D(2)]), (2, 5, 5, 3),
+     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "maxpool", "maxpool_grad", "bias_relu", "bias_relu_grad"}),
     ("MaxPooling2D", lambda: tc.layers.MaxPooling2D(2), (2, 4, 4, 3), {"maxpool", "maxpool_grad"}),
     ("BatchNormalization", lambda: tc.layers.BatchNormalization(), (2, 3, 3, 3),
      {"batchnorm_forward", "batchnorm_backward"}),

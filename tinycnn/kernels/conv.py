@@ -266,6 +266,42 @@ def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=None):
     return dw.reshape(w_shape)
 
 
+def conv2d_and_grad_weight_reference(x, w, dy, strides, pads):
+    """(conv2d(x, w), conv2d_grad_weight(x, dy)): both read the same windows of x, as
+    Conv2DTranspose's backward needs them (its output gradient in the role of x)."""
+    return (conv2d_reference(x, w, strides, pads),
+            conv2d_grad_weight_reference(x, dy, w.shape, strides, pads))
+
+
+@threads_by_size
+def conv2d_and_grad_weight_fast(x, w, dy, strides, pads):
+    """As the reference, gathering each chunk's columns once for both products while
+    they are still in cache (twice as many gathers otherwise)."""
+    check_shapes("conv2d_and_grad_weight", x.shape, w.shape, strides, pads, dy.shape)
+    n, ho, wo, o = dy.shape
+    kh, kw, c, _ = w.shape
+    k = kh * kw * c
+    x = np.ascontiguousarray(x)
+    w2 = np.ascontiguousarray(w).reshape(k, o)
+    dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
+    y = np.empty((n, ho, wo, o), np.float32)
+    y2 = y.reshape(n * ho * wo, o)
+    dw = np.zeros((k, o), np.float32)
+    step = _chunk_size(n, ho, wo, k)
+    cols = np.empty((step * ho * wo, k), np.float32)
+    for s in range(0, n, step):
+        m = min(step, n - s)
+        rows = slice(s * ho * wo, (s + m) * ho * wo)
+        part = cols[:m * ho * wo]
+        im2col(x[s:s + m], kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, part)
+        np.matmul(part, w2, out=y2[rows])
+        dw += _sum_of_products(part, dy2[rows])
+    return y, dw.reshape(w.shape)
+
+
+conv2d_and_grad_weight = dispatch(conv2d_and_grad_weight_reference, conv2d_and_grad_weight_fast)
+
+
 # -- the epilogue: bias and ReLU, fused into one pass each way ---------------------------------
 def bias_relu_reference(y, b, relu):
     """In place: y += b (per channel, last axis), then max(y, 0) if ``relu``."""

@@ -19,6 +19,7 @@ import numpy as np
 from .. import initializers
 from ..kernels import conv as K
 from ..kernels import depthwise as D
+from ..kernels import pool as P
 from ..kernels.shapes import conv_output_size, paddings, same_padding
 from ..tensor import Function, Tensor, is_grad_enabled
 from .base import Layer, check_padding, pair
@@ -61,12 +62,51 @@ class Conv2DFn(Function):
         return dx, dw, db if need_b else None
 
 
+class Conv2DMaxPoolFn(Function):
+    """y = maxpool(relu?(conv(x, w) + b)), computed as relu?(maxpool(conv(x, w)) + b).
+
+    x (N, H, W, C), w (KH, KW, C, O), b (O,) -> y (N, PH, PW, O), the pooled map. Adding a
+    channel's bias and the ReLU are both non-decreasing maps applied to each number
+    alone, and such maps commute with max: ``max_i relu(z_i + b) = relu(max_i z_i + b)``
+    (in float32 too: rounding ``z + b`` never reverses an order). So the pool runs on the
+    convolution's raw output z, and the bias and ReLU on the pooled map, a quarter of z
+    with 2x2 pools; so do their gradients in backward (the ReLU mask and the bias sum).
+    The output is the unfused layers' to the bit; a gradient differs only where two taps
+    of a window tie after adding the bias but not before (the unfused pair sends it to
+    the first, this to the larger). ``Sequential`` runs each Conv2D followed by a
+    MaxPooling2D this way (``tinycnn.layers.fold``).
+    Saved: ``conv`` (as in Conv2DFn), argmax, the pool's geometry, y and relu.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, strides, pads, relu, pool, pool_strides, pool_pads, pool_hw):
+        if is_grad_enabled():
+            z, conv = K.conv2d_forward(x, w, strides, pads)
+        else:
+            z, conv = K.conv2d(x, w, strides, pads), None
+        y, argmax = P.maxpool(z, pool, pool_strides, pool_pads, pool_hw)
+        K.bias_relu(y, b, relu)
+        ctx.save(conv=conv, argmax=argmax, z_shape=z.shape, pool=pool, pool_strides=pool_strides,
+                 pool_pads=pool_pads, y=y, relu=relu)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
+        gz = P.maxpool_grad(g, ctx.argmax, ctx.z_shape, ctx.pool, ctx.pool_strides, ctx.pool_pads)
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx, dw = K.conv2d_backward(ctx.conv, gz, need_x, need_w)
+        return dx, dw, db if need_b else None
+
+
 class Conv2DTransposeFn(Function):
     """y = relu?(conv_transpose(x, w) + b).
 
     x (N, H, W, C), w (KH, KW, O, C) as Keras stores it, b (O,) -> y (N, HO, WO, O),
     where (N, HO, WO, O) is ``out_shape``. Computed as the input gradient of a
-    convolution from (N, HO, WO, O) to (N, H, W, C) with the same kernel.
+    convolution from (N, HO, WO, O) to (N, H, W, C) with the same kernel; its input
+    gradient is that convolution itself, of g, and its weight gradient correlates the
+    same windows of g with x (``K.conv2d_and_grad_weight`` gathers them once for both).
     Saved: x, w, strides, pads, y, relu.
     """
 
@@ -81,9 +121,12 @@ class Conv2DTransposeFn(Function):
     def backward(ctx, g):
         g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = K.conv2d(g, ctx.w, ctx.strides, ctx.pads) if need_x else None
         # the "input" of the underlying convolution is g, its "output gradient" is x
-        dw = K.conv2d_grad_weight(g, ctx.x, ctx.w.shape, ctx.strides, ctx.pads) if need_w else None
+        if need_x and need_w:  # both read the windows of g: gather them once
+            dx, dw = K.conv2d_and_grad_weight(g, ctx.w, ctx.x, ctx.strides, ctx.pads)
+        else:
+            dx = K.conv2d(g, ctx.w, ctx.strides, ctx.pads) if need_x else None
+            dw = K.conv2d_grad_weight(g, ctx.x, ctx.w.shape, ctx.strides, ctx.pads) if need_w else None
         return dx, dw, db if need_b else None
 
 
@@ -189,6 +232,16 @@ class Conv2D(_ConvBase):
         self.compute_output_shape(x.shape[1:])
         pads = self._pads(x.shape[1], x.shape[2])
         return Conv2DFn.apply(x, kernel, bias, strides=self.strides, pads=pads, relu=relu)
+
+    def call_then_pool(self, x, pool):
+        """``pool(self(x))`` for a built MaxPooling2D ``pool``, as one Conv2DMaxPoolFn: the
+        same output, with the bias and ReLU applied after pooling."""
+        ho, wo, o = self.compute_output_shape(x.shape[1:])
+        pool_hw = pool.compute_output_shape((ho, wo, o))[:2]
+        return Conv2DMaxPoolFn.apply(x, self.kernel, self.bias, strides=self.strides,
+                                     pads=self._pads(x.shape[1], x.shape[2]), relu=self.relu,
+                                     pool=pool.pool_size, pool_strides=pool.strides,
+                                     pool_pads=pool._pads(ho, wo), pool_hw=pool_hw)
 
     def multiply_adds(self, input_shape):
         ho, wo, o = self.compute_output_shape(input_shape)

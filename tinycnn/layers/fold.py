@@ -19,6 +19,11 @@ weights, so they are never stale whatever changed them (training, ``set_weights`
 activation pass it saves repays only in batches: it is done from ``FOLD_MIN_BATCH``
 images up, and only without gradient recording (``no_grad``, as ``predict`` runs),
 since the folded weights are not the parameters a gradient would be asked for.
+
+One fusion holds in training too: a Conv2D followed by a MaxPooling2D runs as one
+``Conv2DMaxPoolFn``, which pools the convolution's output before adding the bias and
+applying the ReLU (they commute with max), so those two passes, and their gradients,
+run over the pooled map.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from .base import to_input_tensor
 from .convolution import Conv2D
 from .core import Activation, Dense
 from .normalization import BatchNormalization
+from .pooling import MaxPooling2D
 
 FOLD_MIN_BATCH = 8
 
@@ -68,6 +74,10 @@ def conv_relu_batchnorm(layer, bn, x):
     return Tensor(K.bias_relu_affine(y, layer.bias.data, s, t))
 
 
+def _conv_then_maxpool(layer, following):
+    return type(layer) is Conv2D and layer.built and isinstance(following, MaxPooling2D)
+
+
 def _is_relu(layer):
     return isinstance(layer, Activation) and layer.activation == "relu"
 
@@ -76,7 +86,9 @@ def run_layers(layers, x, training):
     """Apply ``layers`` in order to x. In inference without gradients, each Conv2D(relu)
     followed by BatchNormalization runs as one convolution with the normalisation in its
     epilogue (free at any batch size), and, from ``FOLD_MIN_BATCH`` images up, each
-    Conv2D/Dense followed by BatchNormalization (and a ReLU) as one folded layer."""
+    Conv2D/Dense followed by BatchNormalization (and a ReLU) as one folded layer. Always,
+    each Conv2D followed by MaxPooling2D runs as one Conv2DMaxPoolFn (pool, then bias
+    and ReLU)."""
     inference = not training and not is_grad_enabled()
     fold = inference and np.shape(x)[0] >= FOLD_MIN_BATCH
     i = 0
@@ -93,6 +105,12 @@ def run_layers(layers, x, training):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
             x = conv_relu_batchnorm(layer, following, x)
+            i += 2
+        elif _conv_then_maxpool(layer, following):
+            x = to_input_tensor(x, layer._label())
+            layer.ensure_built(x.shape[1:])
+            following.ensure_built(layer.compute_output_shape(x.shape[1:]))
+            x = layer.call_then_pool(x, following)
             i += 2
         else:
             x = layer(x, training=training)
