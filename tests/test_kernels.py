@@ -181,6 +181,19 @@ def test_maxpool_fast_equals_reference(problem, seed):
                  pool.maxpool_grad.reference(dy, arg_r, x.shape, pool_hw, strides, pads), RTOL, ATOL)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 4), (3, 48, 48, 32)])
+def test_global_average_pool_fast_equals_reference(shape):
+    rng = np.random.default_rng(11)
+    x, dy = random_array(rng, shape), random_array(rng, (shape[0], shape[3]))
+    label = f"global average pool of {shape}"
+    assert_close(label, "global_average_pool", pool.global_average_pool.fast(x),
+                 pool.global_average_pool.reference(x), RTOL, ATOL)
+    assert_close(label, "global_average_pool_grad", pool.global_average_pool_grad.fast(dy, shape),
+                 pool.global_average_pool_grad.reference(dy, shape), RTOL, ATOL)
+    with pytest.raises(ValueError, match="output gradient has shape"):
+        pool.global_average_pool_grad.fast(np.zeros((shape[0], shape[3] + 1), np.float32), shape)
+
+
 def test_maxpool_tie_goes_to_first_tap():
     x = np.array([[[[2.0], [5.0]], [[5.0], [1.0]]]], np.float32)  # 5 at taps 1 and 2
     for impl in ("reference", "fast"):
@@ -336,7 +349,7 @@ def test_dropout_fast_equals_reference(shape, rate):
 
 
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight", "bias_relu",
-                  "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad"),
+                  "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference"),
            dropout: ("dropout", "dropout_grad")}
 
@@ -358,6 +371,8 @@ LAYER_CALLS = [
                                                         tc.layers.MaxPooling2D(2)]), (2, 5, 5, 3),
      {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "maxpool", "maxpool_grad", "bias_relu", "bias_relu_grad"}),
     ("MaxPooling2D", lambda: tc.layers.MaxPooling2D(2), (2, 4, 4, 3), {"maxpool", "maxpool_grad"}),
+    ("GlobalAveragePooling2D", lambda: tc.layers.GlobalAveragePooling2D(), (2, 4, 3, 3),
+     {"global_average_pool", "global_average_pool_grad"}),
     ("BatchNormalization", lambda: tc.layers.BatchNormalization(), (2, 3, 3, 3),
      {"batchnorm_forward", "batchnorm_backward"}),
     ("Dropout", lambda: tc.layers.Dropout(0.5, seed=0), (2, 3, 3, 3), {"dropout", "dropout_grad"}),

@@ -1,4 +1,4 @@
-"""Max-pooling kernels.
+"""Pooling kernels: max pooling, and global average pooling at the end of this file.
 
 Shapes: ``x`` (N, H, W, C) -> ``y`` (N, HO, WO, C), with ``argmax`` (N, HO, WO, C) the
 index ``a * PW + b`` of the window tap that won. Backward routes each output gradient
@@ -127,3 +127,60 @@ def maxpool_grad_fast(dy, argmax, x_shape, pool, strides, pads):
 
 maxpool = dispatch(maxpool_reference, maxpool_fast)
 maxpool_grad = dispatch(maxpool_grad_reference, maxpool_grad_fast)
+
+
+# -- global average pooling: (N, H, W, C) -> (N, C) -------------------------------------------------
+def global_average_pool_reference(x):
+    """y (N, C) = the mean of x (N, H, W, C) over height and width."""
+    return x.mean(axis=(1, 2), dtype=np.float32)
+
+
+def global_average_pool_grad_reference(dy, x_shape):
+    """dx (N, H, W, C): every position of a channel gets an equal share, dy / (H * W)."""
+    share = dy / np.float32(x_shape[1] * x_shape[2])
+    return np.broadcast_to(share[:, None, None, :], x_shape).astype(np.float32, order="C")
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _global_average_pool_numba(x, y):
+    n_img, h, w, c = x.shape
+    for n in prange(n_img):
+        acc = np.zeros(c)  # float64: thousands of positions summed
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    acc[ch] += x[n, iy, ix, ch]
+        for ch in range(c):
+            y[n, ch] = acc[ch] / (h * w)
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _global_average_pool_grad_numba(dy, dx):
+    n_img, h, w, c = dx.shape
+    for n in prange(n_img):
+        share = dy[n] / np.float32(h * w)
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    dx[n, iy, ix, ch] = share[ch]
+
+
+@threads_by_size
+def global_average_pool_fast(x):
+    y = np.empty((x.shape[0], x.shape[3]), np.float32)
+    _global_average_pool_numba(np.ascontiguousarray(x), y)
+    return y
+
+
+@threads_by_size
+def global_average_pool_grad_fast(dy, x_shape):
+    if dy.shape != (x_shape[0], x_shape[3]):
+        raise ValueError(f"global_average_pool_grad: output gradient has shape {dy.shape}, "
+                         f"the pooling of {tuple(x_shape)} gives {(x_shape[0], x_shape[3])}")
+    dx = np.empty(x_shape, np.float32)
+    _global_average_pool_grad_numba(np.ascontiguousarray(dy, np.float32), dx)
+    return dx
+
+
+global_average_pool = dispatch(global_average_pool_reference, global_average_pool_fast)
+global_average_pool_grad = dispatch(global_average_pool_grad_reference, global_average_pool_grad_fast)

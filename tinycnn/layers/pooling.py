@@ -64,6 +64,21 @@ class MaxPooling2D(Layer):
 MaxPool2D = MaxPooling2D  # Keras' other spelling
 
 
+class GlobalAveragePooling2DFn(Function):
+    """y = the mean of x over height and width: x (N, H, W, C) -> y (N, C).
+    Backward spreads each gradient evenly over its channel's H * W positions.
+    Saved: x_shape."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x_shape=x.shape)
+        return K.global_average_pool(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (K.global_average_pool_grad(g, ctx.x_shape),)
+
+
 class GlobalAveragePooling2D(Layer):
     """Mean over height and width: (N, H, W, C) -> (N, C)."""
 
@@ -73,5 +88,5 @@ class GlobalAveragePooling2D(Layer):
         return (input_shape[-1],)
 
     def call(self, x, training):
-        return x.mean(axis=(1, 2))
+        return GlobalAveragePooling2DFn.apply(x)
 
