@@ -16,6 +16,7 @@ import tinycnn as tc
 from helpers import assert_close, distinct_values, random_array
 from tinycnn import backend as B
 from tinycnn.kernels import conv, dropout, norm, pool
+from tinycnn.kernels.shapes import conv_output_size
 
 RTOL, ATOL = 1e-5, 1e-5
 SOME = settings(max_examples=25, deadline=None, derandomize=True, database=None,
@@ -117,6 +118,32 @@ def test_conv2d_fast_in_chunks(monkeypatch):
     y, dw = conv.conv2d_and_grad_weight.fast(x, w, dy, strides, pads)
     assert_close(label, "conv2d_and_grad_weight: conv", y, conv.conv2d.reference(x, w, strides, pads), RTOL, ATOL)
     assert_close(label, "conv2d_and_grad_weight: grad_weight", dw, expected_dw, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", [
+    (1, (1, 1), ((0, 0), (0, 0)), (2, 2), ((0, 0), (0, 0))),      # a first layer, valid, as small3's
+    (1, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # 'same', as updown's
+    (1, (2, 1), ((2, 0), (1, 2)), (3, 2), ((1, 1), (0, 1))),      # strides, odd pool, padded pool windows
+    (1, (1, 1), ((0, 0), (0, 0)), (3, 3), ((0, 0), (0, 0))),      # 3x3 windows, a row and column left over
+    (3, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # several channels: the dense route
+])
+def test_conv2d_grad_weight_pooled_fast_equals_reference(c, strides, pads, pool_size, pool_pads):
+    """The weight gradient of a convolution whose output was max-pooled, from the pooled
+    gradient: the one-channel kernel (never writing the pool's gradient) and the dense
+    route, against pool gradient + weight gradient in NumPy. Zeros in g, as a ReLU leaves."""
+    rng = np.random.default_rng(c + sum(strides) + sum(pool_size))
+    x, w = random_array(rng, (3, 11, 10, c)), random_array(rng, (3, 3, c, 5))
+    z, saved = conv.conv2d_forward(x, w, strides, pads)
+    out_hw = tuple(conv_output_size(z.shape[1 + i], pool_size[i], pool_size[i], *pool_pads[i]) for i in range(2))
+    _, argmax = pool.maxpool.reference(z, pool_size, pool_size, pool_pads, out_hw)
+    g = random_array(rng, argmax.shape) * (rng.random(argmax.shape) < 0.6)
+    label = f"pooled weight gradient, C={c} strides {strides} pads {pads} pool {pool_size} pool pads {pool_pads}"
+    args = (g.astype(np.float32), argmax, saved, z.shape, pool_size, pool_size, pool_pads)
+    assert_close(label, "conv2d_grad_weight_pooled", conv.conv2d_grad_weight_pooled.fast(*args),
+                 conv.conv2d_grad_weight_pooled.reference(*args), RTOL, ATOL)
+    with pytest.raises(ValueError, match="pooled shape"):
+        conv.conv2d_grad_weight_pooled.fast(g[:, :1].astype(np.float32), argmax[:, :1], saved, z.shape, pool_size,
+                                            pool_size, pool_pads)
 
 
 def test_kernels_accept_non_contiguous_arrays():
@@ -348,8 +375,8 @@ def test_dropout_fast_equals_reference(shape, rate):
         dropout.dropout.fast(np.zeros(7, np.float32), np.zeros(8, np.float32), rate)
 
 
-KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight", "bias_relu",
-                  "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
+KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight",
+                  "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference"),
            dropout: ("dropout", "dropout_grad")}
 

@@ -93,9 +93,14 @@ class Conv2DMaxPoolFn(Function):
     @staticmethod
     def backward(ctx, g):
         g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
-        gz = P.maxpool_grad(g, ctx.argmax, ctx.z_shape, ctx.pool, ctx.pool_strides, ctx.pool_pads)
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx, dw = K.conv2d_backward(ctx.conv, gz, need_x, need_w)
+        if need_x:
+            gz = P.maxpool_grad(g, ctx.argmax, ctx.z_shape, ctx.pool, ctx.pool_strides, ctx.pool_pads)
+            dx, dw = K.conv2d_backward(ctx.conv, gz, need_x, need_w)
+        else:  # a first layer: only the weights' gradient, which may skip writing out gz
+            dx = None
+            dw = K.conv2d_grad_weight_pooled(g, ctx.argmax, ctx.conv, ctx.z_shape, ctx.pool, ctx.pool_strides,
+                                             ctx.pool_pads) if need_w else None
         return dx, dw, db if need_b else None
 
 
