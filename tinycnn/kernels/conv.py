@@ -490,16 +490,10 @@ class ConvSaved(NamedTuple):
 KEEP_COLS_MAX_WIDTH = 144
 
 
-def conv2d_forward(x, w, strides, pads, pooled_weight_grad_only=False):
+def conv2d_forward(x, w, strides, pads):
     """(y, saved): the convolution, and what ``conv2d_backward`` will need. Whatever the
-    chosen kernel wants to keep for its backward travels inside ``saved``.
-    ``pooled_weight_grad_only``: the backward will ask for the weight gradient alone, by
-    ``conv2d_grad_weight_pooled`` (a first layer before a max pool), whose one-channel
-    kernel reads x itself: the columns are then not kept, and the forward may take the
-    direct one-channel kernel (batch 128, 48x48x1 -> O, kept vs direct: O = 32: 5.6 vs
-    4.4 ms, O = 128: 21.1 vs 13.3)."""
+    chosen kernel wants to keep for its backward travels inside ``saved``."""
     keep = w.shape[0] * w.shape[1] * w.shape[2] <= KEEP_COLS_MAX_WIDTH
-    keep = keep and not (pooled_weight_grad_only and x.shape[3] == 1)
     y, cols = conv2d(x, w, strides, pads, keep_cols=True) if keep else (conv2d(x, w, strides, pads), None)
     return y, ConvSaved(x, w, strides, pads, cols)
 

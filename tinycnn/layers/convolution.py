@@ -80,8 +80,8 @@ class Conv2DMaxPoolFn(Function):
 
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, relu, pool, pool_strides, pool_pads, pool_hw):
-        if is_grad_enabled():  # without the input's gradient (a first layer), backward takes the pooled route
-            z, conv = K.conv2d_forward(x, w, strides, pads, pooled_weight_grad_only=not ctx.needs_input_grad[0])
+        if is_grad_enabled():
+            z, conv = K.conv2d_forward(x, w, strides, pads)
         else:
             z, conv = K.conv2d(x, w, strides, pads), None
         y, argmax = P.maxpool(z, pool, pool_strides, pool_pads, pool_hw)
