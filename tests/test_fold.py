@@ -122,8 +122,8 @@ def layer_by_layer(model, x, training):
 @pytest.mark.parametrize("name", ["small3", "updown"])
 def test_conv_then_maxpool_runs_fused_with_the_unfused_results(backend, monkeypatch, name):
     """Each Conv2D followed by MaxPooling2D runs as one Conv2DMaxPoolFn, in training and
-    inference: the outputs are the layer-by-layer ones to the bit (bias and ReLU commute
-    with max, rounding included), the gradients the same up to summation order, with the
+    inference: the inference outputs are the layer-by-layer ones to the bit (bias and ReLU
+    commute with max, rounding included), the gradients the same up to summation order, with the
     input's gradient asked for and without (a first layer's weights then take theirs
     straight from the pooled gradient)."""
     from tinycnn.layers import Conv2DMaxPoolFn
@@ -150,7 +150,9 @@ def test_conv_then_maxpool_runs_fused_with_the_unfused_results(backend, monkeypa
     convs = sum(isinstance(layer, Conv2D) for layer in model.layers)
     assert results[False][3] == 0 and results[True][3] == 3 * convs, f"{name}: Conv2DMaxPoolFn calls"
     np.testing.assert_array_equal(results[True][0], results[False][0], err_msg=f"{name} inference output")
-    np.testing.assert_array_equal(results[True][1], results[False][1], err_msg=f"{name} output")
+    # with gradients on, the first layer's convolution may take another kernel (im2col kept for
+    # the weight gradient, unfused), so the outputs may differ by float32 rounding
+    assert_close(name, "output", results[True][1], results[False][1], RTOL, ATOL)
     names = ["input"] + [p.name for p in model.parameters()]
     for case, fused_grads, unfused_grads in zip(("input with a gradient", "input without"), *(results[f][2]
                                                                                          for f in (True, False))):

@@ -125,6 +125,33 @@ def test_conv2d_fast_in_chunks(monkeypatch):
     (1, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # 'same', as updown's
     (1, (2, 1), ((2, 0), (1, 2)), (3, 2), ((1, 1), (0, 1))),      # strides, odd pool, padded pool windows
     (1, (1, 1), ((0, 0), (0, 0)), (3, 3), ((0, 0), (0, 0))),      # 3x3 windows, a row and column left over
+    (3, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # several channels: conv2d then maxpool
+])
+def test_conv2d_maxpool_fast_equals_reference(c, strides, pads, pool_size, pool_pads):
+    """A convolution and the max pool after it: the one-channel kernel that never stores
+    the convolution's output, and the two-kernel route, against NumPy. Ties included
+    (a zero kernel column gives a channel of zeros: the first tap must win)."""
+    rng = np.random.default_rng(3 * c + sum(strides) + sum(pool_size))
+    x, w = random_array(rng, (3, 11, 10, c)), random_array(rng, (3, 3, c, 5))
+    w[..., 2] = 0.0
+    x[0, 4, 4, 0] = np.nan   # NaN wins its windows, as in maxpool
+    z_hw = conv.conv2d_output_shape(x.shape, w.shape, strides, pads)[1:3]
+    out_hw = tuple(conv_output_size(z_hw[i], pool_size[i], pool_size[i], *pool_pads[i]) for i in range(2))
+    label = f"conv2d_maxpool C={c} strides {strides} pads {pads} pool {pool_size} pool pads {pool_pads}"
+    args = (x, w, strides, pads, pool_size, pool_size, pool_pads, out_hw)
+    (y, argmax), (y_ref, argmax_ref) = conv.conv2d_maxpool.fast(*args), conv.conv2d_maxpool.reference(*args)
+    assert np.array_equal(np.isnan(y), np.isnan(y_ref)), f"{label}: NaN positions"
+    assert_close(label, "pooled", np.nan_to_num(y), np.nan_to_num(y_ref), RTOL, ATOL)
+    np.testing.assert_array_equal(argmax, argmax_ref, err_msg=f"{label}: argmax")
+    with pytest.raises(ValueError, match="pooled size"):
+        conv.conv2d_maxpool.fast(x, w, strides, pads, pool_size, pool_size, pool_pads, (out_hw[0] + 1, out_hw[1]))
+
+
+@pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", [
+    (1, (1, 1), ((0, 0), (0, 0)), (2, 2), ((0, 0), (0, 0))),      # a first layer, valid, as small3's
+    (1, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # 'same', as updown's
+    (1, (2, 1), ((2, 0), (1, 2)), (3, 2), ((1, 1), (0, 1))),      # strides, odd pool, padded pool windows
+    (1, (1, 1), ((0, 0), (0, 0)), (3, 3), ((0, 0), (0, 0))),      # 3x3 windows, a row and column left over
     (3, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # several channels: the dense route
 ])
 def test_conv2d_grad_weight_pooled_fast_equals_reference(c, strides, pads, pool_size, pool_pads):
@@ -376,7 +403,7 @@ def test_dropout_fast_equals_reference(shape, rate):
 
 
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight",
-                  "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
+                  "conv2d_maxpool", "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference"),
            dropout: ("dropout", "dropout_grad")}
 

@@ -80,13 +80,15 @@ class Conv2DMaxPoolFn(Function):
 
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, relu, pool, pool_strides, pool_pads, pool_hw):
-        if is_grad_enabled():
+        z_shape = K.conv2d_output_shape(x.shape, w.shape, strides, pads)
+        if is_grad_enabled() and ctx.needs_input_grad[0]:
             z, conv = K.conv2d_forward(x, w, strides, pads)
-        else:
-            z, conv = K.conv2d(x, w, strides, pads), None
-        y, argmax = P.maxpool(z, pool, pool_strides, pool_pads, pool_hw)
+            y, argmax = P.maxpool(z, pool, pool_strides, pool_pads, pool_hw)
+        else:  # inference, or a first layer: backward will need only x and the pool's argmax
+            y, argmax = K.conv2d_maxpool(x, w, strides, pads, pool, pool_strides, pool_pads, pool_hw)
+            conv = K.ConvSaved(x, w, strides, pads, None) if is_grad_enabled() else None
         K.bias_relu(y, b, relu)
-        ctx.save(conv=conv, argmax=argmax, z_shape=z.shape, pool=pool, pool_strides=pool_strides,
+        ctx.save(conv=conv, argmax=argmax, z_shape=z_shape, pool=pool, pool_strides=pool_strides,
                  pool_pads=pool_pads, y=y, relu=relu)
         return y
 
