@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import tinycnn as tc
 from helpers import RTOL, ATOL, assert_close, random_array
+from tinycnn import backend as B
 from tinycnn.kernels import conv, winograd as W
 
 SOME = settings(max_examples=20, deadline=None, derandomize=True, database=None,
@@ -148,9 +149,13 @@ def test_the_layer_calls_winograd_when_chosen(monkeypatch):
     """Conv2D goes through the Winograd kernels (forward and both gradients) when the
     setting says so, and gives the im2col result and gradients."""
     calls = []
+
+    def recording(fn, name):
+        return lambda *a, **k: calls.append(name) or fn(*a, **k)
+
     for name in ("winograd_conv2d", "winograd_conv2d_grads"):
         original = getattr(W, name)
-        monkeypatch.setattr(W, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        monkeypatch.setattr(W, name, B.dispatch(recording(original.reference, name), recording(original.fast, name)))
     rng = np.random.default_rng(0)
     x = random_array(rng, (2, 10, 10, 8))
     g = random_array(rng, (2, 10, 10, 16))
@@ -166,3 +171,23 @@ def test_the_layer_calls_winograd_when_chosen(monkeypatch):
     assert calls == ["winograd_conv2d", "winograd_conv2d_grads"]  # both gradients in one pass
     for what, a, b in zip(("output", "input grad", "kernel grad", "bias grad"), *results.values()):
         assert_close("Conv2D(16, 3, same, relu) winograd vs im2col", what, b, a, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("shape, pads", [((5, 9, 7, 5), ((1, 1), (1, 1))), ((4, 12, 11, 3), ((0, 0), (0, 0)))])
+def test_kept_tiles_give_the_gradients(m, shape, pads, monkeypatch):
+    """The forward may keep its transformed input, one V per chunk of the batch, for the
+    weight gradient: the same forward, and the reference's gradients from it."""
+    monkeypatch.setattr(W, "_CHUNK_BYTES", 4096)          # several chunks
+    rng = np.random.default_rng(m)
+    x, w = random_array(rng, shape), random_array(rng, (3, 3, shape[3], 6))
+    y, tiles = W.winograd_conv2d.fast(x, w, (1, 1), pads, m=m, keep_tiles=True)
+    assert len(tiles) > 1
+    np.testing.assert_array_equal(y, W.winograd_conv2d.fast(x, w, (1, 1), pads, m=m))
+    dy = random_array(rng, y.shape)
+    label = f"F({m}x{m}) x {shape} pads {pads} with kept tiles"
+    dx, dw = W.winograd_conv2d_grads.fast(x, dy, w, (1, 1), pads, m=m, tiles=tiles)
+    assert_close(label, "input grad", dx, conv.conv2d_grad_input.reference(dy, w, x.shape, (1, 1), pads), RTOL, ATOL)
+    assert_close(label, "kernel grad", dw, conv.conv2d_grad_weight.reference(x, dy, w.shape, (1, 1), pads), RTOL, ATOL)
+    with pytest.raises(ValueError, match="kept tiles"):
+        W.winograd_conv2d_grads.fast(x, dy, w, (1, 1), pads, m=m, tiles=tiles[:-1])

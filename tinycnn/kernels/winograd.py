@@ -397,8 +397,10 @@ def _buffer(flat, shape):
 
 
 @threads_by_size
-def winograd_conv2d_fast(x, w, strides, pads, m=TILE):
-    """As winograd_conv2d_reference."""
+def winograd_conv2d_fast(x, w, strides, pads, m=TILE, keep_tiles=False):
+    """As winograd_conv2d_reference. With ``keep_tiles`` also returns the transformed
+    input, one V (n*n, tiles, C) per chunk of the batch, for the weight gradient to
+    reuse instead of transforming x again."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
     BT, _, AT = matrices(m)
     nb, _, _, c = x.shape
@@ -409,21 +411,25 @@ def winograd_conv2d_fast(x, w, strides, pads, m=TILE):
     U = _kernel_transform_fast(w, m)
     y = np.empty((nb, ho, wo, o), np.float32)
     step = _chunk_images(nb, th * tw, n, c + o)
-    vbuf = np.empty(n * n * step * th * tw * c, np.float32)
+    vbuf = None if keep_tiles else np.empty(n * n * step * th * tw * c, np.float32)
     mbuf = np.empty(n * n * step * th * tw * o, np.float32)
+    tiles = []
     for s in range(0, nb, step):
         k = min(step, nb - s)
-        V = _buffer(vbuf, (n * n, k * th * tw, c))
+        V = np.empty((n * n, k * th * tw, c), np.float32) if keep_tiles else _buffer(vbuf, (n * n, k * th * tw, c))
         M = _buffer(mbuf, (n * n, k * th * tw, o))
         _input_transform(x[s:s + k], pads[0][0], pads[1][0], th, tw, BT, V)
         np.matmul(V, U, out=M)
         _output_transform(M, AT, y[s:s + k])
-    return y
+        tiles.append(V)
+    return (y, tiles) if keep_tiles else y
 
 
-def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
+def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None, tiles=None):
     """dx (given w) and dw (given x), sharing the work: each chunk's dM = A dY A^T is
-    computed once and serves both products. Returns (dx or None, dw or None)."""
+    computed once and serves both products; ``tiles``, the forward's transformed input
+    (``winograd_conv2d_fast(keep_tiles=True)``), spares transforming x again.
+    Returns (dx or None, dw or None)."""
     BT, _, AT = matrices(m)
     nb, ho, wo, o = dy.shape
     c, n = x_shape[3], m + 2
@@ -446,8 +452,9 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
         V = _buffer(vbuf, (n * n, k * th * tw, c))  # V for the weight gradient, then dV
         _output_transform_adjoint(dy[s:s + k], AT, th, tw, dM)
         if x is not None:
-            _input_transform(x[s:s + k], pads[0][0], pads[1][0], th, tw, BT, V)
-            np.matmul(V.transpose(0, 2, 1), dM, out=part)
+            if tiles is None:
+                _input_transform(x[s:s + k], pads[0][0], pads[1][0], th, tw, BT, V)
+            np.matmul((V if tiles is None else tiles[s // step]).transpose(0, 2, 1), dM, out=part)
             dU += part
         if w is not None:
             np.matmul(dM, Ut, out=V)
@@ -470,10 +477,19 @@ def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=TILE):
 
 
 @threads_by_size
-def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE):
-    """As winograd_conv2d_grads_reference, in one pass over dy."""
+def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE, tiles=None):
+    """As winograd_conv2d_grads_reference, in one pass over dy; ``tiles`` as kept by
+    ``winograd_conv2d_fast(keep_tiles=True)`` on the same x."""
     check_winograd_shapes(x.shape, w.shape, strides, pads, dy.shape)
-    return _backward(dy, x.shape, w.shape, pads, m, x=x if need_weight else None, w=w if need_input else None)
+    if tiles is not None:
+        n, (th, tw) = m + 2, tile_grid(*_output_hw(x.shape, pads), m)
+        step = _chunk_images(x.shape[0], th * tw, n, x.shape[3] + w.shape[3])
+        chunks = [(n * n, min(step, x.shape[0] - s) * th * tw, x.shape[3]) for s in range(0, x.shape[0], step)]
+        if [t.shape for t in tiles] != chunks:
+            raise ValueError(f"winograd_conv2d_grads: the kept tiles {[t.shape for t in tiles]} are not those of "
+                             f"input {x.shape} and kernel {w.shape} with F({m}x{m}, 3x3): {chunks}")
+    return _backward(dy, x.shape, w.shape, pads, m, x=x if need_weight else None, w=w if need_input else None,
+                     tiles=tiles)
 
 
 def winograd_conv2d_grads_reference(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE):
