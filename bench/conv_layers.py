@@ -72,9 +72,9 @@ def time_shape(n, h, w, c, o, padding, first, repeats, rng):
 
     row["im2col"] = (best_ms(lambda: conv.conv2d_fast(x, k, (1, 1), pads), repeats), best_ms(im2col_train, repeats))
     for m in (2, 4):
-        def train(m=m):
-            winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m)
-            winograd.winograd_conv2d_grads_fast(x, dy, k, (1, 1), pads, not first, True, m=m)
+        def train(m=m):  # as the layers run it: the forward keeps its transformed input
+            _, tiles = winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m, keep_tiles=True)
+            winograd.winograd_conv2d_grads_fast(x, dy, k, (1, 1), pads, not first, True, m=m, tiles=tiles)
         row[f"F({m}x{m})"] = (best_ms(lambda m=m: winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m), repeats),
                               best_ms(train, repeats))
     with tc.use_conv_algorithm("auto"):

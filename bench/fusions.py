@@ -1,0 +1,134 @@
+"""The fused kernels against the separate ones they replace, on the FER models' shapes:
+the measurements behind each fusion in ``tinycnn/kernels`` and ``tinycnn/layers/fold.py``.
+
+    python bench/fusions.py                 # batch 128 (training) and 256 (inference), ~2 min
+    python bench/fusions.py --batch 64
+
+Each row times one piece of a training step or an inference pass both ways, on random
+data, best of ``--repeats`` after one untimed call, with each side's fast kernels:
+
+* first layer + 2x2 max pool, forward: the direct convolution then ``maxpool``, against
+  ``conv2d_maxpool`` (one kernel, the convolution's output never stored);
+* first layer before a max pool, weight gradient: the pool's gradient then the weight
+  gradient from im2col's kept columns, against ``conv2d_grad_weight_pooled``;
+* Conv2DTranspose's backward: ``conv2d`` and ``conv2d_grad_weight`` of the same
+  gradient, against ``conv2d_and_grad_weight`` (its windows gathered once);
+* a Winograd layer's forward + gradients: the input transformed again for the weight
+  gradient, against the forward's transformed input kept (``keep_tiles``);
+* global average pooling, forward + backward: NumPy's mean and broadcast, against the
+  Numba pair.
+
+Close other programs first (training runs share the same cores).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# BLAS's idle threads as train.py sets them, before NumPy loads BLAS (tinycnn/backend.py)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
+
+import numpy as np  # noqa: E402
+
+import tinycnn as tc  # noqa: E402
+from tinycnn.kernels import conv, pool, winograd  # noqa: E402
+
+VALID, SAME, NO_PAD = ((0, 0), (0, 0)), ((1, 1), (1, 1)), ((0, 0), (0, 0))
+# (model, C -> O, padding) of the first layers followed by a 2x2 max pool, on 48x48x1 faces
+FIRST_LAYERS = [("small3", 32, VALID), ("updown", 64, SAME), ("deep4", 128, VALID)]
+# updown's Conv2DTranspose layers (stride 2, 'same'): input (H, C) -> output (2H, O)
+TRANSPOSES = [(6, 256, 128), (12, 128, 64), (24, 64, 32)]
+# (model, H, C -> O, padding) of the layers `auto` gives to Winograd
+WINOGRAD_LAYERS = [("vggbn", 46, 32, 64, VALID), ("vggbn", 20, 128, 128, VALID), ("resfer", 24, 32, 64, SAME),
+                   ("updown", 24, 64, 128, SAME), ("deep4", 23, 128, 256, VALID)]
+# (model, H, C) of the maps global average pooling reduces
+GAP_MAPS = [("updown", 48, 32), ("resfer", 3, 256)]
+
+
+def best_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * min(times)
+
+
+def rows(n, repeats, rng):
+    """(piece, shape, separate ms, fused ms) for batch n."""
+    def data(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    for name, o, pads in FIRST_LAYERS:
+        x, w = rng.random((n, 48, 48, 1), dtype=np.float32), data(3, 3, 1, o) * 0.3
+        z, saved = conv.conv2d_forward(x, w, (1, 1), pads)
+        hw = (z.shape[1] // 2, z.shape[2] // 2)
+        pooled, argmax = pool.maxpool_fast(z, (2, 2), (2, 2), NO_PAD, hw)
+        g = data(*pooled.shape) * (pooled > 0)
+        label = f"{name} 48x48x1 -> {o}"
+        yield ("first layer + max pool, forward", label,
+               best_ms(lambda: pool.maxpool_fast(conv.conv2d_fast(x, w, (1, 1), pads), (2, 2), (2, 2), NO_PAD, hw),
+                       repeats),
+               best_ms(lambda: conv.conv2d_maxpool_fast(x, w, (1, 1), pads, (2, 2), (2, 2), NO_PAD, hw), repeats))
+
+        def separate():
+            dz = pool.maxpool_grad_fast(g, argmax, z.shape, (2, 2), (2, 2), NO_PAD)
+            conv.conv2d_grad_weight_fast(x, dz, w.shape, (1, 1), pads, cols=saved.cols)
+        yield ("first layer before a max pool, weight gradient", label, best_ms(separate, repeats),
+               best_ms(lambda: conv.conv2d_grad_weight_pooled_fast(g, argmax, conv.ConvSaved(x, w, (1, 1), pads, None),
+                                                                   z.shape, (2, 2), (2, 2), NO_PAD), repeats))
+    for h, c, o in TRANSPOSES:
+        x, w, g = data(n, h, h, c), data(3, 3, o, c) * 0.1, data(n, 2 * h, 2 * h, o)
+        pads = conv.same_padding(2 * h, 3, 2)
+        pads = (pads, pads)
+        yield ("Conv2DTranspose backward", f"updown {h}x{h}x{c} -> {2 * h}x{2 * h}x{o}",
+               best_ms(lambda: (conv.conv2d_fast(g, w, (2, 2), pads),
+                                conv.conv2d_grad_weight_fast(g, x, w.shape, (2, 2), pads)), repeats),
+               best_ms(lambda: conv.conv2d_and_grad_weight_fast(g, w, x, (2, 2), pads), repeats))
+    for name, h, c, o, pads in WINOGRAD_LAYERS:
+        x, w = data(n, h, h, c), data(3, 3, c, o) * 0.1
+        dy = data(*conv.conv2d_output_shape(x.shape, w.shape, (1, 1), pads))
+
+        def again():
+            winograd.winograd_conv2d_fast(x, w, (1, 1), pads)
+            winograd.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads)
+
+        def kept():
+            _, tiles = winograd.winograd_conv2d_fast(x, w, (1, 1), pads, keep_tiles=True)
+            winograd.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads, tiles=tiles)
+        yield ("Winograd forward + gradients, input tiles kept", f"{name} {h}x{h}x{c} -> {o}",
+               best_ms(again, repeats), best_ms(kept, repeats))
+    for name, h, c in GAP_MAPS:
+        x, dy = data(n, h, h, c), data(n, c)
+        yield ("global average pooling, forward + backward", f"{name} {h}x{h}x{c}",
+               best_ms(lambda: (pool.global_average_pool_reference(x),
+                                pool.global_average_pool_grad_reference(dy, x.shape)), repeats),
+               best_ms(lambda: (pool.global_average_pool_fast(x), pool.global_average_pool_grad_fast(dy, x.shape)),
+                       repeats))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, nargs="+", default=[128, 256], help="batch sizes (default 128 and 256)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per figure, the best is kept (default 5)")
+    args = p.parse_args(argv)
+    if min(args.batch) < 1 or args.repeats < 1:
+        p.error("--batch and --repeats must be at least 1")
+    tc.backend.keep_freed_memory()  # as train.py and webcam.py run
+    rng = np.random.default_rng(0)
+    for n in args.batch:
+        print(f"\n## batch {n}: ms, best of {args.repeats}\n")
+        print("| piece | shape | separate | fused | speed-up |")
+        print("|---|---|---:|---:|---:|")
+        for piece, shape, before, after in rows(n, args.repeats, rng):
+            print(f"| {piece} | {shape} | {before:.2f} | {after:.2f} | {before / after:.2f}x |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
