@@ -167,6 +167,8 @@ def _global_average_pool_grad_numba(dy, dx):
 
 @threads_by_size
 def global_average_pool_fast(x):
+    if x.ndim != 4:
+        raise ValueError(f"global_average_pool: the input must be 4-D (N, H, W, C), got shape {x.shape}")
     y = np.empty((x.shape[0], x.shape[3]), np.float32)
     _global_average_pool_numba(np.ascontiguousarray(x), y)
     return y
@@ -174,9 +176,10 @@ def global_average_pool_fast(x):
 
 @threads_by_size
 def global_average_pool_grad_fast(dy, x_shape):
-    if dy.shape != (x_shape[0], x_shape[3]):
+    expected = (x_shape[0], x_shape[3]) if len(x_shape) == 4 else "a 4-D input (N, H, W, C)"
+    if dy.shape != expected:
         raise ValueError(f"global_average_pool_grad: output gradient has shape {dy.shape}, "
-                         f"the pooling of {tuple(x_shape)} gives {(x_shape[0], x_shape[3])}")
+                         f"the pooling of {tuple(x_shape)} gives {expected}")
     dx = np.empty(x_shape, np.float32)
     _global_average_pool_grad_numba(np.ascontiguousarray(dy, np.float32), dx)
     return dx

@@ -71,11 +71,15 @@ class Conv2DMaxPoolFn(Function):
     (in float32 too: rounding ``z + b`` never reverses an order). So the pool runs on the
     convolution's raw output z, and the bias and ReLU on the pooled map, a quarter of z
     with 2x2 pools; so do their gradients in backward (the ReLU mask and the bias sum).
-    The output is the unfused layers' to the bit; a gradient differs only where two taps
-    of a window tie after adding the bias but not before (the unfused pair sends it to
-    the first, this to the larger). ``Sequential`` runs each Conv2D followed by a
-    MaxPooling2D this way (``tinycnn.layers.fold``).
-    Saved: ``conv`` (as in Conv2DFn), argmax, the pool's geometry, y and relu.
+    Given the same convolution kernel, the output is the unfused layers' to the bit; a
+    gradient differs only where two taps of a window tie after adding the bias but not
+    before (the unfused pair sends it to the first, this to the larger).
+    When no gradient will be asked of x (inference, or a first layer), z is not kept:
+    ``K.conv2d_maxpool`` pools as it convolves, and backward takes the weight gradient
+    from the pooled gradient and x (``K.conv2d_grad_weight_pooled``).
+    ``Sequential`` runs each Conv2D followed by a MaxPooling2D this way
+    (``tinycnn.layers.fold``).
+    Saved: ``conv`` (as in Conv2DFn), argmax, z's shape, the pool's geometry, y and relu.
     """
 
     @staticmethod
