@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -35,6 +34,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 import numpy as np  # noqa: E402
 
 import tinycnn as tc  # noqa: E402
+from conv_layers import best_ms  # noqa: E402  (bench/ is on the path when run as a script)
 from tinycnn.kernels import conv, pool, winograd  # noqa: E402
 
 VALID, SAME, NO_PAD = ((0, 0), (0, 0)), ((1, 1), (1, 1)), ((0, 0), (0, 0))
@@ -47,16 +47,6 @@ WINOGRAD_LAYERS = [("vggbn", 46, 32, 64, VALID), ("vggbn", 20, 128, 128, VALID),
                    ("updown", 24, 64, 128, SAME), ("deep4", 23, 128, 256, VALID)]
 # (model, H, C) of the maps global average pooling reduces
 GAP_MAPS = [("updown", 48, 32), ("resfer", 3, 256)]
-
-
-def best_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * min(times)
 
 
 def rows(n, repeats, rng):

@@ -120,13 +120,17 @@ def test_conv2d_fast_in_chunks(monkeypatch):
     assert_close(label, "conv2d_and_grad_weight: grad_weight", dw, expected_dw, RTOL, ATOL)
 
 
-@pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", [
+# (C, strides, pads, pool size = pool strides, pool pads): convolutions followed by a max pool
+POOLED = [
     (1, (1, 1), ((0, 0), (0, 0)), (2, 2), ((0, 0), (0, 0))),      # a first layer, valid, as small3's
     (1, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # 'same', as updown's
     (1, (2, 1), ((2, 0), (1, 2)), (3, 2), ((1, 1), (0, 1))),      # strides, odd pool, padded pool windows
     (1, (1, 1), ((0, 0), (0, 0)), (3, 3), ((0, 0), (0, 0))),      # 3x3 windows, a row and column left over
-    (3, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # several channels: conv2d then maxpool
-])
+    (3, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # several channels: the two-kernel route
+]
+
+
+@pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", POOLED)
 def test_conv2d_maxpool_fast_equals_reference(c, strides, pads, pool_size, pool_pads):
     """A convolution and the max pool after it: the one-channel kernel that never stores
     the convolution's output, and the two-kernel route, against NumPy. Ties included
@@ -147,13 +151,7 @@ def test_conv2d_maxpool_fast_equals_reference(c, strides, pads, pool_size, pool_
         conv.conv2d_maxpool.fast(x, w, strides, pads, pool_size, pool_size, pool_pads, (out_hw[0] + 1, out_hw[1]))
 
 
-@pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", [
-    (1, (1, 1), ((0, 0), (0, 0)), (2, 2), ((0, 0), (0, 0))),      # a first layer, valid, as small3's
-    (1, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # 'same', as updown's
-    (1, (2, 1), ((2, 0), (1, 2)), (3, 2), ((1, 1), (0, 1))),      # strides, odd pool, padded pool windows
-    (1, (1, 1), ((0, 0), (0, 0)), (3, 3), ((0, 0), (0, 0))),      # 3x3 windows, a row and column left over
-    (3, (1, 1), ((1, 1), (1, 1)), (2, 2), ((0, 0), (0, 0))),      # several channels: the dense route
-])
+@pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", POOLED)
 def test_conv2d_grad_weight_pooled_fast_equals_reference(c, strides, pads, pool_size, pool_pads):
     """The weight gradient of a convolution whose output was max-pooled, from the pooled
     gradient: the one-channel kernel (never writing the pool's gradient) and the dense

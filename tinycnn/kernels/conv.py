@@ -133,29 +133,37 @@ def col2im(cols, kh, kw, sh, sw, pt, pl, ho, wo, dx):
                             dx[n, iy, ix, ch] += cols[row, base + ch]
 
 
+_NO_NAN_ASSUMED = {"contract", "arcp", "nsz", "afn", "reassoc"}  # fastmath, but NaN must still win a max
+
+
+@njit(cache=True, fastmath=_NO_NAN_ASSUMED)
+def _one_channel_pixel(x, w, n, oy, ox, sh, sw, pt, pl, out):
+    """out (O,) = the convolution of a one-channel x (N, H, W, 1) with w (KH, KW, 1, O)
+    at output pixel (n, oy, ox): the sum of KH*KW copies of the O-vector w[a, b, 0],
+    each scaled by one input pixel (O innermost: one vector multiply-add per tap)."""
+    h, wd = x.shape[1], x.shape[2]
+    out[:] = 0.0
+    for a in range(w.shape[0]):
+        iy = oy * sh + a - pt
+        if iy < 0 or iy >= h:
+            continue
+        for b in range(w.shape[1]):
+            ix = ox * sw + b - pl
+            if ix < 0 or ix >= wd:
+                continue
+            v = x[n, iy, ix, 0]
+            for k in range(w.shape[3]):
+                out[k] += v * w[a, b, 0, k]
+
+
 @njit(parallel=PARALLEL, cache=True, fastmath=True)
 def _conv_one_channel(x, w, sh, sw, pt, pl, ho, wo, y):
     """y (N, HO, WO, O) = conv of a one-channel x (N, H, W, 1) with w (KH, KW, 1, O),
-    directly: each output pixel is the sum of KH*KW copies of the O-vector w[a, b, 0],
-    each scaled by one input pixel (O innermost: one vector multiply-add per tap)."""
-    n_img, h, wd, _ = x.shape
-    kh, kw, _, o = w.shape
-    for r in prange(n_img * ho):  # one (image, output row) per iteration
+    directly, one output pixel at a time."""
+    for r in prange(x.shape[0] * ho):  # one (image, output row) per iteration
         n, oy = r // ho, r % ho
         for ox in range(wo):
-            for k in range(o):
-                y[n, oy, ox, k] = 0.0
-            for a in range(kh):
-                iy = oy * sh + a - pt
-                if iy < 0 or iy >= h:
-                    continue
-                for b in range(kw):
-                    ix = ox * sw + b - pl
-                    if ix < 0 or ix >= wd:
-                        continue
-                    v = x[n, iy, ix, 0]
-                    for k in range(o):
-                        y[n, oy, ox, k] += v * w[a, b, 0, k]
+            _one_channel_pixel(x, w, n, oy, ox, sh, sw, pt, pl, y[n, oy, ox])
 
 
 _CHUNK_BYTES = 16 << 20  # keep one chunk's column matrix around 16 MiB
@@ -527,18 +535,14 @@ def conv2d_maxpool_reference(x, w, strides, pads, pool_size, pool_strides, pool_
     return pool.maxpool_reference(z, pool_size, pool_strides, pool_pads, pool_hw)
 
 
-_NO_NAN_ASSUMED = {"contract", "arcp", "nsz", "afn", "reassoc"}  # fastmath, but NaN must still win a max
-
-
 @njit(parallel=PARALLEL, cache=True, fastmath=_NO_NAN_ASSUMED)
 def _conv_one_channel_maxpool(x, w, sh, sw, pt, pl, zh, zw, ph, pw, ppt, ppl, y, argmax):
     """y, argmax (N, PH, PW, O): the max pool, windows PH x PW tiling z, of the
     convolution z of a one-channel x with w, window by window: each tap's O-vector of z
-    is computed (as ``_conv_one_channel``) and compared at once, so z is never stored."""
-    n_img, h, wd, _ = x.shape
-    kh, kw, _, o = w.shape
+    is computed (``_one_channel_pixel``) and compared at once, so z is never stored."""
+    o = w.shape[3]
     gh, gw = y.shape[1], y.shape[2]
-    for r in prange(n_img * gh):  # one (image, pooled row) per iteration
+    for r in prange(x.shape[0] * gh):  # one (image, pooled row) per iteration
         n, py = r // gh, r % gh
         z = np.empty(o, np.float32)
         for px in range(gw):
@@ -549,18 +553,7 @@ def _conv_one_channel_maxpool(x, w, sh, sw, pt, pl, zh, zw, ph, pw, ppt, ppl, y,
                 zy, zx = py * ph + t // pw - ppt, px * pw + t % pw - ppl
                 if zy < 0 or zy >= zh or zx < 0 or zx >= zw:
                     continue
-                z[:] = 0.0
-                for a in range(kh):
-                    iy = zy * sh + a - pt
-                    if iy < 0 or iy >= h:
-                        continue
-                    for b in range(kw):
-                        ix = zx * sw + b - pl
-                        if ix < 0 or ix >= wd:
-                            continue
-                        v = x[n, iy, ix, 0]
-                        for k in range(o):
-                            z[k] += v * w[a, b, 0, k]
+                _one_channel_pixel(x, w, n, zy, zx, sh, sw, pt, pl, z)
                 for k in range(o):  # as _maxpool_numba: the first tap wins a tie, a NaN wins
                     best = y[n, py, px, k]
                     if z[k] > best or (z[k] != z[k] and best == best):
