@@ -421,7 +421,8 @@ def winograd_conv2d_fast(x, w, strides, pads, m=TILE, keep_tiles=False):
         _input_transform(x[s:s + k], pads[0][0], pads[1][0], th, tw, BT, V)
         np.matmul(V, U, out=M)
         _output_transform(M, AT, y[s:s + k])
-        tiles.append(V)
+        if keep_tiles:
+            tiles.append(V)
     return (y, tiles) if keep_tiles else y
 
 
