@@ -122,7 +122,7 @@ def mini():
     return _stack(layers + [GAP, SOFTMAX_OUT], "mini")
 
 
-def resfer():
+def _residual_net(model_name, before, width, after):
     """Functional: tinycnn's Residual is named before its sublayers, so the Add is
     ``residual`` and the block's layers continue the numbering of the plain path."""
     names = Names()
@@ -137,18 +137,33 @@ def resfer():
         return x
 
     inputs = keras.Input(INPUT_SHAPE, name="input_layer")
-    x = chain(_conv_bn(32) + [POOL] + _conv_bn(64) + [POOL] + _conv_bn(128), inputs)
+    x = chain(before, inputs)
     add_name = names("residual")
-    block = [(K.Conv2D, dict(filters=128, kernel_size=3, padding="same", use_bias=False)), BN, (K.ReLU, {}),
-             (K.Conv2D, dict(filters=128, kernel_size=3, padding="same", use_bias=False)), BN]
+    block = [(K.Conv2D, dict(filters=width, kernel_size=3, padding="same", use_bias=False)), BN, (K.ReLU, {}),
+             (K.Conv2D, dict(filters=width, kernel_size=3, padding="same", use_bias=False)), BN]
     x = K.Add(name=add_name)([chain(block, x), x])
     x = K.Activation("relu", name="residual_relu")(x)
-    x = chain([POOL] + _conv_bn(256) + [POOL, GAP, _drop(0.4), SOFTMAX_OUT], x)
-    return keras.Model(inputs, x, name="resfer")
+    x = chain(after, x)
+    return keras.Model(inputs, x, name=model_name)
+
+
+def resfer():
+    return _residual_net("resfer", _conv_bn(32) + [POOL] + _conv_bn(64) + [POOL] + _conv_bn(128), 128,
+                         [POOL] + _conv_bn(256) + [POOL, GAP, _drop(0.4), SOFTMAX_OUT])
+
+
+def resdeep():
+    return _residual_net("resdeep", 2 * _conv_bn(32) + [POOL] + 2 * _conv_bn(64) + [POOL] + _conv_bn(128), 128,
+                         [POOL] + 2 * _conv_bn(256) + [POOL, GAP, _drop(0.4), SOFTMAX_OUT])
+
+
+def reswide():
+    return _residual_net("reswide", _conv_bn(48) + [POOL] + _conv_bn(96) + [POOL] + _conv_bn(192), 192,
+                         [POOL] + _conv_bn(384) + [POOL, GAP, _drop(0.4), SOFTMAX_OUT])
 
 
 BUILDERS = {"updown": updown, "vggbn": vggbn, "deep4": deep4, "small3": small3, "gap4": gap4,
-            "resfer": resfer, "mini": mini}
+            "resfer": resfer, "resdeep": resdeep, "reswide": reswide, "mini": mini}
 
 
 def build(name) -> keras.Model:
