@@ -166,6 +166,75 @@ def _conv_one_channel(x, w, sh, sw, pt, pl, ho, wo, y):
             _one_channel_pixel(x, w, n, oy, ox, sh, sw, pt, pl, y[n, oy, ox])
 
 
+# -- one input channel, 3x3, stride 1: the nine taps spelt out ---------------------------------------
+# Every first layer of the seven architectures is this case. Above, each tap adds a scaled
+# copy of w's O-vector into the output pixel, which goes to memory and back nine times;
+# here the nine input pixels are read first, and each output channel is one nine-term sum
+# whose running total stays in a register (the channel loop, innermost, is vectorised).
+# The input arrives zero-padded (``_padded_plane``), so no tap needs a bounds test.
+
+def _padded_plane(x, pads):
+    """x (N, H, W, 1) -> (N, H + top + bottom, W + left + right), zeros around it."""
+    return np.pad(x[..., 0], ((0, 0),) + tuple(tuple(p) for p in pads))
+
+
+@njit(inline="always")
+def _taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k):
+    """The 3x3 correlation of a patch (p_ab, row a, column b) with w9[3 a + b, k]."""
+    return (p00 * w9[0, k] + p01 * w9[1, k] + p02 * w9[2, k] + p10 * w9[3, k] + p11 * w9[4, k]
+            + p12 * w9[5, k] + p20 * w9[6, k] + p21 * w9[7, k] + p22 * w9[8, k])
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _conv3x3_one_channel(xp, w9, y):
+    """y (N, HO, WO, O) = the stride-1 convolution of a padded plane xp (N, HO + 2, WO + 2)
+    with w9 (9, O), the 3x3 kernel's taps in rows."""
+    n_img, ho, wo, o = y.shape
+    for r in prange(n_img * ho):  # one (image, output row) per iteration
+        n, iy = r // ho, r % ho
+        for ix in range(wo):
+            p00, p01, p02 = xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2]
+            p10, p11, p12 = xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2]
+            p20, p21, p22 = xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2]
+            out = y[n, iy, ix]
+            for k in range(o):
+                out[k] = _taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k)
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=_NO_NAN_ASSUMED)
+def _conv3x3_one_channel_maxpool2x2(xp, w9, y, argmax):
+    """y, argmax (N, PH, PW, O): the 2x2, stride-2 max pool of the stride-1 convolution
+    z of a padded plane xp with w9 (9, O). A pool window's four z pixels read one 4x4
+    patch of xp; the patch is loaded once and the four sums share each tap's weight."""
+    n_img, gh, gw, o = y.shape
+    for r in prange(n_img * gh):  # one (image, pooled row) per iteration
+        n, py = r // gh, r % gh
+        iy = 2 * py
+        for px in range(gw):
+            ix = 2 * px
+            p00, p01, p02, p03 = xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2], xp[n, iy, ix + 3]
+            p10, p11, p12, p13 = xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2], xp[n, iy + 1, ix + 3]
+            p20, p21, p22, p23 = xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2], xp[n, iy + 2, ix + 3]
+            p30, p31, p32, p33 = xp[n, iy + 3, ix], xp[n, iy + 3, ix + 1], xp[n, iy + 3, ix + 2], xp[n, iy + 3, ix + 3]
+            out, arg = y[n, py, px], argmax[n, py, px]
+            for k in range(o):
+                best, t = _taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k), 0  # window tap 0: z[iy, ix]
+                z = _taps3x3(p01, p02, p03, p11, p12, p13, p21, p22, p23, w9, k)  # tap 1: z[iy, ix + 1]
+                if z > best or (z != z and best == best):  # as _maxpool_numba: first tap wins a tie, NaN wins
+                    best, t = z, 1
+                z = _taps3x3(p10, p11, p12, p20, p21, p22, p30, p31, p32, w9, k)  # tap 2: z[iy + 1, ix]
+                if z > best or (z != z and best == best):
+                    best, t = z, 2
+                z = _taps3x3(p11, p12, p13, p21, p22, p23, p31, p32, p33, w9, k)  # tap 3: z[iy + 1, ix + 1]
+                if z > best or (z != z and best == best):
+                    best, t = z, 3
+                out[k], arg[k] = best, t
+
+
+def _is_3x3_stride_1(w_shape, strides):
+    return tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
+
+
 _CHUNK_BYTES = 16 << 20  # keep one chunk's column matrix around 16 MiB
 
 
@@ -205,13 +274,19 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
     k = kh * kw * c
     x = np.ascontiguousarray(x)
     y = np.empty((n, ho, wo, o), np.float32)
-    if c == 1 and not keep_cols and x.size >= backend.SMALL_WORK:
+    if c == 1 and not keep_cols and (x.size >= backend.SMALL_WORK or (_is_3x3_stride_1(w.shape, strides) and o <= 64)):
         # One input channel (a first layer on gray faces): im2col's matrix would be KH*KW
         # columns wide, too narrow for BLAS to run near its peak, and a pass of its own.
         # Measured at batch 256, 48x48 -> 3x3 -> O (ms, im2col + product vs direct):
-        # O = 32: 11.5 vs 9.4, O = 128: 36.1 vs 27.8, O = 256: 72.9 vs 36.8. One face runs
-        # on one thread, where the product's two BLAS threads win (O = 256: 0.18 vs 0.33).
-        _conv_one_channel(x, np.ascontiguousarray(w), strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, y)
+        # O = 32: 11.5 vs 9.4, O = 128: 36.1 vs 27.8, O = 256: 72.9 vs 36.8; the spelt-out
+        # 3x3 kernel then halved the direct times again (O = 32: 17.5 vs 8.7 ms, O = 256 at
+        # batch 128: 45.0 vs 30.1, against the loop kernel). One face runs on one thread,
+        # where the product's two BLAS threads win from O = 128 (O = 256: 0.19 vs 0.24 ms
+        # for the 3x3 kernel) and lose below (O = 32: 0.095 vs 0.071, O = 64: 0.29 vs 0.09).
+        if _is_3x3_stride_1(w.shape, strides):
+            _conv3x3_one_channel(_padded_plane(x, pads), np.ascontiguousarray(w, np.float32).reshape(9, o), y)
+        else:
+            _conv_one_channel(x, np.ascontiguousarray(w), strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, y)
         return y
     w2 = np.ascontiguousarray(w).reshape(k, o)
     y2 = y.reshape(n * ho * wo, o)
@@ -566,17 +641,26 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
     """As the reference. A one-channel input (a first layer on gray faces) under tiling
     windows takes one kernel that never writes z: measured at batch 256, 48x48 -> 3x3 ->
     O -> 2x2 pool, against the direct convolution and the pool: O = 32: 15.6 vs 11.4 ms,
-    O = 64 (same padding): 28.9 vs 18.3, O = 128: 52.1 vs 28.5. Otherwise the
-    chosen convolution (``conv2d``) and ``pool.maxpool``."""
+    O = 64 (same padding): 28.9 vs 18.3, O = 128: 52.1 vs 28.5. With a 3x3 kernel at
+    stride 1 and 2x2 windows (every first layer here), the spelt-out kernel, against
+    that one kernel: O = 32: 15.3 vs 2.4 ms, O = 64 (same): 25.3 vs 5.6, O = 128 (batch
+    128): 19.5 vs 4.3; for one face too (one thread, O = 32: 0.13 vs 0.055 ms, O = 256:
+    0.41 vs 0.18). Otherwise the chosen convolution (``conv2d``) and ``pool.maxpool``."""
     check_shapes("conv2d_maxpool", x.shape, w.shape, strides, pads)
     n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
     expected = tuple(conv_output_size((zh, zw)[i], pool_size[i], pool_strides[i], *pool_pads[i]) for i in range(2))
     if tuple(pool_hw) != expected:
         raise ValueError(f"conv2d_maxpool: pooled size {tuple(pool_hw)}, the pool of a {zh}x{zw} map gives {expected}")
-    if x.shape[3] == 1 and tuple(pool_size) == tuple(pool_strides) and x.size >= backend.SMALL_WORK:
+    spelt_out = _is_3x3_stride_1(w.shape, strides) and tuple(pool_size) == tuple(pool_strides) == (2, 2) \
+        and not any(map(any, pool_pads))
+    if x.shape[3] == 1 and tuple(pool_size) == tuple(pool_strides) and (x.size >= backend.SMALL_WORK or spelt_out):
         ph, pw = pool_size
         y = np.empty((n,) + expected + (o,), np.float32)
         argmax = np.empty(y.shape, np.int32)
+        if spelt_out:
+            w9 = np.ascontiguousarray(w, np.float32).reshape(9, o)
+            _conv3x3_one_channel_maxpool2x2(_padded_plane(x, pads), w9, y, argmax)
+            return y, argmax
         _conv_one_channel_maxpool(np.ascontiguousarray(x), np.ascontiguousarray(w), strides[0], strides[1],
                                   pads[0][0], pads[1][0], zh, zw, ph, pw, pool_pads[0][0], pool_pads[1][0], y, argmax)
         return y, argmax
