@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import tinycnn as tc
 from helpers import assert_close, distinct_values, random_array
 from tinycnn import backend as B
-from tinycnn.kernels import conv, dropout, norm, pool
+from tinycnn.kernels import activation, conv, dropout, norm, pool
 from tinycnn.kernels.shapes import conv_output_size
 
 RTOL, ATOL = 1e-5, 1e-5
@@ -306,6 +306,23 @@ def test_bias_relu_affine_fast_equals_reference(shape):
         conv.bias_relu_affine.fast(y.copy(), b[:0], s, t)
 
 
+@pytest.mark.parametrize("shape", [(4,), (2, 5, 3, 4), (3, 7)])
+def test_relu_grad_fast_equals_reference(shape):
+    """The ReLU's gradient: g where the output is positive, exactly zero elsewhere (also
+    where g is inf or NaN: a unit that was off passes nothing back), on any layout of g."""
+    rng = np.random.default_rng(len(shape) + 9)
+    y = np.maximum(random_array(rng, shape), 0)
+    g = random_array(rng, shape)
+    g.reshape(-1)[:2] = (np.inf, np.nan)
+    y.reshape(-1)[:2] = 0.0
+    label = f"relu_grad {shape}"
+    np.testing.assert_array_equal(activation.relu_grad.fast(g, y), activation.relu_grad.reference(g, y), label)
+    np.testing.assert_array_equal(activation.relu_grad.fast(g.T, y.T), activation.relu_grad.reference(g.T, y.T),
+                                  label + " transposed")
+    with pytest.raises(ValueError, match=r"relu_grad: gradient \(2,\) and output \(3,\)"):
+        activation.relu_grad.fast(np.zeros(2, np.float32), np.zeros(3, np.float32))
+
+
 def test_nan_goes_through_relu_and_maxpool_alike_on_both_backends():
     """A NaN inside a network (an overflow upstream) must look the same on both paths:
     ReLU keeps it, max-pool lets it win its window (the first one, as np.argmax)."""
@@ -403,7 +420,7 @@ def test_dropout_fast_equals_reference(shape, rate):
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight",
                   "conv2d_maxpool", "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference"),
-           dropout: ("dropout", "dropout_grad")}
+           dropout: ("dropout", "dropout_grad"), activation: ("relu_grad",)}
 
 
 def test_each_kernel_dispatches_between_its_two_implementations():
@@ -428,6 +445,7 @@ LAYER_CALLS = [
     ("BatchNormalization", lambda: tc.layers.BatchNormalization(), (2, 3, 3, 3),
      {"batchnorm_forward", "batchnorm_backward"}),
     ("Dropout", lambda: tc.layers.Dropout(0.5, seed=0), (2, 3, 3, 3), {"dropout", "dropout_grad"}),
+    ("ReLU", lambda: tc.layers.ReLU(), (2, 3, 3, 3), {"relu_grad"}),
 ]
 
 

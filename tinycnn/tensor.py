@@ -19,6 +19,8 @@ import threading
 
 import numpy as np
 
+from .kernels import activation as activation_kernels
+
 _state = threading.local()
 
 
@@ -430,7 +432,7 @@ class ReLU(Function):
 
     @staticmethod
     def backward(ctx, g):
-        return (np.where(ctx.out > 0, g, np.float32(0)),)
+        return (activation_kernels.relu_grad(g, ctx.out),)
 
 
 def _log_softmax(a, axis):
