@@ -161,3 +161,35 @@ def test_conv_then_maxpool_runs_fused_with_the_unfused_results(backend, monkeypa
                 assert a is None and b is None
                 continue
             assert_close(f"{name} ({case})", f"gradient of {what}", a, b, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("name, inside_residual", [("mini", 0), ("resfer", 1)])
+def test_batchnorm_then_relu_runs_fused_in_training_with_the_unfused_results(backend, monkeypatch, name,
+                                                                            inside_residual):
+    """In training each BatchNormalization followed by a ReLU runs as one BatchNormReLUFn:
+    outputs, every gradient and the moving averages are those of the two layers called
+    one by one (a Residual's block runs through Sequential's rules even layer by layer)."""
+    from tinycnn.layers import BatchNormReLUFn
+    rng = np.random.default_rng(5)
+    x = rng.random((4, 48, 48, 1), dtype=np.float32)
+    labels = np.array([0, 3, 6, 2])
+    calls = []
+    original = BatchNormReLUFn.apply
+    monkeypatch.setattr(BatchNormReLUFn, "apply", lambda *a, **k: calls.append(1) or original(*a, **k))
+    results = {}
+    for fused in (False, True):
+        model = fer_models.build(name, seed=3)
+        calls.clear()
+        out = model(x, training=True) if fused else layer_by_layer(model, tc.Tensor(x), True)
+        tc.losses.softmax_cross_entropy(out, labels).backward()
+        results[fused] = (out.numpy(), {k: v.grad for k, v in model.named_weights().items() if v.grad is not None},
+                          model.get_weights(), len(calls))
+    pairs = sum(isinstance(a, BatchNormalization) and isinstance(b, ReLU) for a, b in zip(model.layers, model.layers[1:]))
+    assert results[False][3] == inside_residual and results[True][3] == pairs + inside_residual, \
+        f"{name}: BatchNormReLUFn calls {results[False][3]} unfused, {results[True][3]} fused"
+    assert_close(name, "training output", results[True][0], results[False][0], RTOL, ATOL)
+    assert sorted(results[True][1]) == sorted(results[False][1]) and results[True][1]
+    for key, grad in results[True][1].items():
+        assert_close(name, f"gradient of {key}", grad, results[False][1][key], RTOL, ATOL)
+    for key, value in results[True][2].items():
+        assert_close(name, f"weight {key} after the step's statistics", value, results[False][2][key], RTOL, ATOL)

@@ -208,6 +208,34 @@ def test_batchnorm_training(backend, shape):
                     np.random.default_rng(1), training=True)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batchnorm_then_relu(backend, shape, training):
+    """BatchNormalization followed by a ReLU, which a Sequential runs in training as one
+    BatchNormReLUFn (the ReLU's mask inside BatchNorm's passes); beta is drawn around 0
+    so that each channel has values on both sides of the kink."""
+    c = shape[-1]
+    model = tc.Sequential([BatchNormalization(), tc.layers.ReLU()])
+    model.build(shape[1:])
+
+    def draw(rng):
+        return {"input": random_array(rng, shape, 2.0) + 0.5,
+                "batch_normalization/gamma": random_array(rng, (c,)) + 1.0,
+                "batch_normalization/beta": random_array(rng, (c,), 0.3),
+                "batch_normalization/moving_mean": random_array(rng, (c,), 0.2),
+                "batch_normalization/moving_variance": rng.uniform(0.5, 2, c).astype(np.float32)}
+
+    def ref(**a):
+        bn = "batch_normalization/"
+        y = (R.batchnorm_train(a["input"], a[bn + "gamma"], a[bn + "beta"]) if training else
+             R.batchnorm_infer(a["input"], a[bn + "gamma"], a[bn + "beta"], a[bn + "moving_mean"],
+                               a[bn + "moving_variance"]))
+        return R.relu(y)
+
+    gradcheck_layer(describe("Sequential[BatchNormalization, ReLU]", training=training), model, ref, draw,
+                    np.random.default_rng(12), training=training)
+
+
 @pytest.mark.parametrize("shape", BN_SHAPES + [(1, 4)])
 def test_batchnorm_inference(backend, shape):
     c = shape[-1]

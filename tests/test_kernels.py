@@ -280,6 +280,32 @@ def test_batchnorm_fast_equals_reference(m, c, offset, seed):
         assert_close(label, f"batchnorm_backward {what}", got, exp, 1e-4, 1e-5)
 
 
+@SOME
+@given(m=st.integers(1, 300), c=st.integers(1, 5), offset=st.sampled_from([0.0, 3.0]), seed=st.integers(0, 2**16))
+@example(m=1, c=2, offset=0.0, seed=0)
+def test_batchnorm_relu_fast_equals_reference(m, c, offset, seed):
+    """BatchNorm with the ReLU after it, in one kernel each way: beta around 0 puts every
+    channel's outputs on both sides of the kink, and the backward's mask is the output's."""
+    rng = np.random.default_rng(seed)
+    x2 = random_array(rng, (m, c)) + np.float32(offset)
+    gamma, beta = random_array(rng, (c,)) + 1, random_array(rng, (c,), 0.3)
+    g2 = random_array(rng, (m, c))
+    label = f"batchnorm_relu x2 {x2.shape} offset {offset}"
+    fast = norm.batchnorm_relu_forward.fast(x2, gamma, beta, 1e-3)
+    ref = norm.batchnorm_relu_forward.reference(x2, gamma, beta, 1e-3)
+    atol = 1e-5 * (1.0 + offset)
+    for what, got, exp in zip(("y", "mean", "var", "inv_std"), fast, ref):
+        assert_close(label, f"batchnorm_relu_forward {what}", got, exp, 1e-4, atol)
+    y2, mean, _, inv_std = ref
+    assert (y2 >= 0).all()
+    fast = norm.batchnorm_relu_backward.fast(g2, y2, x2, mean, gamma, inv_std)
+    ref = norm.batchnorm_relu_backward.reference(g2, y2, x2, mean, gamma, inv_std)
+    for what, got, exp in zip(("dx", "dgamma", "dbeta"), fast, ref):
+        assert_close(label, f"batchnorm_relu_backward {what}", got, exp, 1e-4, 1e-5)
+    with pytest.raises(ValueError, match="batchnorm_relu_backward: gradient"):
+        norm.batchnorm_relu_backward.fast(g2[:, :0], y2, x2, mean, gamma, inv_std)
+
+
 # -- which kernel the layers call ----------------------------------------------------------------------
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 4), (3, 7)])
@@ -419,7 +445,8 @@ def test_dropout_fast_equals_reference(shape, rate):
 
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight",
                   "conv2d_maxpool", "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
-           norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference"),
+           norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "batchnorm_relu_forward",
+                  "batchnorm_relu_backward"),
            dropout: ("dropout", "dropout_grad"), activation: ("relu_grad",)}
 
 
@@ -446,6 +473,8 @@ LAYER_CALLS = [
      {"batchnorm_forward", "batchnorm_backward"}),
     ("Dropout", lambda: tc.layers.Dropout(0.5, seed=0), (2, 3, 3, 3), {"dropout", "dropout_grad"}),
     ("ReLU", lambda: tc.layers.ReLU(), (2, 3, 3, 3), {"relu_grad"}),
+    ("BatchNormalization then ReLU", lambda: tc.Sequential([tc.layers.BatchNormalization(), tc.layers.ReLU()]),
+     (2, 3, 3, 3), {"batchnorm_relu_forward", "batchnorm_relu_backward"}),
 ]
 
 

@@ -118,6 +118,84 @@ def batchnorm_backward_fast(g2, x2, mean, gamma, inv_std):
     return dx2, dgamma.astype(np.float32), dbeta.astype(np.float32)
 
 
+# -- BatchNormalization followed by a ReLU, in training ------------------------------------------
+# Every conv-BN-ReLU block of resfer and its kin. The ReLU alone costs a pass each way over
+# the same (M, C) array; here it rides in BatchNorm's own passes: its forward takes the max
+# as it writes y, and its mask (y > 0, from the saved output) is applied to g as BatchNorm's
+# two backward passes read it. Same formulas as above, with g replaced by
+# ``g_relu = g where y > 0, else 0``.
+
+def batchnorm_relu_forward_reference(x2, gamma, beta, eps):
+    """y2 = max(batchnorm(x2), 0) (M, C), and mean, var, inv_std (C,) as batchnorm_forward."""
+    y2, mean, var, inv_std = batchnorm_forward_reference(x2, gamma, beta, eps)
+    return np.maximum(y2, np.float32(0)), mean, var, inv_std
+
+
+def batchnorm_relu_backward_reference(g2, y2, x2, mean, gamma, inv_std):
+    """dx2 (M, C), dgamma, dbeta (C,) from g2 = dL/dy2 and the forward's output y2."""
+    return batchnorm_backward_reference(np.where(y2 > 0, g2, np.float32(0)), x2, mean, gamma, inv_std)
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _normalise_relu(x2, mean, scale, beta, y2):
+    m, c = x2.shape
+    for i in prange(m):
+        for j in range(c):
+            y2[i, j] = max((x2[i, j] - mean[j]) * scale[j] + beta[j], 0.0)
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _masked_grad_sums(g2, y2, x2, mean, inv_std):
+    """Per channel, sum(g_relu) and sum(g_relu * xhat), in float64, block by block (as _two_sums)."""
+    m, c = g2.shape
+    s1 = np.zeros((_BLOCKS, c))
+    s2 = np.zeros((_BLOCKS, c))
+    rows = (m + _BLOCKS - 1) // _BLOCKS
+    for k in prange(_BLOCKS):
+        for i in range(k * rows, min(m, (k + 1) * rows)):
+            for j in range(c):
+                if y2[i, j] > 0:
+                    u = np.float64(g2[i, j])
+                    s1[k, j] += u
+                    s2[k, j] += u * ((np.float64(x2[i, j]) - mean[j]) * inv_std[j])
+    return s1.sum(axis=0), s2.sum(axis=0)
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _masked_grad_input(g2, y2, x2, mean, inv_std, scale, dbeta_m, dgamma_m, dx2):
+    m, c = g2.shape
+    for i in prange(m):
+        for j in range(c):
+            g = g2[i, j] if y2[i, j] > 0 else 0.0
+            xhat = (x2[i, j] - mean[j]) * inv_std[j]
+            dx2[i, j] = scale[j] * (g - dbeta_m[j] - xhat * dgamma_m[j])
+
+
+@threads_by_size
+def batchnorm_relu_forward_fast(x2, gamma, beta, eps):
+    x2 = np.ascontiguousarray(x2)
+    mean, var = _moments(x2)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
+    mean, var = mean.astype(np.float32), var.astype(np.float32)
+    y2 = np.empty_like(x2)
+    _normalise_relu(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
+    return y2, mean, var, inv_std
+
+
+@threads_by_size
+def batchnorm_relu_backward_fast(g2, y2, x2, mean, gamma, inv_std):
+    if not (g2.shape == y2.shape == x2.shape):
+        raise ValueError(f"batchnorm_relu_backward: gradient {g2.shape}, output {y2.shape} and input {x2.shape} "
+                         f"must have the same shape")
+    g2, y2, x2 = (np.ascontiguousarray(a) for a in (g2, y2, x2))
+    m = g2.shape[0]
+    dbeta, dgamma = _masked_grad_sums(g2, y2, x2, mean.astype(np.float64), inv_std.astype(np.float64))
+    dx2 = np.empty_like(g2)
+    _masked_grad_input(g2, y2, x2, mean, inv_std, (gamma * inv_std).astype(np.float32),
+                       (dbeta / m).astype(np.float32), (dgamma / m).astype(np.float32), dx2)
+    return dx2, dgamma.astype(np.float32), dbeta.astype(np.float32)
+
+
 def batchnorm_inference_reference(x2, mean, inv_std, gamma, beta):
     """Inference: y2 = (x2 - mean) * inv_std * gamma + beta with the moving statistics."""
     return ((x2 - mean) * (inv_std * gamma) + beta).astype(np.float32)
@@ -134,3 +212,5 @@ def batchnorm_inference_fast(x2, mean, inv_std, gamma, beta):
 batchnorm_forward = dispatch(batchnorm_forward_reference, batchnorm_forward_fast)
 batchnorm_backward = dispatch(batchnorm_backward_reference, batchnorm_backward_fast)
 batchnorm_inference = dispatch(batchnorm_inference_reference, batchnorm_inference_fast)
+batchnorm_relu_forward = dispatch(batchnorm_relu_forward_reference, batchnorm_relu_forward_fast)
+batchnorm_relu_backward = dispatch(batchnorm_relu_backward_reference, batchnorm_relu_backward_fast)

@@ -23,7 +23,8 @@ since the folded weights are not the parameters a gradient would be asked for.
 One fusion holds in training too: a Conv2D followed by a MaxPooling2D runs as one
 ``Conv2DMaxPoolFn``, which pools the convolution's output before adding the bias and
 applying the ReLU (they commute with max), so those two passes, and their gradients,
-run over the pooled map.
+run over the pooled map. And in training a BatchNormalization followed by a ReLU runs
+as one ``BatchNormReLUFn``: the ReLU and its mask ride in BatchNorm's own passes.
 """
 from __future__ import annotations
 
@@ -86,9 +87,10 @@ def run_layers(layers, x, training):
     """Apply ``layers`` in order to x. In inference without gradients, each Conv2D(relu)
     followed by BatchNormalization runs as one convolution with the normalisation in its
     epilogue (free at any batch size), and, from ``FOLD_MIN_BATCH`` images up, each
-    Conv2D/Dense followed by BatchNormalization (and a ReLU) as one folded layer. Always,
-    each Conv2D followed by MaxPooling2D runs as one Conv2DMaxPoolFn (pool, then bias
-    and ReLU)."""
+    Conv2D/Dense followed by BatchNormalization (and a ReLU) as one folded layer. In
+    training, each BatchNormalization followed by a ReLU runs as one BatchNormReLUFn.
+    Always, each Conv2D followed by MaxPooling2D runs as one Conv2DMaxPoolFn (pool, then
+    bias and ReLU)."""
     inference = not training and not is_grad_enabled()
     fold = inference and np.shape(x)[0] >= FOLD_MIN_BATCH
     i = 0
@@ -105,6 +107,12 @@ def run_layers(layers, x, training):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
             x = conv_relu_batchnorm(layer, following, x)
+            i += 2
+        elif training and isinstance(layer, BatchNormalization) and _is_relu(following):
+            x = to_input_tensor(x, layer._label())
+            layer.ensure_built(x.shape[1:])
+            following.ensure_built(x.shape[1:])
+            x = layer.call_then_relu(x)
             i += 2
         elif _conv_then_maxpool(layer, following):
             x = to_input_tensor(x, layer._label())

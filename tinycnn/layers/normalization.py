@@ -32,6 +32,34 @@ class BatchNormFn(Function):
         return dx2.reshape(ctx.x.shape), dgamma, dbeta
 
 
+class BatchNormReLUFn(Function):
+    """relu(batchnorm(x)) in training mode: a BatchNormalization and the ReLU after it.
+
+    x (..., C), gamma, beta (C,) -> y (..., C), as BatchNormFn followed by ReLU, with
+    the ReLU inside BatchNorm's passes (``K.batchnorm_relu_forward`` and ``_backward``):
+    its mask is y > 0, read from the saved output, which costs no memory since the
+    next layer keeps y as its input anyway. ``Sequential`` runs each BatchNormalization
+    followed by a ReLU this way in training (``tinycnn.layers.fold``).
+    Saved: x, y, the batch mean, inv_std and gamma.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps, stats):
+        c = x.shape[-1]
+        y2, mean, var, inv_std = K.batchnorm_relu_forward(x.reshape(-1, c), gamma, beta, eps)
+        stats.update(mean=mean, var=var)
+        y = y2.reshape(x.shape)
+        ctx.save(x=x, y=y, mean=mean, inv_std=inv_std, gamma=gamma)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        c = ctx.x.shape[-1]
+        dx2, dgamma, dbeta = K.batchnorm_relu_backward(g.reshape(-1, c), ctx.y.reshape(-1, c), ctx.x.reshape(-1, c),
+                                                       ctx.mean, ctx.gamma, ctx.inv_std)
+        return dx2.reshape(ctx.x.shape), dgamma, dbeta
+
+
 class BatchNormInferenceFn(Function):
     """Inference-mode batch normalisation: a fixed affine map per channel.
 
@@ -85,15 +113,24 @@ class BatchNormalization(Layer):
         self.moving_variance = self.add_weight("moving_variance", np.ones(c, np.float32), trainable=False)
 
     def call(self, x, training):
-        if training and x.size == 0:  # the statistics of nothing are NaN, and would stay in the moving averages
-            raise ValueError(f"{self._label()}: a training batch needs at least one value per channel, "
-                             f"got input shape {x.shape}")
         if training:
-            stats = {}
-            y = BatchNormFn.apply(x, self.gamma, self.beta, eps=self.epsilon, stats=stats)
-            m = self.momentum
-            self.moving_mean.data = m * self.moving_mean.data + (1 - m) * stats["mean"]
-            self.moving_variance.data = m * self.moving_variance.data + (1 - m) * stats["var"]
-            return y
+            return self._train(BatchNormFn, x)
         inv_std = (1.0 / np.sqrt(self.moving_variance.data + self.epsilon)).astype(np.float32)
         return BatchNormInferenceFn.apply(x, self.gamma, self.beta, mean=self.moving_mean.data, inv_std=inv_std)
+
+    def call_then_relu(self, x):
+        """relu(self(x, training=True)) as one BatchNormReLUFn; x is a built input Tensor."""
+        return self._train(BatchNormReLUFn, x)
+
+    def _train(self, fn, x):
+        """Normalise with the batch's statistics (``fn`` with or without the ReLU after it)
+        and move the moving averages towards them."""
+        if x.size == 0:  # the statistics of nothing are NaN, and would stay in the moving averages
+            raise ValueError(f"{self._label()}: a training batch needs at least one value per channel, "
+                             f"got input shape {x.shape}")
+        stats = {}
+        y = fn.apply(x, self.gamma, self.beta, eps=self.epsilon, stats=stats)
+        m = self.momentum
+        self.moving_mean.data = m * self.moving_mean.data + (1 - m) * stats["mean"]
+        self.moving_variance.data = m * self.moving_variance.data + (1 - m) * stats["var"]
+        return y
