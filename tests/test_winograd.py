@@ -211,3 +211,20 @@ def test_kept_tiles_give_the_gradients(m, shape, pads, monkeypatch):
     assert_close(label, "kernel grad", dw, conv.conv2d_grad_weight.reference(x, dy, w.shape, (1, 1), pads), RTOL, ATOL)
     with pytest.raises(ValueError, match="kept tiles"):
         W.winograd_conv2d_grads.fast(x, dy, w, (1, 1), pads, m=m, tiles=tiles[:-1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradient_products_split_between_threads(threads):
+    """The weight gradient's per-position products, shared between threads (or not, on one),
+    are the batched product; on 2 threads with 5 positions the split is uneven."""
+    import numba
+    rng = np.random.default_rng(4)
+    a, b = random_array(rng, (5, 3, 40)), random_array(rng, (5, 40, 2))
+    out = np.full((5, 3, 2), np.nan, np.float32)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        W._products_split_by_position(a, b, out)
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-6, atol=1e-6)
