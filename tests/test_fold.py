@@ -163,19 +163,32 @@ def test_conv_then_maxpool_runs_fused_with_the_unfused_results(backend, monkeypa
             assert_close(f"{name} ({case})", f"gradient of {what}", a, b, RTOL, ATOL)
 
 
-@pytest.mark.parametrize("name, inside_residual", [("mini", 0), ("resfer", 1)])
-def test_batchnorm_then_relu_runs_fused_in_training_with_the_unfused_results(backend, monkeypatch, name,
-                                                                            inside_residual):
-    """In training each BatchNormalization followed by a ReLU runs as one BatchNormReLUFn:
-    outputs, every gradient and the moving averages are those of the two layers called
-    one by one (a Residual's block runs through Sequential's rules even layer by layer)."""
-    from tinycnn.layers import BatchNormReLUFn
+def _relu_conv_then_batchnorm(a, b):
+    return type(a) is Conv2D and a.activation == "relu" and isinstance(b, BatchNormalization)
+
+
+def _batchnorm_then_relu(a, b):
+    return isinstance(a, BatchNormalization) and isinstance(b, ReLU)
+
+
+@pytest.mark.parametrize("name, fn, pair, inside_residual", [
+    ("mini", "BatchNormReLUFn", _batchnorm_then_relu, 0), ("resfer", "BatchNormReLUFn", _batchnorm_then_relu, 1),
+    ("vggbn", "Conv2DBatchNormFn", _relu_conv_then_batchnorm, 0),
+    ("gap4", "Conv2DBatchNormFn", _relu_conv_then_batchnorm, 0)])
+def test_batchnorm_fusions_run_in_training_with_the_unfused_results(backend, monkeypatch, name, fn, pair,
+                                                                    inside_residual):
+    """In training each BatchNormalization followed by a ReLU runs as one BatchNormReLUFn,
+    and each Conv2D(relu) followed by BatchNormalization as one Conv2DBatchNormFn:
+    outputs, every gradient and the moving averages are those of the layers called one
+    by one (a Residual's block runs through Sequential's rules even layer by layer)."""
+    import tinycnn.layers as L
     rng = np.random.default_rng(5)
     x = rng.random((4, 48, 48, 1), dtype=np.float32)
     labels = np.array([0, 3, 6, 2])
     calls = []
-    original = BatchNormReLUFn.apply
-    monkeypatch.setattr(BatchNormReLUFn, "apply", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fused_fn = getattr(L, fn)
+    original = fused_fn.apply
+    monkeypatch.setattr(fused_fn, "apply", lambda *a, **k: calls.append(1) or original(*a, **k))
     results = {}
     for fused in (False, True):
         model = fer_models.build(name, seed=3)
@@ -184,9 +197,9 @@ def test_batchnorm_then_relu_runs_fused_in_training_with_the_unfused_results(bac
         tc.losses.softmax_cross_entropy(out, labels).backward()
         results[fused] = (out.numpy(), {k: v.grad for k, v in model.named_weights().items() if v.grad is not None},
                           model.get_weights(), len(calls))
-    pairs = sum(isinstance(a, BatchNormalization) and isinstance(b, ReLU) for a, b in zip(model.layers, model.layers[1:]))
-    assert results[False][3] == inside_residual and results[True][3] == pairs + inside_residual, \
-        f"{name}: BatchNormReLUFn calls {results[False][3]} unfused, {results[True][3]} fused"
+    pairs = sum(pair(a, b) for a, b in zip(model.layers, model.layers[1:]))
+    assert pairs and results[False][3] == inside_residual and results[True][3] == pairs + inside_residual, \
+        f"{name}: {fn} calls {results[False][3]} unfused, {results[True][3]} fused"
     assert_close(name, "training output", results[True][0], results[False][0], RTOL, ATOL)
     assert sorted(results[True][1]) == sorted(results[False][1]) and results[True][1]
     for key, grad in results[True][1].items():

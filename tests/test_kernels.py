@@ -306,6 +306,35 @@ def test_batchnorm_relu_fast_equals_reference(m, c, offset, seed):
         norm.batchnorm_relu_backward.fast(g2[:, :0], y2, x2, mean, gamma, inv_std)
 
 
+@SOME
+@given(m=st.integers(1, 300), c=st.integers(1, 5), seed=st.integers(0, 2**16))
+@example(m=1, c=2, seed=0)
+def test_bias_relu_batchnorm_fast_equals_reference(m, c, seed):
+    """A ReLU convolution's epilogue inside BatchNorm's passes: z (overwritten by y =
+    relu(z + b)), the normalised output and the statistics; backward's masked input
+    gradient with the bias sum. The bias is drawn so that some channels are mostly off."""
+    rng = np.random.default_rng(seed)
+    z2, b = random_array(rng, (m, c)), random_array(rng, (c,))
+    gamma, beta = random_array(rng, (c,)) + 1, random_array(rng, (c,))
+    g2 = random_array(rng, (m, c))
+    label = f"bias_relu_batchnorm z2 {z2.shape}"
+    fast = norm.bias_relu_batchnorm_forward.fast(z2.copy(), b, gamma, beta, 1e-3)
+    ref = norm.bias_relu_batchnorm_forward.reference(z2.copy(), b, gamma, beta, 1e-3)
+    for what, got, exp in zip(("out", "y", "mean", "var", "inv_std"), fast, ref):
+        assert_close(label, f"bias_relu_batchnorm_forward {what}", got, exp, 1e-4, 1e-5)
+    z_in_place = z2.copy()
+    assert norm.bias_relu_batchnorm_forward.fast(z_in_place, b, gamma, beta, 1e-3)[1] is z_in_place
+    _, y2, mean, _, inv_std = ref
+    fast = norm.bias_relu_batchnorm_backward.fast(g2, y2, mean, gamma, inv_std)
+    ref = norm.bias_relu_batchnorm_backward.reference(g2, y2, mean, gamma, inv_std)
+    for what, got, exp in zip(("dz", "db", "dgamma", "dbeta"), fast, ref):
+        assert_close(label, f"bias_relu_batchnorm_backward {what}", got, exp, 1e-4, 1e-5)
+    with pytest.raises(ValueError, match="bias_relu_batchnorm_forward: z2 must be"):
+        norm.bias_relu_batchnorm_forward.fast(z2.astype(np.float64), b, gamma, beta, 1e-3)
+    with pytest.raises(ValueError, match="bias_relu_batchnorm_backward: gradient"):
+        norm.bias_relu_batchnorm_backward.fast(g2[:0], y2, mean, gamma, inv_std)
+
+
 # -- which kernel the layers call ----------------------------------------------------------------------
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 4), (3, 7)])
@@ -446,7 +475,7 @@ def test_dropout_fast_equals_reference(shape, rate):
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight",
                   "conv2d_maxpool", "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "batchnorm_relu_forward",
-                  "batchnorm_relu_backward"),
+                  "batchnorm_relu_backward", "bias_relu_batchnorm_forward", "bias_relu_batchnorm_backward"),
            dropout: ("dropout", "dropout_grad"), activation: ("relu_grad",)}
 
 
@@ -475,6 +504,10 @@ LAYER_CALLS = [
     ("ReLU", lambda: tc.layers.ReLU(), (2, 3, 3, 3), {"relu_grad"}),
     ("BatchNormalization then ReLU", lambda: tc.Sequential([tc.layers.BatchNormalization(), tc.layers.ReLU()]),
      (2, 3, 3, 3), {"batchnorm_relu_forward", "batchnorm_relu_backward"}),
+    ("Conv2D(relu) then BatchNormalization",
+     lambda: tc.Sequential([tc.layers.Conv2D(2, 3, activation="relu"), tc.layers.BatchNormalization()]), (2, 5, 5, 3),
+     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu_batchnorm_forward",
+      "bias_relu_batchnorm_backward"}),
 ]
 
 

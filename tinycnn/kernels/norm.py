@@ -196,6 +196,96 @@ def batchnorm_relu_backward_fast(g2, y2, x2, mean, gamma, inv_std):
     return dx2, dgamma.astype(np.float32), dbeta.astype(np.float32)
 
 
+# -- a convolution's bias and ReLU, then BatchNormalization, in training ----------------------------
+# vggbn's and gap4's Conv2D(activation="relu") -> BatchNormalization. The convolution's
+# epilogue (bias, ReLU) and its gradient (mask, bias sum) each cost a pass over the
+# (M, C) map; here they ride in BatchNorm's passes: the forward's first pass adds the
+# bias, clips, keeps y = relu(z + b) in z's place and sums it for the statistics; the
+# backward's second pass masks BatchNorm's input gradient by y > 0 as it writes it, and
+# sums it for the bias gradient.
+
+def bias_relu_batchnorm_forward_reference(z2, b, gamma, beta, eps):
+    """out2 = batchnorm(y2) with y2 = relu(z2 + b) (M, C); y2 is z2, overwritten in place.
+    Returns out2, y2, and mean, var, inv_std (C,) of y2 as batchnorm_forward."""
+    z2 += b
+    y2 = np.maximum(z2, np.float32(0), out=z2)
+    out2, mean, var, inv_std = batchnorm_forward_reference(y2, gamma, beta, eps)
+    return out2, y2, mean, var, inv_std
+
+
+def bias_relu_batchnorm_backward_reference(g2, y2, mean, gamma, inv_std):
+    """dz2 (M, C), db, dgamma, dbeta (C,) from g2 = dL/dout2: BatchNorm's backward, then
+    the ReLU's mask (y2 > 0) and the bias gradient (dz2 summed over rows)."""
+    dy2, dgamma, dbeta = batchnorm_backward_reference(g2, y2, mean, gamma, inv_std)
+    dz2 = np.where(y2 > 0, dy2, np.float32(0))
+    return dz2, dz2.sum(axis=0), dgamma, dbeta
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _bias_relu_sums(z2, b):
+    """In place z2 = relu(z2 + b); per channel, sum(y) and sum(y * y) in float64 (as _two_sums)."""
+    m, c = z2.shape
+    s1 = np.zeros((_BLOCKS, c))
+    s2 = np.zeros((_BLOCKS, c))
+    rows = (m + _BLOCKS - 1) // _BLOCKS
+    for k in prange(_BLOCKS):
+        for i in range(k * rows, min(m, (k + 1) * rows)):
+            for j in range(c):
+                v = max(z2[i, j] + b[j], 0.0)
+                z2[i, j] = v
+                u = np.float64(v)
+                s1[k, j] += u
+                s2[k, j] += u * u
+    return s1.sum(axis=0), s2.sum(axis=0)
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _grad_input_relu_bias(g2, y2, mean, inv_std, scale, dbeta_m, dgamma_m, dz2):
+    """dz2 = BatchNorm's input gradient where y2 > 0, else 0; returns its column sums."""
+    m, c = g2.shape
+    acc = np.zeros((_BLOCKS, c))
+    rows = (m + _BLOCKS - 1) // _BLOCKS
+    for k in prange(_BLOCKS):
+        for i in range(k * rows, min(m, (k + 1) * rows)):
+            for j in range(c):
+                v = 0.0
+                if y2[i, j] > 0:
+                    yhat = (y2[i, j] - mean[j]) * inv_std[j]
+                    v = scale[j] * (g2[i, j] - dbeta_m[j] - yhat * dgamma_m[j])
+                dz2[i, j] = v
+                acc[k, j] += v
+    return acc.sum(axis=0)
+
+
+@threads_by_size
+def bias_relu_batchnorm_forward_fast(z2, b, gamma, beta, eps):
+    if not z2.flags.c_contiguous or z2.dtype != np.float32:
+        raise ValueError(f"bias_relu_batchnorm_forward: z2 must be a C-contiguous float32 array (it is "
+                         f"overwritten in place), got {z2.dtype} {z2.shape}")
+    total, squares = _bias_relu_sums(z2, np.asarray(b, np.float32))
+    mean = total / z2.shape[0]
+    var = np.maximum(squares / z2.shape[0] - mean * mean, 0.0)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
+    mean, var = mean.astype(np.float32), var.astype(np.float32)
+    out2 = np.empty_like(z2)
+    _normalise(z2, mean, (gamma * inv_std).astype(np.float32), beta, out2)
+    return out2, z2, mean, var, inv_std
+
+
+@threads_by_size
+def bias_relu_batchnorm_backward_fast(g2, y2, mean, gamma, inv_std):
+    if g2.shape != y2.shape:
+        raise ValueError(f"bias_relu_batchnorm_backward: gradient {g2.shape} and output {y2.shape} must have "
+                         f"the same shape")
+    g2, y2 = np.ascontiguousarray(g2), np.ascontiguousarray(y2)
+    m = g2.shape[0]
+    dbeta, dgamma = _grad_sums(g2, y2, mean, inv_std)
+    dz2 = np.empty_like(g2)
+    db = _grad_input_relu_bias(g2, y2, mean, inv_std, (gamma * inv_std).astype(np.float32),
+                               (dbeta / m).astype(np.float32), (dgamma / m).astype(np.float32), dz2)
+    return dz2, db.astype(np.float32), dgamma.astype(np.float32), dbeta.astype(np.float32)
+
+
 def batchnorm_inference_reference(x2, mean, inv_std, gamma, beta):
     """Inference: y2 = (x2 - mean) * inv_std * gamma + beta with the moving statistics."""
     return ((x2 - mean) * (inv_std * gamma) + beta).astype(np.float32)
@@ -214,3 +304,5 @@ batchnorm_backward = dispatch(batchnorm_backward_reference, batchnorm_backward_f
 batchnorm_inference = dispatch(batchnorm_inference_reference, batchnorm_inference_fast)
 batchnorm_relu_forward = dispatch(batchnorm_relu_forward_reference, batchnorm_relu_forward_fast)
 batchnorm_relu_backward = dispatch(batchnorm_relu_backward_reference, batchnorm_relu_backward_fast)
+bias_relu_batchnorm_forward = dispatch(bias_relu_batchnorm_forward_reference, bias_relu_batchnorm_forward_fast)
+bias_relu_batchnorm_backward = dispatch(bias_relu_batchnorm_backward_reference, bias_relu_batchnorm_backward_fast)

@@ -19,6 +19,7 @@ import numpy as np
 from .. import initializers
 from ..kernels import conv as K
 from ..kernels import depthwise as D
+from ..kernels import norm as N
 from ..kernels import pool as P
 from ..kernels.shapes import conv_output_size, paddings, same_padding
 from ..tensor import Function, Tensor, is_grad_enabled
@@ -108,6 +109,42 @@ class Conv2DMaxPoolFn(Function):
             dw = K.conv2d_grad_weight_pooled(g, ctx.argmax, ctx.conv, ctx.z_shape, ctx.pool, ctx.pool_strides,
                                              ctx.pool_pads) if need_w else None
         return dx, dw, db if need_b else None
+
+
+class Conv2DBatchNormFn(Function):
+    """out = batchnorm(relu(conv(x, w) + b)) in training: a Conv2D(activation="relu") and
+    the BatchNormalization after it.
+
+    x (N, H, W, C), w (KH, KW, C, O), b, gamma, beta (O,) -> out (N, HO, WO, O). The
+    convolution's epilogue (bias and ReLU) runs inside BatchNorm's first pass, and its
+    gradient (the ReLU's mask and the bias sum) inside BatchNorm's last backward pass
+    (``N.bias_relu_batchnorm_forward`` and ``_backward``), instead of a pass each of its
+    own. ``stats`` receives the batch mean and variance of y = relu(conv + b) for the
+    moving averages. ``Sequential`` runs each such pair this way in training
+    (``tinycnn.layers.fold``).
+    Saved: ``conv`` (as in Conv2DFn), y, the batch mean, inv_std and gamma.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, gamma, beta, strides, pads, eps, stats):
+        if is_grad_enabled():
+            z, conv = K.conv2d_forward(x, w, strides, pads)
+        else:
+            z, conv = K.conv2d(x, w, strides, pads), None
+        o = z.shape[-1]
+        out2, y2, mean, var, inv_std = N.bias_relu_batchnorm_forward(z.reshape(-1, o), b, gamma, beta, eps)
+        stats.update(mean=mean, var=var)
+        ctx.save(conv=conv, y=y2.reshape(z.shape), mean=mean, inv_std=inv_std, gamma=gamma)
+        return out2.reshape(z.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        o = ctx.y.shape[-1]
+        dz2, db, dgamma, dbeta = N.bias_relu_batchnorm_backward(g.reshape(-1, o), ctx.y.reshape(-1, o), ctx.mean,
+                                                               ctx.gamma, ctx.inv_std)
+        need_x, need_w, need_b, _, _ = ctx.needs_input_grad
+        dx, dw = K.conv2d_backward(ctx.conv, dz2.reshape(ctx.y.shape), need_x, need_w)
+        return dx, dw, db if need_b else None, dgamma, dbeta
 
 
 class Conv2DTransposeFn(Function):
@@ -253,6 +290,20 @@ class Conv2D(_ConvBase):
                                      pads=self._pads(x.shape[1], x.shape[2]), relu=self.relu,
                                      pool=pool.pool_size, pool_strides=pool.strides,
                                      pool_pads=pool._pads(ho, wo), pool_hw=pool_hw)
+
+    def call_then_batchnorm(self, x, bn):
+        """``bn(self(x), training=True)`` for this Conv2D(activation="relu") and a built
+        BatchNormalization ``bn``, as one Conv2DBatchNormFn; updates bn's moving averages."""
+        if not self.relu:
+            raise ValueError(f"{self._label()}: call_then_batchnorm fuses a ReLU convolution's epilogue, "
+                             f"this layer's activation is {self.activation!r}")
+        self.compute_output_shape(x.shape[1:])
+        bn.check_training_batch(x)
+        stats = {}
+        y = Conv2DBatchNormFn.apply(x, self.kernel, self.bias, bn.gamma, bn.beta, strides=self.strides,
+                                    pads=self._pads(x.shape[1], x.shape[2]), eps=bn.epsilon, stats=stats)
+        bn.update_moving_averages(stats)
+        return y
 
     def multiply_adds(self, input_shape):
         ho, wo, o = self.compute_output_shape(input_shape)

@@ -24,7 +24,9 @@ One fusion holds in training too: a Conv2D followed by a MaxPooling2D runs as on
 ``Conv2DMaxPoolFn``, which pools the convolution's output before adding the bias and
 applying the ReLU (they commute with max), so those two passes, and their gradients,
 run over the pooled map. And in training a BatchNormalization followed by a ReLU runs
-as one ``BatchNormReLUFn``: the ReLU and its mask ride in BatchNorm's own passes.
+as one ``BatchNormReLUFn``, and a Conv2D(activation="relu") followed by a
+BatchNormalization as one ``Conv2DBatchNormFn``: the ReLU, its mask and the bias ride in
+BatchNorm's own passes.
 """
 from __future__ import annotations
 
@@ -88,7 +90,8 @@ def run_layers(layers, x, training):
     followed by BatchNormalization runs as one convolution with the normalisation in its
     epilogue (free at any batch size), and, from ``FOLD_MIN_BATCH`` images up, each
     Conv2D/Dense followed by BatchNormalization (and a ReLU) as one folded layer. In
-    training, each BatchNormalization followed by a ReLU runs as one BatchNormReLUFn.
+    training, each BatchNormalization followed by a ReLU runs as one BatchNormReLUFn, and
+    each Conv2D(relu) followed by BatchNormalization as one Conv2DBatchNormFn.
     Always, each Conv2D followed by MaxPooling2D runs as one Conv2DMaxPoolFn (pool, then
     bias and ReLU)."""
     inference = not training and not is_grad_enabled()
@@ -107,6 +110,12 @@ def run_layers(layers, x, training):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
             x = conv_relu_batchnorm(layer, following, x)
+            i += 2
+        elif training and type(layer) is Conv2D and layer.relu and isinstance(following, BatchNormalization):
+            x = to_input_tensor(x, layer._label())
+            layer.ensure_built(x.shape[1:])
+            following.ensure_built(layer.compute_output_shape(x.shape[1:]))
+            x = layer.call_then_batchnorm(x, following)
             i += 2
         elif training and isinstance(layer, BatchNormalization) and _is_relu(following):
             x = to_input_tensor(x, layer._label())

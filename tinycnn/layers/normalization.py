@@ -125,12 +125,23 @@ class BatchNormalization(Layer):
     def _train(self, fn, x):
         """Normalise with the batch's statistics (``fn`` with or without the ReLU after it)
         and move the moving averages towards them."""
-        if x.size == 0:  # the statistics of nothing are NaN, and would stay in the moving averages
-            raise ValueError(f"{self._label()}: a training batch needs at least one value per channel, "
-                             f"got input shape {x.shape}")
+        self.check_training_batch(x)
         stats = {}
         y = fn.apply(x, self.gamma, self.beta, eps=self.epsilon, stats=stats)
+        self.update_moving_averages(stats)
+        return y
+
+    def check_training_batch(self, x):
+        """Raise unless x (this layer's input, or the input of a layer fused before it)
+        holds a value: the statistics of nothing are NaN, and would stay in the moving
+        averages."""
+        if x.size == 0:
+            raise ValueError(f"{self._label()}: a training batch needs at least one value per channel, "
+                             f"got input shape {x.shape}")
+
+    def update_moving_averages(self, stats):
+        """moving = momentum * moving + (1 - momentum) * batch, for the batch ``stats``
+        (mean and var) a training forward reported."""
         m = self.momentum
         self.moving_mean.data = m * self.moving_mean.data + (1 - m) * stats["mean"]
         self.moving_variance.data = m * self.moving_variance.data + (1 - m) * stats["var"]
-        return y
