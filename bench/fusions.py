@@ -16,7 +16,17 @@ data, best of ``--repeats`` after one untimed call, with each side's fast kernel
 * a Winograd layer's forward + gradients: the input transformed again for the weight
   gradient, against the forward's transformed input kept (``keep_tiles``);
 * global average pooling, forward + backward: NumPy's mean and broadcast, against the
-  Numba pair.
+  Numba pair;
+* Winograd F(4x4, 3x3)'s four transforms (forward's two, the gradients' two): the loops
+  that read B^T and A^T at run time, against the kernels that spell them out;
+* Winograd's weight-gradient products V^T dM: one batched BLAS call on all threads,
+  against the positions split between threads, one BLAS thread each;
+* a ReLU's gradient: ``np.where`` against the Numba kernel;
+* BatchNormalization then ReLU, training forward + backward: the two layers' kernels,
+  against ``batchnorm_relu_forward`` and ``_backward``;
+* a Conv2D(relu)'s epilogue then BatchNormalization, training forward + backward: bias
+  and ReLU, BatchNorm, and their gradients, against ``bias_relu_batchnorm_forward`` and
+  ``_backward`` (the convolution itself is the same both ways and left out).
 
 Close other programs first (training runs share the same cores).
 """
@@ -35,7 +45,7 @@ import numpy as np  # noqa: E402
 
 import tinycnn as tc  # noqa: E402
 from conv_layers import best_ms  # noqa: E402  (bench/ is on the path when run as a script)
-from tinycnn.kernels import conv, pool, winograd  # noqa: E402
+from tinycnn.kernels import activation, conv, norm, pool, winograd  # noqa: E402
 
 VALID, SAME, NO_PAD = ((0, 0), (0, 0)), ((1, 1), (1, 1)), ((0, 0), (0, 0))
 # (model, C -> O, padding) of the first layers followed by a 2x2 max pool, on 48x48x1 faces
@@ -47,6 +57,9 @@ WINOGRAD_LAYERS = [("vggbn", 46, 32, 64, VALID), ("vggbn", 20, 128, 128, VALID),
                    ("updown", 24, 64, 128, SAME), ("deep4", 23, 128, 256, VALID)]
 # (model, H, C) of the maps global average pooling reduces
 GAP_MAPS = [("updown", 48, 32), ("resfer", 3, 256)]
+# (model, H, C) of BatchNorm + ReLU maps in resfer's family, and of Conv2D(relu) + BatchNorm in vggbn's and gap4's
+BN_RELU_MAPS = [("resfer", 48, 32), ("resfer", 12, 128), ("resdeep", 48, 32)]
+CONV_BN_MAPS = [("vggbn", 46, 32), ("vggbn", 44, 64), ("gap4", 46, 256)]
 
 
 def rows(n, repeats, rng):
@@ -93,6 +106,66 @@ def rows(n, repeats, rng):
             winograd.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads, tiles=tiles)
         yield ("Winograd forward + gradients, input tiles kept", f"{name} {h}x{h}x{c} -> {o}",
                best_ms(again, repeats), best_ms(kept, repeats))
+    for name, h, c, o, pads in WINOGRAD_LAYERS:
+        x = data(n, h, h, c)
+        ho, wo = winograd._output_hw(x.shape, pads)
+        th, tw = winograd.tile_grid(ho, wo, 4)
+        k = winograd._chunk_images(n, th * tw, 6, c + o)
+        BT, _, AT = winograd.matrices(4)
+        V, M = data(36, k * th * tw, c), data(36, k * th * tw, o)
+        y, dy, dx = data(k, ho, wo, o), data(k, ho, wo, o), data(k, h, h, c)
+        chunks = n / k   # one chunk timed, scaled to the batch
+
+        def loops():
+            winograd._input_transform(x[:k], pads[0][0], pads[1][0], th, tw, BT, V)
+            winograd._output_transform(M, AT, y)
+            winograd._output_transform_adjoint(dy, AT, th, tw, M)
+            winograd._input_transform_adjoint(V, BT, pads[0][0], pads[1][0], th, tw, dx)
+
+        def spelt_out():
+            winograd._input_transform_4(x[:k], pads[0][0], pads[1][0], th, tw, V)
+            winograd._output_transform_4(M, y)
+            winograd._output_transform_adjoint_4(dy, th, tw, M)
+            winograd._input_transform_adjoint_4(V, pads[0][0], pads[1][0], th, tw, dx)
+        yield ("Winograd F(4x4) transforms, the four: loops vs spelt out", f"{name} {h}x{h}x{c} -> {o}",
+               chunks * best_ms(loops, repeats), chunks * best_ms(spelt_out, repeats))
+        part = np.empty((36, c, o), np.float32)
+        yield ("Winograd weight-gradient products: one BLAS call vs split by position", f"{name} {h}x{h}x{c} -> {o}",
+               chunks * best_ms(lambda: np.matmul(V.transpose(0, 2, 1), M, out=part), repeats),
+               chunks * best_ms(lambda: winograd._products_split_by_position(V.transpose(0, 2, 1), M, part),
+                                repeats))
+    for name, h, c in BN_RELU_MAPS:
+        x2, g2 = data(n * h * h, c), data(n * h * h, c)
+        gamma, beta = np.ones(c, np.float32), data(c) * 0.1
+
+        def separate_bn_relu():
+            y2, mean, _, inv_std = norm.batchnorm_forward_fast(x2, gamma, beta, 1e-3)
+            out2 = np.maximum(y2, 0)
+            norm.batchnorm_backward_fast(activation.relu_grad_fast(g2, out2), x2, mean, gamma, inv_std)
+
+        def fused_bn_relu():
+            y2, mean, _, inv_std = norm.batchnorm_relu_forward_fast(x2, gamma, beta, 1e-3)
+            norm.batchnorm_relu_backward_fast(g2, y2, x2, mean, gamma, inv_std)
+        yield ("ReLU gradient: np.where vs kernel", f"{name} {h}x{h}x{c}",
+               best_ms(lambda: np.where(x2 > 0, g2, np.float32(0)), repeats),
+               best_ms(lambda: activation.relu_grad_fast(g2, x2), repeats))
+        yield ("BatchNorm + ReLU, training forward + backward", f"{name} {h}x{h}x{c}",
+               best_ms(separate_bn_relu, repeats), best_ms(fused_bn_relu, repeats))
+    for name, h, c in CONV_BN_MAPS:
+        z2, g2 = data(n * h * h, c), data(n * h * h, c)
+        b, gamma, beta = data(c) * 0.1, np.ones(c, np.float32), data(c) * 0.1
+
+        def separate_conv_bn():
+            y2 = conv.bias_relu_fast(z2.copy(), b, True)
+            _, mean, _, inv_std = norm.batchnorm_forward_fast(y2, gamma, beta, 1e-3)
+            dy2, _, _ = norm.batchnorm_backward_fast(g2, y2, mean, gamma, inv_std)
+            conv.bias_relu_grad_fast(dy2, y2, True)
+
+        def fused_conv_bn():
+            _, y2, mean, _, inv_std = norm.bias_relu_batchnorm_forward_fast(z2.copy(), b, gamma, beta, 1e-3)
+            norm.bias_relu_batchnorm_backward_fast(g2, y2, mean, gamma, inv_std)
+        yield ("Conv2D(relu) epilogue + BatchNorm, training forward + backward", f"{name} {h}x{h}x{c}",
+               best_ms(separate_conv_bn, repeats), best_ms(fused_conv_bn, repeats))
     for name, h, c in GAP_MAPS:
         x, dy = data(n, h, h, c), data(n, c)
         yield ("global average pooling, forward + backward", f"{name} {h}x{h}x{c}",

@@ -301,9 +301,17 @@ def test_model_matches_keras(backend, training, algorithm):
     xt = Tensor(x, requires_grad=True)
     label = (f"Sequential[conv, BN, pool, conv, BN, convT, convT, dense, BN, dense] "
              f"({'training' if training else 'inference'}, {algorithm}, vs Keras)")
+    # Winograd F(4x4)'s float32 error (a few 1e-6 of the largest output, test_winograd.py) meets
+    # a badly conditioned quantity here: the second BatchNorm normalises 27 values per channel,
+    # and its gamma's gradient divides the convolution's rounding by their spread. Over 40 seeds
+    # of this test, the worst value of each run was at a median 0.2 of RTOL/ATOL with either
+    # Winograd kernel (the loops reading B^T and A^T, or the spelt-out ones), above it in 5
+    # and 6 seeds, at most 5.1x. Winograd's runs are held to 2.5x the tolerance; a transform
+    # matrix off by 1% moves these values by a hundred times more (test_winograd.py).
+    rtol, atol = (2.5 * RTOL, 2.5 * ATOL) if algorithm == "winograd" else (RTOL, ATOL)
     with tc.use_conv_algorithm(algorithm):
         check_against_reference(label, lambda: ours(xt, training=training), {"input": xt, **trainable},
-                                y.numpy(), expected, g, RTOL, ATOL)
+                                y.numpy(), expected, g, rtol, atol)
     for (name, t), w in zip(mine.items(), theirs.weights):
         assert_close(label, f"{name} after the call", t.data, w.numpy(), RTOL, ATOL)
 
