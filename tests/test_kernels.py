@@ -75,6 +75,17 @@ def test_one_channel_direct_kernel_equals_reference(strides, pads, monkeypatch):
         monkeypatch.setattr(B, "SMALL_WORK", small_work)
         assert_close(label, f"conv2d (SMALL_WORK={small_work})", conv.conv2d.fast(x, w, strides, pads),
                      expected, RTOL, ATOL)
+    # as a first layer trains: conv2d_forward keeps no columns for a 3x3 stride-1 kernel,
+    # and the weight gradient then takes the spelt-out kernel
+    dy = random_array(rng, expected.shape)
+    y, saved = conv.conv2d_forward(x, w, strides, pads)
+    assert_close(label, "conv2d_forward", y, expected, RTOL, ATOL)
+    assert (saved.cols is None) == (strides == (1, 1))
+    expected_dw = conv.conv2d_grad_weight.reference(x, dy, w.shape, strides, pads)
+    assert_close(label, "conv2d_backward weight grad", conv.conv2d_backward(saved, dy, need_input=False)[1],
+                 expected_dw, RTOL, ATOL)
+    assert_close(label, "conv2d_grad_weight", conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads),
+                 expected_dw, RTOL, ATOL)
 
 
 @pytest.mark.parametrize("impl", ["reference", "fast"])
@@ -490,6 +501,8 @@ def test_each_kernel_dispatches_between_its_two_implementations():
 LAYER_CALLS = [
     ("Conv2D", lambda: tc.layers.Conv2D(2, 3, strides=2, padding="same"), (2, 5, 5, 3),
      {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "bias_relu", "bias_relu_grad"}),
+    ("Conv2D without bias or ReLU (no epilogue)", lambda: tc.layers.Conv2D(2, 3, use_bias=False), (2, 5, 5, 3),
+     {"conv2d", "conv2d_grad_input", "conv2d_grad_weight"}),
     ("Conv2DTranspose", lambda: tc.layers.Conv2DTranspose(2, 3, strides=2), (2, 3, 3, 3),
      {"conv2d_grad_input", "conv2d_and_grad_weight", "bias_relu", "bias_relu_grad"}),
     ("Conv2D then MaxPooling2D", lambda: tc.Sequential([tc.layers.Conv2D(2, 3, padding="same", activation="relu"),
