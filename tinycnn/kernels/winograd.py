@@ -423,17 +423,22 @@ def _input_transform_4(x, pt, pl, th, tw, V):
         for ty in range(th):
             for tx in range(tw):
                 tile = (img * th + ty) * tw + tx
-                for a in range(6):
-                    iy = ty * 4 + a - pt
-                    for b in range(6):
-                        ix = tx * 4 + b - pl
-                        if 0 <= iy < h and 0 <= ix < w:
-                            d[a, b, :] = x[img, iy, ix, :]
-                        else:
-                            d[a, b, :] = 0.0
+                y0, x0 = ty * 4 - pt, tx * 4 - pl
+                if 0 <= y0 and y0 + 6 <= h and 0 <= x0 and x0 + 6 <= w:  # inside x: read it in place
+                    src = x[img]
+                else:  # on an edge: copy the tile with its zeros first
+                    for a in range(6):
+                        for b in range(6):
+                            if 0 <= y0 + a < h and 0 <= x0 + b < w:
+                                d[a, b, :] = x[img, y0 + a, x0 + b, :]
+                            else:
+                                d[a, b, :] = 0.0
+                    src, y0, x0 = d, 0, 0
                 for a in range(6):  # along each row: tmp = d B
+                    row = src[y0 + a]
                     for ch in range(c):
-                        r = _bt4(d[a, 0, ch], d[a, 1, ch], d[a, 2, ch], d[a, 3, ch], d[a, 4, ch], d[a, 5, ch])
+                        r = _bt4(row[x0, ch], row[x0 + 1, ch], row[x0 + 2, ch], row[x0 + 3, ch], row[x0 + 4, ch],
+                                 row[x0 + 5, ch])
                         for j in range(6):
                             tmp[a, j, ch] = r[j]
                 for j in range(6):  # down each column: V = B^T tmp
@@ -484,15 +489,20 @@ def _output_transform_adjoint_4(dy, th, tw, dM):
             for tx in range(tw):
                 tile = (img * th + ty) * tw + tx
                 rows, cols = min(4, ho - ty * 4), min(4, wo - tx * 4)
-                for k in range(4):  # the tile's block of dy, zero past the edge
-                    for l in range(4):
-                        if k < rows and l < cols:
-                            blk[k, l, :] = dy[img, ty * 4 + k, tx * 4 + l, :]
-                        else:
-                            blk[k, l, :] = 0.0
+                if rows == 4 and cols == 4:  # inside dy: read it in place
+                    src, y0, x0 = dy[img], ty * 4, tx * 4
+                else:  # past an edge: copy the block with its zeros first
+                    for k in range(4):
+                        for l in range(4):
+                            if k < rows and l < cols:
+                                blk[k, l, :] = dy[img, ty * 4 + k, tx * 4 + l, :]
+                            else:
+                                blk[k, l, :] = 0.0
+                    src, y0, x0 = blk, 0, 0
                 for k in range(4):  # along each row: tmp = dY A^T
+                    row = src[y0 + k]
                     for oc in range(o):
-                        r = _a4(blk[k, 0, oc], blk[k, 1, oc], blk[k, 2, oc], blk[k, 3, oc])
+                        r = _a4(row[x0, oc], row[x0 + 1, oc], row[x0 + 2, oc], row[x0 + 3, oc])
                         for j in range(6):
                             tmp[k, j, oc] = r[j]
                 for j in range(6):  # down each column: dM = A tmp
