@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import tinycnn as tc
 from helpers import assert_close, distinct_values, random_array
 from tinycnn import backend as B
-from tinycnn.kernels import activation, conv, dropout, norm, pool
+from tinycnn.kernels import activation, conv, dropout, norm, optim, pool
 from tinycnn.kernels.shapes import conv_output_size
 
 RTOL, ATOL = 1e-5, 1e-5
@@ -346,6 +346,25 @@ def test_bias_relu_batchnorm_fast_equals_reference(m, c, seed):
         norm.bias_relu_batchnorm_backward.fast(g2[:0], y2, mean, gamma, inv_std)
 
 
+@pytest.mark.parametrize("shape", [(1,), (3, 3, 4, 5), (7,)])
+def test_adam_update_fast_equals_reference_to_the_bit(shape):
+    """One pass in Numba, the same float32 operations in the same order as NumPy's eight:
+    the same bits, over several steps; bad shapes or dtypes are refused."""
+    rng = np.random.default_rng(len(shape))
+    value = random_array(rng, shape)
+    slots = {impl: (value.copy(), np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+             for impl in ("reference", "fast")}
+    for step in range(1, 4):
+        grad = random_array(rng, shape)
+        for impl, (p, m, v) in slots.items():
+            getattr(optim.adam_update, impl)(p, grad, m, v, 0.9, 0.999, 1e-3 * step, 1e-7)
+    for a, b in zip(slots["fast"], slots["reference"]):
+        np.testing.assert_array_equal(a, b)
+    p, m, v = slots["fast"]
+    with pytest.raises(ValueError, match="adam_update"):
+        optim.adam_update.fast(p, grad.astype(np.float64), m, v, 0.9, 0.999, 1e-3, 1e-7)
+
+
 # -- which kernel the layers call ----------------------------------------------------------------------
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 5, 3, 4), (3, 7)])
@@ -487,7 +506,7 @@ KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_a
                   "conv2d_maxpool", "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "batchnorm_relu_forward",
                   "batchnorm_relu_backward", "bias_relu_batchnorm_forward", "bias_relu_batchnorm_backward"),
-           dropout: ("dropout", "dropout_grad"), activation: ("relu_grad",)}
+           dropout: ("dropout", "dropout_grad"), activation: ("relu_grad",), optim: ("adam_update",)}
 
 
 def test_each_kernel_dispatches_between_its_two_implementations():

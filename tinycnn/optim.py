@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .kernels import optim as K
+
 
 class Optimizer:
     """Updates ``params`` (trainable Tensors) from their ``.grad``.
@@ -94,11 +96,9 @@ class Adam(Optimizer):
 
     def _update(self, i, value, grad):
         t = self.iterations
-        m, v = self.m[i], self.v[i]
-        m += (1 - self.beta_1) * (grad - m)
-        v += (1 - self.beta_2) * (grad * grad - v)
         lr_t = self.lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
-        value -= np.float32(lr_t) * m / (np.sqrt(v) + np.float32(self.epsilon))
+        K.adam_update(value, np.ascontiguousarray(grad), self.m[i], self.v[i], self.beta_1, self.beta_2, lr_t,
+                      self.epsilon)
 
 
 class SGD(Optimizer):
