@@ -9,8 +9,8 @@ data, best of ``--repeats`` after one untimed call, with each side's fast kernel
 
 * first layer + 2x2 max pool, forward: the direct convolution then ``maxpool``, against
   ``conv2d_maxpool`` (one kernel, the convolution's output never stored);
-* first layer before a max pool, weight gradient: the pool's gradient then the weight
-  gradient from im2col's kept columns, against ``conv2d_grad_weight_pooled``;
+* first layer before a max pool, weight gradient: the pool's gradient then the layer's
+  weight gradient (``conv2d_backward``), against ``conv2d_grad_weight_pooled``;
 * Conv2DTranspose's backward: ``conv2d`` and ``conv2d_grad_weight`` of the same
   gradient, against ``conv2d_and_grad_weight`` (its windows gathered once);
 * a Winograd layer's forward + gradients: the input transformed again for the weight
