@@ -69,9 +69,13 @@ def _two_sums(u2, v2, shift, scale):
 
 def _moments(x2):
     c = x2.shape[1]
-    total, squares = _two_sums(x2, x2, np.zeros(c), np.ones(c))
-    mean = total / x2.shape[0]
-    return mean, np.maximum(squares / x2.shape[0] - mean * mean, 0.0)
+    return _mean_var(*_two_sums(x2, x2, np.zeros(c), np.ones(c)), x2.shape[0])
+
+
+def _mean_var(total, squares, m):
+    """Mean and (biased) variance per channel from the float64 sums of x and x*x over m rows."""
+    mean = total / m
+    return mean, np.maximum(squares / m - mean * mean, 0.0)
 
 
 @njit(parallel=PARALLEL, cache=True, fastmath=True)
@@ -96,15 +100,20 @@ def _grad_input(g2, x2, mean, inv_std, scale, dbeta_m, dgamma_m, dx2):
             dx2[i, j] = scale[j] * (g2[i, j] - dbeta_m[j] - xhat * dgamma_m[j])
 
 
-@threads_by_size
-def batchnorm_forward_fast(x2, gamma, beta, eps):
-    x2 = np.ascontiguousarray(x2)
-    mean, var = _moments(x2)
+def _normalised(normalise, x2, mean, var, gamma, beta, eps):
+    """(y2, mean, var, inv_std) in float32: ``normalise`` (``_normalise`` or, with the ReLU,
+    ``_normalise_relu``) applied to x2 with the batch's statistics."""
     inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
     mean, var = mean.astype(np.float32), var.astype(np.float32)
     y2 = np.empty_like(x2)
-    _normalise(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
+    normalise(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
     return y2, mean, var, inv_std
+
+
+@threads_by_size
+def batchnorm_forward_fast(x2, gamma, beta, eps):
+    x2 = np.ascontiguousarray(x2)
+    return _normalised(_normalise, x2, *_moments(x2), gamma, beta, eps)
 
 
 @threads_by_size
@@ -174,12 +183,7 @@ def _masked_grad_input(g2, y2, x2, mean, inv_std, scale, dbeta_m, dgamma_m, dx2)
 @threads_by_size
 def batchnorm_relu_forward_fast(x2, gamma, beta, eps):
     x2 = np.ascontiguousarray(x2)
-    mean, var = _moments(x2)
-    inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
-    mean, var = mean.astype(np.float32), var.astype(np.float32)
-    y2 = np.empty_like(x2)
-    _normalise_relu(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
-    return y2, mean, var, inv_std
+    return _normalised(_normalise_relu, x2, *_moments(x2), gamma, beta, eps)
 
 
 @threads_by_size
@@ -262,13 +266,8 @@ def bias_relu_batchnorm_forward_fast(z2, b, gamma, beta, eps):
     if not z2.flags.c_contiguous or z2.dtype != np.float32:
         raise ValueError(f"bias_relu_batchnorm_forward: z2 must be a C-contiguous float32 array (it is "
                          f"overwritten in place), got {z2.dtype} {z2.shape}")
-    total, squares = _bias_relu_sums(z2, np.asarray(b, np.float32))
-    mean = total / z2.shape[0]
-    var = np.maximum(squares / z2.shape[0] - mean * mean, 0.0)
-    inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
-    mean, var = mean.astype(np.float32), var.astype(np.float32)
-    out2 = np.empty_like(z2)
-    _normalise(z2, mean, (gamma * inv_std).astype(np.float32), beta, out2)
+    mean, var = _mean_var(*_bias_relu_sums(z2, np.asarray(b, np.float32)), z2.shape[0])
+    out2, mean, var, inv_std = _normalised(_normalise, z2, mean, var, gamma, beta, eps)
     return out2, z2, mean, var, inv_std
 
 
