@@ -605,7 +605,7 @@ def _kernel_transform_adjoint_fast(dU, m):
 # whole training steps at batch 128, one process: vggbn 264 -> 280 images/s, small3
 # 2091 -> 2390, resfer 488 -> 532. The forward's and the input gradient's products gained
 # nothing this way, so they stay single BLAS calls.
-_workers = None  # (ThreadPoolExecutor, threadpoolctl controller), made at first use
+_workers = None  # (ThreadPoolExecutor, threadpoolctl controller, its threads), made at first use
 
 
 def _products_split_by_position(a, b, out):
@@ -617,12 +617,12 @@ def _products_split_by_position(a, b, out):
     threads = min(numba.get_num_threads(), a.shape[0]) if PARALLEL else 1
     if threads < 2:
         return np.matmul(a, b, out=out)
-    if _workers is None or _workers[0]._max_workers < threads:
+    if _workers is None or _workers[2] < threads:
         from concurrent.futures import ThreadPoolExecutor
 
         from threadpoolctl import ThreadpoolController
-        _workers = ThreadPoolExecutor(threads, thread_name_prefix="tinycnn-products"), ThreadpoolController()
-    pool, blas = _workers
+        _workers = ThreadPoolExecutor(threads, thread_name_prefix="tinycnn-products"), ThreadpoolController(), threads
+    pool, blas, _ = _workers
     bounds = np.linspace(0, a.shape[0], threads + 1).astype(int)
     with blas.limit(limits=1, user_api="blas"):
         jobs = [pool.submit(np.matmul, a[i:j], b[i:j], out=out[i:j]) for i, j in zip(bounds, bounds[1:])]
