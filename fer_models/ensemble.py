@@ -57,6 +57,11 @@ class Ensemble:
         from .predict import predict_probabilities
         return np.mean([predict_probabilities(m, batch, tta=tta) for m in self.members], axis=0)
 
+    def inference_copy(self) -> "Ensemble":
+        """The same ensemble for prediction only: each member's ``inference_copy()``
+        (BatchNorm folded once, Dropout left out), a snapshot of their weights."""
+        return Ensemble([m.inference_copy() for m in self.members], name=self.name)
+
     def __repr__(self):
         return f"Ensemble({self.name!r}, {len(self)} members)"
 

@@ -206,3 +206,51 @@ def test_batchnorm_fusions_run_in_training_with_the_unfused_results(backend, mon
         assert_close(name, f"gradient of {key}", grad, results[False][1][key], RTOL, ATOL)
     for key, value in results[True][2].items():
         assert_close(name, f"weight {key} after the step's statistics", value, results[False][2][key], RTOL, ATOL)
+
+
+@pytest.mark.parametrize("name", fer_models.names())
+def test_inference_copy_gives_the_models_outputs(backend, monkeypatch, name):
+    """The copy folds every BatchNormalization it can, once, and leaves out Dropout: one
+    face, two (a face and its mirror) and a batch give the model's own outputs."""
+    rng = np.random.default_rng(3)
+    model = fer_models.build(name, seed=1)
+    randomise_batchnorm(model, rng)
+    x = rng.random((fold.FOLD_MIN_BATCH + 1, 48, 48, 1), dtype=np.float32)
+    expected = unfolded(model, x)
+    copy = model.inference_copy()
+    kinds = [type(layer).__name__ for layer in copy.all_layers()]
+    assert "Dropout" not in kinds, f"{name}: the inference copy kept {kinds.count('Dropout')} Dropout layers"
+    unfoldable = {"vggbn": 1 + 6, "gap4": 2 + 4}.get(name, 0)  # after Dense(relu), and after Conv2D(relu)
+    assert kinds.count("BatchNormalization") == unfoldable, f"{name}: {kinds}"
+    calls = count_batchnorm_calls(monkeypatch)
+    with tc.no_grad():
+        for n in (1, 2, len(x)):
+            got = copy(x[:n], training=False).numpy()
+            assert_close(f"{name} inference copy, batch {n}", "output", got, expected[:n], RTOL, ATOL)
+    left = {"vggbn": 1, "gap4": 2}.get(name, 0)  # BatchNorm after Dense(relu), (N, 512) at most
+    assert len(calls) == 3 * left, f"{name}: {len(calls)} unfolded BatchNormalization calls in 3 calls of the copy"
+
+
+def test_inference_copy_is_a_snapshot(backend):
+    """Its weights are its own and not trainable: changing the model afterwards (training,
+    set_weights) leaves the copy's outputs as they were, and the copy has no parameters."""
+    rng = np.random.default_rng(4)
+    model = fer_models.build("mini", seed=1)
+    randomise_batchnorm(model, rng)
+    x = rng.random((3, 48, 48, 1), dtype=np.float32)
+    copy = model.inference_copy()
+    with tc.no_grad():
+        before = copy(x).numpy()
+    assert len(list(copy.parameters())) == 0
+    for layer in model.all_layers():
+        for w in layer.weights.values():
+            w.data = w.data * np.float32(0.5) + np.float32(0.1)
+    model(x, training=True)
+    with tc.no_grad():
+        assert np.array_equal(copy(x).numpy(), before)
+        assert not np.allclose(model(x).numpy(), before, rtol=1e-3, atol=1e-3)
+
+
+def test_inference_copy_needs_a_built_model():
+    with pytest.raises(ValueError, match="must be built"):
+        tc.Sequential([Conv2D(4, 3), BatchNormalization()]).inference_copy()

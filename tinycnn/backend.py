@@ -56,6 +56,8 @@ def threads_by_size(fast):
         if not PARALLEL or np.size(args[0]) >= SMALL_WORK:
             return fast(*args, **kwargs)
         previous = numba.get_num_threads()
+        if previous == 1:  # already one thread (webcam.py's default): setting it costs more than the kernel
+            return fast(*args, **kwargs)
         numba.set_num_threads(1)
         try:
             return fast(*args, **kwargs)
