@@ -101,6 +101,10 @@ def parse_args(argv=None):
     p.add_argument("--half", action="store_true",
                    help="with --ensemble: store the weights as float16 (half the file), and report the "
                         "stored file's PublicTest accuracy too")
+    p.add_argument("--choose", type=int, default=0, metavar="K",
+                   help="with --ensemble: try every subset of at most K of the given members and keep the one "
+                        "whose mirror-averaged PublicTest accuracy is best (ties: fewer members, then less "
+                        "compute per face)")
     p.add_argument("--export", type=Path, nargs=2, default=None, metavar=("MODEL", "FILE"),
                    help="write MODEL (a run, weights file or Keras file) as FILE: .onnx (ONNX, for onnxruntime "
                         "and other engines), .keras or .h5 (Keras); the input contract (size, preprocessing, "
@@ -479,7 +483,8 @@ def export(args):
 
 def make_ensemble(args):
     """Load the members, report each one and their average on PublicTest (the split the
-    members are chosen on), and write the ensemble file."""
+    members are chosen on), and write the ensemble file. With ``--choose K``, every
+    subset of at most K members is tried first and the best one is written."""
     import tinycnn as tc
 
     from fer_models.data import load_fer2013
@@ -487,6 +492,8 @@ def make_ensemble(args):
     from fer_models.predict import load_model
     tc.set_backend(args.backend)
     tc.set_conv_algorithm(args.conv_algorithm)
+    if args.choose < 0:
+        sys.exit(f"error: --choose must be a positive number of members, got {args.choose}")
     members, labels = [], []
     for path in args.ensemble:
         try:
@@ -503,11 +510,18 @@ def make_ensemble(args):
         sys.exit(f"error: --data {args.data}: {e}")
     if len(x) == 0:
         sys.exit("error: the data has no PublicTest split to choose members on")
-    ensemble = Ensemble(members)
+    views = (False, "mirror", "shifts")
     print(f"PublicTest accuracy ({len(y):,} images): plain, mirror TTA, shifts TTA (10 views):")
-    for label, model in list(zip(labels, members)) + [(ensemble.name, ensemble)]:
-        accs = [float((evaluate_model(model, x, y, tta=tta)[0] == y).mean()) for tta in (False, "mirror", "shifts")]
-        print(f"  {accs[0]:.4f}  {accs[1]:.4f}  {accs[2]:.4f}  {label}")
+    probs = []   # per member, per view setting: (N, 7); an ensemble's are their mean
+    for label, model in zip(labels, members):
+        probs.append({tta: member_probabilities(model, x, tta) for tta in views})
+        print("  " + "  ".join(f"{(probs[-1][tta].argmax(1) == y).mean():.4f}" for tta in views) + f"  {label}")
+    chosen = list(range(len(members)))
+    if args.choose:
+        chosen = choose_members(probs, y, [m.multiply_adds() for m in members], labels, args.choose)
+    ensemble = Ensemble([members[i] for i in chosen])
+    print("  " + "  ".join(f"{(np.mean([probs[i][tta] for i in chosen], axis=0).argmax(1) == y).mean():.4f}"
+                           for tta in views) + f"  {ensemble.name}")
     out = args.out or Path("ensemble.npz")
     if out.suffix != ".npz":
         out = out.with_suffix(".npz")
@@ -518,9 +532,39 @@ def make_ensemble(args):
         sys.exit(f"error: {e}")
     if args.half:   # what the file gives, not what the float32 members gave
         stored = load_model(out)
-        accs = [float((evaluate_model(stored, x, y, tta=tta)[0] == y).mean()) for tta in (False, "mirror", "shifts")]
+        accs = [float((evaluate_model(stored, x, y, tta=tta)[0] == y).mean()) for tta in views]
         print(f"  {accs[0]:.4f}  {accs[1]:.4f}  {accs[2]:.4f}  as stored (float16 weights)")
-    print(f"ensemble of {len(members)} written to {out}; evaluate it once with: python train.py --evaluate {out} --tta")
+    print(f"ensemble of {len(ensemble)} written to {out}; evaluate it once with: python train.py --evaluate {out} --tta")
+
+
+def member_probabilities(model, x, tta, batch_size=256):
+    """A model's probabilities (N, 7) on faces x, averaged over the views ``tta`` asks for."""
+    from fer_models.predict import predict_probabilities
+    return np.concatenate([predict_probabilities(model, x[s:s + batch_size], tta=tta)
+                           for s in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 7), np.float32)
+
+
+def choose_members(probs, y, costs, labels, most, show=10):
+    """Indices of the subset of at most ``most`` members whose averaged mirror probabilities
+    are right most often on (PublicTest) labels y; ties go to fewer members, then to less
+    compute (``costs``: multiply-adds per face). Prints the best few and the best of each size."""
+    import itertools
+    mirror = [p["mirror"] for p in probs]
+    rows = []
+    for k in range(1, min(most, len(mirror)) + 1):
+        for subset in itertools.combinations(range(len(mirror)), k):
+            acc = float((np.mean([mirror[i] for i in subset], axis=0).argmax(1) == y).mean())
+            rows.append((-acc, k, sum(costs[i] for i in subset), subset))
+    rows.sort()
+    print(f"best of {len(rows):,} subsets of at most {most} members (mirror TTA, PublicTest):")
+    for acc, k, cost, subset in rows[:show]:
+        print(f"  {-acc:.4f}  {k} members, {cost / 1e6:,.0f}M multiply-adds per view: "
+              + ", ".join(labels[i] for i in subset))
+    best_of = {}
+    for row in rows:
+        best_of.setdefault(row[1], row)
+    print("best of each size: " + ", ".join(f"{k}: {-r[0]:.4f}" for k, r in sorted(best_of.items())))
+    return list(rows[0][3])
 
 
 def main(argv=None):
@@ -534,6 +578,8 @@ def main(argv=None):
         from fer_models.card import model_card
         print(model_card(args.model_card), end="")
         return
+    if args.choose and not args.ensemble:
+        sys.exit("error: --choose picks members for --ensemble; give the candidates with --ensemble RUN ...")
     if args.ensemble:
         make_ensemble(args)
         return

@@ -10,7 +10,7 @@ from helpers import run_train
 import fer_models
 import tinycnn as tc
 import train
-from fer_models.data import default_location
+from fer_models.data import default_location, load_fer2013
 from fer_models.ensemble import Ensemble, save_ensemble, soft_labels
 from fer_models.predict import EmotionClassifier, load_model, predict_probabilities, save_model
 from fer_models.preprocess import METHODS, preprocess
@@ -197,6 +197,19 @@ def test_preprocessing_ensemble_and_distillation_from_the_command_line(tmp_path,
     assert "as stored (float16 weights)" in printed
     ens = load_model(tmp_path / "ens.npz")
     assert [m.preprocessing for m in ens.members] == ["equalize", "none"]
+    # --choose 1: the better of the two on mirror-averaged PublicTest, as the test computes it
+    run(["--ensemble", tmp_path / "a", tmp_path / "b", "--choose", "1", "--out", tmp_path / "ens1.npz"], cache)
+    printed = capsys.readouterr().out
+    assert "best of 2 subsets of at most 1 members" in printed, printed
+    x, y = load_fer2013(DATA, cache_dir=cache)["PublicTest"]
+    mirror = {r: (train.member_probabilities(load_model(tmp_path / r), x, "mirror").argmax(1) == y).mean() for r in "ab"}
+    chosen = load_model(tmp_path / "ens1.npz")
+    assert len(chosen) == 1
+    assert chosen.members[0].preprocessing == ("equalize" if mirror["a"] >= mirror["b"] else "none"), (mirror, printed)
+    with pytest.raises(SystemExit, match="--choose picks members for --ensemble"):
+        run(["--choose", "2", "--evaluate", tmp_path / "ens.npz"], cache)
+    with pytest.raises(SystemExit, match="--choose must be a positive number"):
+        run(["--ensemble", tmp_path / "a", "--choose", "-1"], cache)
     run(["--evaluate", tmp_path / "ens.npz", "--out", tmp_path / "ens-eval"], cache)
     report = json.loads((tmp_path / "ens-eval" / "report.json").read_text())
     assert report["model"] == "ensemble(mini+mini)" and report["PrivateTest"]["report"]["accuracy"] > 0
