@@ -179,6 +179,14 @@ def _padded_plane(x, pads):
 
 
 @njit(inline="always")
+def _patch3x3(xp, n, iy, ix):
+    """The 3x3 patch of plane xp[n] whose top-left pixel is (iy, ix), row by row."""
+    return (xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2],
+            xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2],
+            xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2])
+
+
+@njit(inline="always")
 def _taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k):
     """The 3x3 correlation of a patch (p_ab, row a, column b) with w9[3 a + b, k]."""
     return (p00 * w9[0, k] + p01 * w9[1, k] + p02 * w9[2, k] + p10 * w9[3, k] + p11 * w9[4, k]
@@ -193,9 +201,7 @@ def _conv3x3_one_channel(xp, w9, y):
     for r in prange(n_img * ho):  # one (image, output row) per iteration
         n, iy = r // ho, r % ho
         for ix in range(wo):
-            p00, p01, p02 = xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2]
-            p10, p11, p12 = xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2]
-            p20, p21, p22 = xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2]
+            p00, p01, p02, p10, p11, p12, p20, p21, p22 = _patch3x3(xp, n, iy, ix)
             out = y[n, iy, ix]
             for k in range(o):
                 out[k] = _taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k)
@@ -242,9 +248,7 @@ def _conv3x3_one_channel_grad_weight(xp, dy, parts):
         acc[:] = 0.0
         for iy in range(ho):
             for ix in range(wo):
-                p00, p01, p02 = xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2]
-                p10, p11, p12 = xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2]
-                p20, p21, p22 = xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2]
+                p00, p01, p02, p10, p11, p12, p20, p21, p22 = _patch3x3(xp, n, iy, ix)
                 g = dy[n, iy, ix]
                 for k in range(o):
                     gk = g[k]
