@@ -318,7 +318,7 @@ def worker_conv(task):
     import numba
     import tinycnn as tc
     tc.backend.keep_freed_memory()  # as train.py and webcam.py do
-    from tinycnn.kernels import conv
+    from tinycnn.kernels import conv, winograd
     s = task["settings"]
     numba.set_num_threads(min(s["threads"], numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(s["threads"], user_api="blas")
@@ -366,7 +366,12 @@ def worker_conv(task):
             if isinstance(layer, (tc.layers.Conv2D, tc.layers.Conv2DTranspose)):
                 algorithm = "im2col"
                 if isinstance(layer, tc.layers.Conv2D):
-                    algorithm = conv.choose_algorithm((TRAIN_BATCH,) + tuple(shape), layer.kernel.shape, layer.strides)
+                    pads = layer._pads(shape[0], shape[1])
+                    algorithm = conv.choose_algorithm((TRAIN_BATCH,) + tuple(shape), layer.kernel.shape, layer.strides,
+                                                      pads)
+                    if algorithm == "winograd":
+                        m = winograd.choose_tile(*out_shape[:2])
+                        algorithm = f"winograd F({m}x{m})"
                 row = {"layer": layer.name, "type": type(layer).__name__, "input": list(shape),
                        "output": list(out_shape), "mult_adds_per_image": layer.multiply_adds(shape),
                        "algorithm": algorithm, **time_layer(layer, i, shape, out_shape)}

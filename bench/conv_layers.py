@@ -1,4 +1,4 @@
-"""im2col against Winograd F(2x2, 3x3) and F(4x4, 3x3) on every 3x3 convolution of the
+"""im2col against Winograd F(2x2, 3x3), F(4x4, 3x3) and F(6x6, 3x3) on every 3x3 convolution of the
 FER models: the measurements behind ``tinycnn.kernels.conv.choose_algorithm``.
 
     python bench/conv_layers.py                    # batch 128 (training) and batch 1, ~3 min
@@ -71,7 +71,7 @@ def time_shape(n, h, w, c, o, padding, first, repeats, rng):
         conv.conv2d_grad_weight_fast(x, dy, k.shape, (1, 1), pads, cols=cols)
 
     row["im2col"] = (best_ms(lambda: conv.conv2d_fast(x, k, (1, 1), pads), repeats), best_ms(im2col_train, repeats))
-    for m in (2, 4):
+    for m in sorted(winograd.MATRICES):
         def train(m=m):  # as the layers run it: the forward keeps its transformed input
             _, tiles = winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m, keep_tiles=True)
             winograd.winograd_conv2d_grads_fast(x, dy, k, (1, 1), pads, not first, True, m=m, tiles=tiles)
@@ -79,6 +79,8 @@ def time_shape(n, h, w, c, o, padding, first, repeats, rng):
                               best_ms(train, repeats))
     with tc.use_conv_algorithm("auto"):
         chosen = conv.choose_algorithm(x.shape, k.shape, (1, 1))
+    if chosen == "winograd":
+        chosen = f"F({winograd.choose_tile(*dy.shape[1:3])}x{winograd.choose_tile(*dy.shape[1:3])})"
     return row, chosen
 
 
@@ -93,8 +95,9 @@ def main(argv=None):
     shapes = layer_shapes(args.models)
     for n in args.batch:
         print(f"\n## batch {n}: ms, forward / training step (forward + gradients); * = fastest\n")
-        print("| model | input | C -> O | padding | im2col | F(2x2,3x3) | F(4x4,3x3) | auto chooses |")
-        print("|---|---|---|---|---:|---:|---:|---|")
+        tiles = "".join(f" F({m}x{m},3x3) |" for m in sorted(winograd.MATRICES))
+        print(f"| model | input | C -> O | padding | im2col |{tiles} auto chooses |")
+        print("|---|---|---|---|---:|" + "---:|" * len(winograd.MATRICES) + "---|")
         for name, h, w, c, o, padding, first in shapes:
             row, chosen = time_shape(n, h, w, c, o, padding, first, args.repeats, rng)
             fastest = min(row, key=lambda a: row[a][1])

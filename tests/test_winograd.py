@@ -100,8 +100,8 @@ def test_fast_kernel_in_several_chunks(monkeypatch):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_broken_transform_matrix_fails_the_tolerance(monkeypatch, impl, what, m):
     """The tolerance is honest: one entry of one matrix off by 1% is caught."""
-    if impl == "fast" and m == 4 and what != "G":
-        pytest.skip("the fast F(4x4) transforms spell B^T and A^T out instead of reading them: "
+    if impl == "fast" and m in (4, 6) and what != "G":
+        pytest.skip("the fast F(4x4) and F(6x6) transforms spell B^T and A^T out instead of reading them: "
                     "test_spelt_out_transforms_are_the_matrices checks those")
     BT, G, AT = (a.copy() for a in W.MATRICES[m])
     broken = {"BT": BT, "G": G, "AT": AT}[what]
@@ -118,15 +118,17 @@ def spelt_out(transform, size):
     return np.array([transform(*np.eye(size)[k]) for k in range(size)], np.float64).T
 
 
-def test_spelt_out_transforms_are_the_matrices():
-    """The fast F(4x4, 3x3) kernels write B^T, B, A^T and A as arithmetic; each must be
-    exactly its matrix (small integers, so float64 equality), or the kernels compute
-    another algorithm with the same test results on the matrices."""
-    BT, _, AT = W.MATRICES[4]
-    np.testing.assert_array_equal(spelt_out(W._bt4, 6), BT)
-    np.testing.assert_array_equal(spelt_out(W._b4, 6), BT.T)
-    np.testing.assert_array_equal(spelt_out(W._at4, 6), AT)
-    np.testing.assert_array_equal(spelt_out(W._a4, 4), AT.T)
+@pytest.mark.parametrize("m, bt, b, at, a", [(4, W._bt4, W._b4, W._at4, W._a4), (6, W._bt6, W._b6, W._at6, W._a6)])
+def test_spelt_out_transforms_are_the_matrices(m, bt, b, at, a):
+    """The fast F(4x4, 3x3) and F(6x6, 3x3) kernels write B^T, B, A^T and A as arithmetic;
+    each must be exactly its matrix (entries of a few bits: quarters, powers of two, so
+    float64 equality), or the kernels compute another algorithm with the same test
+    results on the matrices."""
+    BT, _, AT = W.MATRICES[m]
+    np.testing.assert_array_equal(spelt_out(bt, m + 2), BT)
+    np.testing.assert_array_equal(spelt_out(b, m + 2), BT.T)
+    np.testing.assert_array_equal(spelt_out(at, m + 2), AT)
+    np.testing.assert_array_equal(spelt_out(a, m), AT.T)
 
 
 def test_winograd_needs_3x3_stride_1():
@@ -155,6 +157,12 @@ def test_choose_algorithm_follows_the_setting():
         assert conv.choose_algorithm((8, 23, 23, 32), k3_32, (1, 1)) == "winograd"
         assert conv.choose_algorithm((8, 19, 19, 32), k3_32, (1, 1)) == "im2col"
         assert conv.choose_algorithm((8, 46, 46, 16), (3, 3, 16, 64), (1, 1)) == "im2col"
+        # a 6x6 map of 64+ channels, 'same': one whole F(6x6) tile per image; 'valid' (4x4 out) is not
+        same, valid = ((1, 1), (1, 1)), ((0, 0), (0, 0))
+        assert conv.choose_algorithm((128, 6, 6, 128), (3, 3, 128, 256), (1, 1), same) == "winograd"
+        assert conv.choose_algorithm((128, 6, 6, 128), (3, 3, 128, 256), (1, 1), valid) == "im2col"
+        assert conv.choose_algorithm((128, 7, 7, 256), (3, 3, 256, 256), (1, 1), valid) == "im2col"  # 5x5 out
+        assert conv.choose_algorithm((128, 6, 6, 32), (3, 3, 32, 64), (1, 1), same) == "im2col"
     with tc.use_conv_algorithm("winograd"):
         assert conv.choose_algorithm(first, k3_first, (1, 1)) == "winograd"
         assert conv.choose_algorithm(big, k5, (1, 1)) == "im2col"  # Winograd does not apply
@@ -163,6 +171,33 @@ def test_choose_algorithm_follows_the_setting():
     assert tc.get_conv_algorithm() == "auto"
     with pytest.raises(ValueError, match="expected one of"):
         tc.set_conv_algorithm("fft")
+
+
+def test_choose_tile_takes_f6_where_its_products_are_fewer():
+    """F(6x6) where its 64 products per tile over fewer tiles are at most 0.7 of F(4x4)'s:
+    an 18x18 output (9 x 64 = 576 against 25 x 36 = 900), a 6x6 one (64 against 144); not
+    44x44 (4096 against 4356), 20x20 (1024 against 900) or 12x12 (256 against 324)."""
+    for (ho, wo), m in [((18, 18), 6), ((6, 6), 6), ((5, 5), 6), ((30, 18), 6), ((44, 44), 4), ((20, 20), 4),
+                        ((12, 12), 4), ((7, 7), 4), ((2, 2), 4), ((1, 1), 4)]:
+        assert W.choose_tile(ho, wo) == m, (ho, wo)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_tile_is_chosen_from_the_output_size(impl, monkeypatch):
+    """Without m, each entry takes ``choose_tile``'s F(m x m) for its output: the same
+    results as asking for that m, not those of another."""
+    rng = np.random.default_rng(3)
+    x, w = random_array(rng, (2, 20, 20, 3)), random_array(rng, (3, 3, 3, 4))  # 18x18 output: F(6x6)
+    dy, pads = random_array(rng, (2, 18, 18, 4)), ((0, 0), (0, 0))
+    for f, args in [(W.winograd_conv2d, (x, w, (1, 1), pads)),
+                    (W.winograd_conv2d_grad_input, (dy, w, x.shape, (1, 1), pads)),
+                    (W.winograd_conv2d_grad_weight, (x, dy, w.shape, (1, 1), pads))]:
+        chosen = getattr(f, impl)(*args)
+        np.testing.assert_array_equal(chosen, getattr(f, impl)(*args, m=6))
+        assert not np.array_equal(chosen, getattr(f, impl)(*args, m=4))  # rounding differs between tile sizes
+    monkeypatch.setattr(W, "F6_MAX_PRODUCTS", 0.5)
+    np.testing.assert_array_equal(getattr(W.winograd_conv2d, impl)(x, w, (1, 1), pads),
+                                  getattr(W.winograd_conv2d, impl)(x, w, (1, 1), pads, m=4))
 
 
 def test_the_layer_calls_winograd_when_chosen(monkeypatch):
@@ -193,7 +228,7 @@ def test_the_layer_calls_winograd_when_chosen(monkeypatch):
         assert_close("Conv2D(16, 3, same, relu) winograd vs im2col", what, b, a, RTOL, ATOL)
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", sorted(W.MATRICES))
 @pytest.mark.parametrize("shape, pads", [((5, 9, 7, 5), ((1, 1), (1, 1))), ((4, 12, 11, 3), ((0, 0), (0, 0)))])
 def test_kept_tiles_give_the_gradients(m, shape, pads, monkeypatch):
     """The forward may keep its transformed input, one V per chunk of the batch, for the

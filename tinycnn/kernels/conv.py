@@ -537,7 +537,7 @@ _direct_grad_weight.reference, _direct_grad_weight.fast = conv2d_grad_weight_ref
 _direct_grad_input = dispatch(conv2d_grad_input_reference, conv2d_grad_input_fast)
 
 
-def choose_algorithm(x_shape, w_shape, strides):
+def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0))):
     """``"winograd"`` or ``"im2col"`` for a convolution of x (N, H, W, C) with w (KH, KW, C, O).
 
     Winograd applies to 3x3 kernels with stride 1. Under ``set_conv_algorithm("auto")``
@@ -550,6 +550,11 @@ def choose_algorithm(x_shape, w_shape, strides):
     gradients: 46x46x32 -> 64, 137.4 ms against im2col's 188.3; 23x23x32 -> 64, 35.0
     against 39.8); on smaller maps most of each 4x4 output tile falls past the edge; in
     a small batch (one face) transforming the kernel costs more than the products save.
+    A map of 6x6 outputs (``pads`` give the output's size; 'valid' when not given) with at
+    least 64 channels is one F(6x6, 3x3) tile per image (``winograd.choose_tile``) with
+    nothing past the edge: resfer's 6x6x128 -> 256 'same', 18.7 ms against im2col's 32.7.
+    A 5x5 output (vggbn's 7x7x256 'valid') wastes a third of its tile and measured level
+    with im2col (47 ms), so it stays with im2col.
     """
     mode = backend.get_conv_algorithm()
     applies = tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
@@ -558,7 +563,9 @@ def choose_algorithm(x_shape, w_shape, strides):
     if mode == "winograd":
         return "winograd"
     n, h, w, c = x_shape
-    wide_enough = (c >= 64 and min(h, w) >= 9) or (c >= 32 and min(h, w) >= 20)
+    ho, wo = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+    whole_f6_tiles = ho > 0 and wo > 0 and ho % 6 == 0 and wo % 6 == 0 and winograd.choose_tile(ho, wo) == 6
+    wide_enough = (c >= 64 and (min(h, w) >= 9 or whole_f6_tiles)) or (c >= 32 and min(h, w) >= 20)
     return "winograd" if wide_enough and n * h * w >= 2048 else "im2col"
 
 
@@ -566,7 +573,7 @@ def conv2d(x, w, strides, pads, keep_cols=False):
     """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O), by the chosen
     algorithm and backend. ``keep_cols`` also returns im2col's column matrix (None for
     Winograd) for the weight gradient to reuse."""
-    if choose_algorithm(x.shape, w.shape, strides) == "winograd":
+    if choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
         y = winograd.winograd_conv2d(x, w, strides, pads)
         return (y, None) if keep_cols else y
     return _direct(x, w, strides, pads, keep_cols=keep_cols)
@@ -574,14 +581,14 @@ def conv2d(x, w, strides, pads, keep_cols=False):
 
 def conv2d_grad_input(dy, w, x_shape, strides, pads):
     """dx (N, H, W, C) from dy (N, HO, WO, O), by the chosen algorithm and backend."""
-    if choose_algorithm(x_shape, w.shape, strides) == "winograd":
+    if choose_algorithm(x_shape, w.shape, strides, pads) == "winograd":
         return winograd.winograd_conv2d_grad_input(dy, w, x_shape, strides, pads)
     return _direct_grad_input(dy, w, x_shape, strides, pads)
 
 
 def conv2d_grad_weight(x, dy, w_shape, strides, pads, cols=None):
     """dw (KH, KW, C, O), by the chosen algorithm and backend (``cols`` from im2col's forward)."""
-    if cols is None and choose_algorithm(x.shape, w_shape, strides) == "winograd":
+    if cols is None and choose_algorithm(x.shape, w_shape, strides, pads) == "winograd":
         return winograd.winograd_conv2d_grad_weight(x, dy, w_shape, strides, pads)
     return _direct_grad_weight(x, dy, w_shape, strides, pads, cols=cols)
 
@@ -592,7 +599,7 @@ def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, col
     forward's transformed input, when kept)."""
     if tiles is not None:
         return winograd.winograd_conv2d_grads.fast(x, dy, w, strides, pads, need_input, need_weight, tiles=tiles)
-    if cols is None and choose_algorithm(x.shape, w.shape, strides) == "winograd":
+    if cols is None and choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
         return winograd.winograd_conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
     return (conv2d_grad_input(dy, w, x.shape, strides, pads) if need_input else None,
             conv2d_grad_weight(x, dy, w.shape, strides, pads, cols=cols) if need_weight else None)
@@ -623,7 +630,7 @@ KEEP_COLS_MAX_WIDTH = 144
 def conv2d_forward(x, w, strides, pads):
     """(y, saved): the convolution, and what ``conv2d_backward`` will need. Whatever the
     chosen kernel wants to keep for its backward travels inside ``saved``."""
-    if backend.get_backend() == "numba" and choose_algorithm(x.shape, w.shape, strides) == "winograd":
+    if backend.get_backend() == "numba" and choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
         # the transformed input, kept: the weight gradient's chunks reuse it. Batch 128,
         # forward + gradients, transformed again vs kept: 46x46x32 -> 64: 125.3 vs 118.5 ms,
         # 24x24x32 -> 64 (same): 38.2 vs 35.3, 20x20x128 -> 128: 94.1 vs 90.0; no gain left

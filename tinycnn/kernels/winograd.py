@@ -90,8 +90,50 @@ AT_4 = np.array([[1, 1, 1, 1, 1, 0],
                  [0, 1, 1, 4, 4, 0],
                  [0, 1, -1, 8, -8, 1]], np.float64)
 
-MATRICES = {2: (BT_2, G_2, AT_2), 4: (BT_4, G_4, AT_4)}
-TILE = 4  # F(4x4, 3x3) unless asked otherwise
+# F(6x6, 3x3): points 0, 1, -1, 2, -2, 1/2, -1/2, infinity. Two more points than F(4x4)
+# must be found, and the next integers (3, -3) would put 3^5 = 243 in A^T: the halves keep
+# A^T's entries within 32 and B^T's within 21/4 (the powers of 1/2 are exact in float32).
+BT_6 = np.array([[1, 0, -21 / 4, 0, 21 / 4, 0, -1, 0],
+                 [0, 1, 1, -17 / 4, -17 / 4, 1, 1, 0],
+                 [0, -1, 1, 17 / 4, -17 / 4, -1, 1, 0],
+                 [0, 1 / 2, 1 / 4, -5 / 2, -5 / 4, 2, 1, 0],
+                 [0, -1 / 2, 1 / 4, 5 / 2, -5 / 4, -2, 1, 0],
+                 [0, 2, 4, -5 / 2, -5, 1 / 2, 1, 0],
+                 [0, -2, 4, 5 / 2, -5, -1 / 2, 1, 0],
+                 [0, -1, 0, 21 / 4, 0, -21 / 4, 0, 1]], np.float64)
+G_6 = np.array([[1, 0, 0],
+                [-2 / 9, -2 / 9, -2 / 9],
+                [-2 / 9, 2 / 9, -2 / 9],
+                [1 / 90, 1 / 45, 2 / 45],
+                [1 / 90, -1 / 45, 2 / 45],
+                [32 / 45, 16 / 45, 8 / 45],
+                [32 / 45, -16 / 45, 8 / 45],
+                [0, 0, 1]], np.float64)
+AT_6 = np.array([[1, 1, 1, 1, 1, 1, 1, 0],
+                 [0, 1, -1, 2, -2, 1 / 2, -1 / 2, 0],
+                 [0, 1, 1, 4, 4, 1 / 4, 1 / 4, 0],
+                 [0, 1, -1, 8, -8, 1 / 8, -1 / 8, 0],
+                 [0, 1, 1, 16, 16, 1 / 16, 1 / 16, 0],
+                 [0, 1, -1, 32, -32, 1 / 32, -1 / 32, 1]], np.float64)
+
+MATRICES = {2: (BT_2, G_2, AT_2), 4: (BT_4, G_4, AT_4), 6: (BT_6, G_6, AT_6)}
+TILE = 4  # F(4x4, 3x3) unless the output's size favours F(6x6) (``choose_tile``) or m is given
+
+# F(6x6, 3x3) when its products cost at most this fraction of F(4x4, 3x3)'s. Its transforms
+# cost more per tile (8x8 values, larger constants), so the products must shrink enough to
+# pay: measured at batch 128, forward + gradients (bench/conv_layers.py), 20x20x128 -> 128
+# valid (18x18 out, 0.64 of F(4x4)'s products): 59.5 ms against 69.9; 14x14x128 -> 128
+# valid (12x12 out, 0.79): 27.3 against 26.9.
+F6_MAX_PRODUCTS = 0.7
+
+
+def choose_tile(ho, wo):
+    """m for F(m x m, 3x3) on an HO x WO output: 4, or 6 where its (m + 2)^2 products per
+    tile over fewer tiles are at most ``F6_MAX_PRODUCTS`` of F(4x4)'s (an 18x18 output:
+    9 tiles x 64 against 25 x 36, the last F(4x4) row and column of tiles mostly past the
+    edge)."""
+    products = {m: (m + 2) ** 2 * np.prod(tile_grid(ho, wo, m)) for m in (4, 6)}
+    return 6 if products[6] <= F6_MAX_PRODUCTS * products[4] else TILE
 
 
 def matrices(m, dtype=np.float32):
@@ -168,9 +210,11 @@ def output_transform_adjoint(dy, th, tw, m=TILE):
     return np.einsum("ki,nrsklo,lj->nrsijo", AT, dY, AT, optimize=True)
 
 
-def winograd_conv2d_reference(x, w, strides, pads, m=TILE):
-    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (3, 3, C, O), by F(m x m, 3x3)."""
+def winograd_conv2d_reference(x, w, strides, pads, m=None):
+    """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (3, 3, C, O), by F(m x m, 3x3);
+    m = ``choose_tile(HO, WO)`` unless given (as in every entry below)."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
+    m = m or choose_tile(*_output_hw(x.shape, pads))
     ho, wo = _output_hw(x.shape, pads)
     th, tw = tile_grid(ho, wo, m)
     V = input_transform(x, pads, th, tw, m)
@@ -179,9 +223,10 @@ def winograd_conv2d_reference(x, w, strides, pads, m=TILE):
     return output_transform(M, ho, wo, m)
 
 
-def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=TILE):
+def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=None):
     """dx (N, H, W, C) from dy (N, HO, WO, O): dd = B (dM U^T) B^T, added into the tiles."""
     check_winograd_shapes(x_shape, w.shape, strides, pads, dy.shape)
+    m = m or choose_tile(*_output_hw(x_shape, pads))
     n, h, wd, c = x_shape
     th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
     BT, _, _ = matrices(m, dy.dtype)
@@ -196,9 +241,10 @@ def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=TILE):
     return dxp[:, pt:pt + h, pl:pl + wd]
 
 
-def winograd_conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, m=TILE):
+def winograd_conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, m=None):
     """dw (3, 3, C, O) = G^T (sum over tiles of V^T dM) G."""
     check_winograd_shapes(x.shape, w_shape, strides, pads, dy.shape)
+    m = m or choose_tile(*_output_hw(x.shape, pads))
     th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
     _, G, _ = matrices(m, x.dtype)
     V = input_transform(x, pads, th, tw, m)
@@ -546,10 +592,191 @@ def _input_transform_adjoint_4(dV, pt, pl, th, tw, dx):
                                 out[ch] += dd[b, ch]
 
 
+# -- F(6x6, 3x3) spelt out, as F(4x4) above: 8x8 tiles, 6x6 output blocks ---------------------
+# Constants as float32, for the reason given above _bt4.
+_h, _q = np.float32(0.5), np.float32(0.25)
+_16, _32, _5q, _5h = np.float32(16), np.float32(32), np.float32(1.25), np.float32(2.5)
+_17q, _21q = np.float32(4.25), np.float32(5.25)
+_8th, _16th, _32th = np.float32(0.125), np.float32(0.0625), np.float32(0.03125)
+
+
+@njit(inline="always")
+def _bt6(d0, d1, d2, d3, d4, d5, d6, d7):
+    """B^T d for F(6x6, 3x3): the rows of ``BT_6``, each pair of rows sharing its even and odd parts."""
+    e1, o1 = d2 + d6 - _17q * d4, d1 + d5 - _17q * d3
+    e2, o2 = _q * d2 - _5q * d4 + d6, _h * d1 - _5h * d3 + _2 * d5
+    e3, o3 = _4 * d2 - _5 * d4 + d6, _2 * d1 - _5h * d3 + _h * d5
+    return (d0 - d6 + _21q * (d4 - d2), e1 + o1, e1 - o1, e2 + o2, e2 - o2, e3 + o3, e3 - o3,
+            d7 - d1 + _21q * (d3 - d5))
+
+
+@njit(inline="always")
+def _b6(v0, v1, v2, v3, v4, v5, v6, v7):
+    """B v, the adjoint of ``_bt6``: the columns of ``BT_6``."""
+    s1, t1, s2, t2, s3, t3 = v1 + v2, v1 - v2, v3 + v4, v3 - v4, v5 + v6, v5 - v6
+    return (v0, t1 + _h * t2 + _2 * t3 - v7, s1 + _q * s2 + _4 * s3 - _21q * v0,
+            _21q * v7 - _17q * t1 - _5h * (t2 + t3), _21q * v0 - _17q * s1 - _5q * s2 - _5 * s3,
+            t1 + _2 * t2 + _h * t3 - _21q * v7, s1 + s2 + s3 - v0, v7)
+
+
+@njit(inline="always")
+def _at6(m0, m1, m2, m3, m4, m5, m6, m7):
+    """A^T m for F(6x6, 3x3): the rows of ``AT_6`` (8 values in, 6 out)."""
+    s1, t1, s2, t2, s3, t3 = m1 + m2, m1 - m2, m3 + m4, m3 - m4, m5 + m6, m5 - m6
+    return (m0 + s1 + s2 + s3, t1 + _2 * t2 + _h * t3, s1 + _4 * s2 + _q * s3, t1 + _8 * t2 + _8th * t3,
+            s1 + _16 * s2 + _16th * s3, t1 + _32 * t2 + _32th * t3 + m7)
+
+
+@njit(inline="always")
+def _a6(y0, y1, y2, y3, y4, y5):
+    """A y, the adjoint of ``_at6`` (6 values in, 8 out)."""
+    e1, o1 = y0 + y2 + y4, y1 + y3 + y5
+    e2, o2 = y0 + _4 * y2 + _16 * y4, _2 * y1 + _8 * y3 + _32 * y5
+    e3, o3 = y0 + _q * y2 + _16th * y4, _h * y1 + _8th * y3 + _32th * y5
+    return y0, e1 + o1, e1 - o1, e2 + o2, e2 - o2, e3 + o3, e3 - o3, y5
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _input_transform_6(x, pt, pl, th, tw, V):
+    """As ``_input_transform`` with F(6x6, 3x3)'s B^T."""
+    n_img, h, w, c = x.shape
+    for img in prange(n_img):
+        d = np.empty((8, 8, c), np.float32)
+        tmp = np.empty((8, 8, c), np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                y0, x0 = ty * 6 - pt, tx * 6 - pl
+                if 0 <= y0 and y0 + 8 <= h and 0 <= x0 and x0 + 8 <= w:  # inside x: read it in place
+                    src = x[img]
+                else:  # on an edge: copy the tile with its zeros first
+                    for a in range(8):
+                        for b in range(8):
+                            if 0 <= y0 + a < h and 0 <= x0 + b < w:
+                                d[a, b, :] = x[img, y0 + a, x0 + b, :]
+                            else:
+                                d[a, b, :] = 0.0
+                    src, y0, x0 = d, 0, 0
+                for a in range(8):  # along each row: tmp = d B
+                    row = src[y0 + a]
+                    for ch in range(c):
+                        r = _bt6(row[x0, ch], row[x0 + 1, ch], row[x0 + 2, ch], row[x0 + 3, ch], row[x0 + 4, ch],
+                                 row[x0 + 5, ch], row[x0 + 6, ch], row[x0 + 7, ch])
+                        for j in range(8):
+                            tmp[a, j, ch] = r[j]
+                for j in range(8):  # down each column: V = B^T tmp
+                    for ch in range(c):
+                        r = _bt6(tmp[0, j, ch], tmp[1, j, ch], tmp[2, j, ch], tmp[3, j, ch], tmp[4, j, ch],
+                                 tmp[5, j, ch], tmp[6, j, ch], tmp[7, j, ch])
+                        for i in range(8):
+                            V[i * 8 + j, tile, ch] = r[i]
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _output_transform_6(M, y):
+    """As ``_output_transform`` with F(6x6, 3x3)'s A^T."""
+    n_img, ho, wo, o = y.shape
+    th, tw = -(-ho // 6), -(-wo // 6)
+    for img in prange(n_img):
+        tmp = np.empty((6, 8, o), np.float32)
+        row = np.empty((6, o), np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                for j in range(8):  # down each column: tmp = A^T M
+                    for oc in range(o):
+                        r = _at6(M[j, tile, oc], M[8 + j, tile, oc], M[16 + j, tile, oc], M[24 + j, tile, oc],
+                                 M[32 + j, tile, oc], M[40 + j, tile, oc], M[48 + j, tile, oc], M[56 + j, tile, oc])
+                        for k in range(6):
+                            tmp[k, j, oc] = r[k]
+                cols = min(6, wo - tx * 6)
+                for k in range(min(6, ho - ty * 6)):  # along each row: Y = tmp A, inside y only
+                    out = y[img, ty * 6 + k]
+                    for oc in range(o):
+                        r = _at6(tmp[k, 0, oc], tmp[k, 1, oc], tmp[k, 2, oc], tmp[k, 3, oc], tmp[k, 4, oc],
+                                 tmp[k, 5, oc], tmp[k, 6, oc], tmp[k, 7, oc])
+                        for l in range(6):
+                            row[l, oc] = r[l]
+                    for l in range(cols):
+                        out[tx * 6 + l, :] = row[l]
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _output_transform_adjoint_6(dy, th, tw, dM):
+    """As ``_output_transform_adjoint`` with F(6x6, 3x3)'s A."""
+    n_img, ho, wo, o = dy.shape
+    for img in prange(n_img):
+        blk = np.zeros((6, 6, o), np.float32)
+        tmp = np.empty((6, 8, o), np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                rows, cols = min(6, ho - ty * 6), min(6, wo - tx * 6)
+                if rows == 6 and cols == 6:  # inside dy: read it in place
+                    src, y0, x0 = dy[img], ty * 6, tx * 6
+                else:  # past an edge: copy the block with its zeros first
+                    for k in range(6):
+                        for l in range(6):
+                            if k < rows and l < cols:
+                                blk[k, l, :] = dy[img, ty * 6 + k, tx * 6 + l, :]
+                            else:
+                                blk[k, l, :] = 0.0
+                    src, y0, x0 = blk, 0, 0
+                for k in range(6):  # along each row: tmp = dY A^T
+                    row = src[y0 + k]
+                    for oc in range(o):
+                        r = _a6(row[x0, oc], row[x0 + 1, oc], row[x0 + 2, oc], row[x0 + 3, oc], row[x0 + 4, oc],
+                                row[x0 + 5, oc])
+                        for j in range(8):
+                            tmp[k, j, oc] = r[j]
+                for j in range(8):  # down each column: dM = A tmp
+                    for oc in range(o):
+                        r = _a6(tmp[0, j, oc], tmp[1, j, oc], tmp[2, j, oc], tmp[3, j, oc], tmp[4, j, oc],
+                                tmp[5, j, oc])
+                        for i in range(8):
+                            dM[i * 8 + j, tile, oc] = r[i]
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=True)
+def _input_transform_adjoint_6(dV, pt, pl, th, tw, dx):
+    """As ``_input_transform_adjoint`` with F(6x6, 3x3)'s B."""
+    n_img, h, w, c = dx.shape
+    for img in prange(n_img):
+        dx[img] = 0.0
+        tmp = np.empty((8, 8, c), np.float32)
+        dd = np.empty((8, c), np.float32)
+        for ty in range(th):
+            for tx in range(tw):
+                tile = (img * th + ty) * tw + tx
+                for j in range(8):  # down each column: tmp = B dV
+                    for ch in range(c):
+                        r = _b6(dV[j, tile, ch], dV[8 + j, tile, ch], dV[16 + j, tile, ch], dV[24 + j, tile, ch],
+                                dV[32 + j, tile, ch], dV[40 + j, tile, ch], dV[48 + j, tile, ch], dV[56 + j, tile, ch])
+                        for a in range(8):
+                            tmp[a, j, ch] = r[a]
+                for a in range(8):  # along each row: dd = tmp B^T, added into dx inside x only
+                    iy = ty * 6 + a - pt
+                    if iy < 0 or iy >= h:
+                        continue
+                    for ch in range(c):
+                        r = _b6(tmp[a, 0, ch], tmp[a, 1, ch], tmp[a, 2, ch], tmp[a, 3, ch], tmp[a, 4, ch],
+                                tmp[a, 5, ch], tmp[a, 6, ch], tmp[a, 7, ch])
+                        for b in range(8):
+                            dd[b, ch] = r[b]
+                    for b in range(8):
+                        ix = tx * 6 + b - pl
+                        if 0 <= ix < w:
+                            out = dx[img, iy, ix]
+                            for ch in range(c):
+                                out[ch] += dd[b, ch]
+
+
 def _to_tiles(x, pads, th, tw, BT, V):
-    """V = B^T d B for every tile of x: the spelt-out kernel for F(4x4, 3x3), else the loops."""
+    """V = B^T d B for every tile of x: the spelt-out kernels for F(4x4) and F(6x6), else the loops."""
     if BT.shape[0] == 6:
         _input_transform_4(x, pads[0][0], pads[1][0], th, tw, V)
+    elif BT.shape[0] == 8:
+        _input_transform_6(x, pads[0][0], pads[1][0], th, tw, V)
     else:
         _input_transform(x, pads[0][0], pads[1][0], th, tw, BT, V)
 
@@ -557,6 +784,8 @@ def _to_tiles(x, pads, th, tw, BT, V):
 def _from_tiles(M, AT, y):
     if AT.shape[0] == 4:
         _output_transform_4(M, y)
+    elif AT.shape[0] == 6:
+        _output_transform_6(M, y)
     else:
         _output_transform(M, AT, y)
 
@@ -564,6 +793,8 @@ def _from_tiles(M, AT, y):
 def _to_tiles_adjoint(dy, AT, th, tw, dM):
     if AT.shape[0] == 4:
         _output_transform_adjoint_4(dy, th, tw, dM)
+    elif AT.shape[0] == 6:
+        _output_transform_adjoint_6(dy, th, tw, dM)
     else:
         _output_transform_adjoint(dy, AT, th, tw, dM)
 
@@ -571,6 +802,8 @@ def _to_tiles_adjoint(dy, AT, th, tw, dM):
 def _from_tiles_adjoint(dV, BT, pads, th, tw, dx):
     if BT.shape[0] == 6:
         _input_transform_adjoint_4(dV, pads[0][0], pads[1][0], th, tw, dx)
+    elif BT.shape[0] == 8:
+        _input_transform_adjoint_6(dV, pads[0][0], pads[1][0], th, tw, dx)
     else:
         _input_transform_adjoint(dV, BT, pads[0][0], pads[1][0], th, tw, dx)
 
@@ -645,11 +878,12 @@ def _buffer(flat, shape):
 
 
 @threads_by_size
-def winograd_conv2d_fast(x, w, strides, pads, m=TILE, keep_tiles=False):
+def winograd_conv2d_fast(x, w, strides, pads, m=None, keep_tiles=False):
     """As winograd_conv2d_reference. With ``keep_tiles`` also returns the transformed
     input, one V (n*n, tiles, C) per chunk of the batch, for the weight gradient to
     reuse instead of transforming x again."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
+    m = m or choose_tile(*_output_hw(x.shape, pads))
     BT, _, AT = matrices(m)
     nb, _, _, c = x.shape
     o, n = w.shape[3], m + 2
@@ -712,24 +946,27 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None, tiles=None):
 
 
 @threads_by_size
-def winograd_conv2d_grad_input_fast(dy, w, x_shape, strides, pads, m=TILE):
+def winograd_conv2d_grad_input_fast(dy, w, x_shape, strides, pads, m=None):
     """As winograd_conv2d_grad_input_reference."""
     check_winograd_shapes(x_shape, w.shape, strides, pads, dy.shape)
+    m = m or choose_tile(*_output_hw(x_shape, pads))
     return _backward(dy, x_shape, w.shape, pads, m, w=w)[0]
 
 
 @threads_by_size
-def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=TILE):
+def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=None):
     """As winograd_conv2d_grad_weight_reference."""
     check_winograd_shapes(x.shape, w_shape, strides, pads, dy.shape)
+    m = m or choose_tile(*_output_hw(x.shape, pads))
     return _backward(dy, x.shape, w_shape, pads, m, x=x)[1]
 
 
 @threads_by_size
-def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE, tiles=None):
+def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=None, tiles=None):
     """As winograd_conv2d_grads_reference, in one pass over dy; ``tiles`` as kept by
     ``winograd_conv2d_fast(keep_tiles=True)`` on the same x."""
     check_winograd_shapes(x.shape, w.shape, strides, pads, dy.shape)
+    m = m or choose_tile(*_output_hw(x.shape, pads))
     if tiles is not None:
         n, (th, tw) = m + 2, tile_grid(*_output_hw(x.shape, pads), m)
         step = _chunk_images(x.shape[0], th * tw, n, x.shape[3] + w.shape[3])
@@ -741,8 +978,9 @@ def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_we
                      tiles=tiles)
 
 
-def winograd_conv2d_grads_reference(x, dy, w, strides, pads, need_input=True, need_weight=True, m=TILE):
+def winograd_conv2d_grads_reference(x, dy, w, strides, pads, need_input=True, need_weight=True, m=None):
     """(dx or None, dw or None): the two gradients above, each when asked for."""
+    m = m or choose_tile(*_output_hw(x.shape, pads))
     return (winograd_conv2d_grad_input_reference(dy, w, x.shape, strides, pads, m) if need_input else None,
             winograd_conv2d_grad_weight_reference(x, dy, w.shape, strides, pads, m) if need_weight else None)
 
