@@ -72,13 +72,13 @@ def time_shape(n, h, w, c, o, padding, first, repeats, rng):
 
     row["im2col"] = (best_ms(lambda: conv.conv2d_fast(x, k, (1, 1), pads), repeats), best_ms(im2col_train, repeats))
     for m in sorted(winograd.MATRICES):
-        def train(m=m):  # as the layers run it: the forward keeps its transformed input
-            _, tiles = winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m, keep_tiles=True)
-            winograd.winograd_conv2d_grads_fast(x, dy, k, (1, 1), pads, not first, True, m=m, tiles=tiles)
+        def train(m=m):  # as the layers run it
+            winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m)
+            winograd.winograd_conv2d_grads_fast(x, dy, k, (1, 1), pads, not first, True, m=m)
         row[f"F({m}x{m})"] = (best_ms(lambda m=m: winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m), repeats),
                               best_ms(train, repeats))
     with tc.use_conv_algorithm("auto"):
-        chosen = conv.choose_algorithm(x.shape, k.shape, (1, 1))
+        chosen = conv.choose_algorithm(x.shape, k.shape, (1, 1), pads)
     if chosen == "winograd":
         chosen = f"F({winograd.choose_tile(*dy.shape[1:3])}x{winograd.choose_tile(*dy.shape[1:3])})"
     return row, chosen

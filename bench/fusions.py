@@ -13,14 +13,11 @@ data, best of ``--repeats`` after one untimed call, with each side's fast kernel
   weight gradient (``conv2d_backward``), against ``conv2d_grad_weight_pooled``;
 * Conv2DTranspose's backward: ``conv2d`` and ``conv2d_grad_weight`` of the same
   gradient, against ``conv2d_and_grad_weight`` (its windows gathered once);
-* a Winograd layer's forward + gradients: the input transformed again for the weight
-  gradient, against the forward's transformed input kept (``keep_tiles``);
 * global average pooling, forward + backward: NumPy's mean and broadcast, against the
   Numba pair;
-* Winograd F(4x4, 3x3)'s four transforms (forward's two, the gradients' two): the loops
-  that read B^T and A^T at run time, against the kernels that spell them out;
-* Winograd's weight-gradient products V^T dM: one batched BLAS call on all threads,
-  against the positions split between threads, one BLAS thread each;
+* Winograd F(4x4, 3x3)'s and F(6x6, 3x3)'s four transforms (forward's two, the
+  gradients' two) on one block of images, one core, scaled to the batch: the loops that
+  read B^T and A^T at run time, against the kernels that spell them out;
 * a ReLU's gradient: ``np.where`` against the Numba kernel;
 * BatchNormalization then ReLU, training forward + backward: the two layers' kernels,
   against ``batchnorm_relu_forward`` and ``_backward``;
@@ -93,28 +90,20 @@ def rows(n, repeats, rng):
                best_ms(lambda: (conv.conv2d_fast(g, w, (2, 2), pads),
                                 conv.conv2d_grad_weight_fast(g, x, w.shape, (2, 2), pads)), repeats),
                best_ms(lambda: conv.conv2d_and_grad_weight_fast(g, w, x, (2, 2), pads), repeats))
-    for name, h, c, o, pads in WINOGRAD_LAYERS:
-        x, w = data(n, h, h, c), data(3, 3, c, o) * 0.1
-        dy = data(*conv.conv2d_output_shape(x.shape, w.shape, (1, 1), pads))
-
-        def again():
-            winograd.winograd_conv2d_fast(x, w, (1, 1), pads)
-            winograd.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads)
-
-        def kept():
-            _, tiles = winograd.winograd_conv2d_fast(x, w, (1, 1), pads, keep_tiles=True)
-            winograd.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads, tiles=tiles)
-        yield ("Winograd forward + gradients, input tiles kept", f"{name} {h}x{h}x{c} -> {o}",
-               best_ms(again, repeats), best_ms(kept, repeats))
+    spelt = {4: (winograd._input_transform_4, winograd._output_transform_4, winograd._output_transform_adjoint_4,
+                 winograd._input_transform_adjoint_4),
+             6: (winograd._input_transform_6, winograd._output_transform_6, winograd._output_transform_adjoint_6,
+                 winograd._input_transform_adjoint_6)}
     for name, h, c, o, pads in WINOGRAD_LAYERS:
         x = data(n, h, h, c)
         ho, wo = winograd._output_hw(x.shape, pads)
-        th, tw = winograd.tile_grid(ho, wo, 4)
-        k = winograd._chunk_images(n, th * tw, 6, c + o)
-        BT, _, AT = winograd.matrices(4)
-        V, M = data(36, k * th * tw, c), data(36, k * th * tw, o)
+        m, nn = winograd.choose_tile(ho, wo), (winograd.choose_tile(ho, wo) + 2) ** 2
+        th, tw = winograd.tile_grid(ho, wo, m)
+        k = winograd._block_images(n, th * tw)
+        BT, _, AT = winograd.matrices(m)
+        V, M = data(nn, k * th * tw, c), data(nn, k * th * tw, o)
         y, dy, dx = data(k, ho, wo, o), data(k, ho, wo, o), data(k, h, h, c)
-        chunks = n / k   # one chunk timed, scaled to the batch
+        blocks = n / k   # one block timed (as each core runs its blocks), scaled to the batch
 
         def loops():
             winograd._input_transform(x[:k], pads[0][0], pads[1][0], th, tw, BT, V)
@@ -122,18 +111,13 @@ def rows(n, repeats, rng):
             winograd._output_transform_adjoint(dy, AT, th, tw, M)
             winograd._input_transform_adjoint(V, BT, pads[0][0], pads[1][0], th, tw, dx)
 
-        def spelt_out():
-            winograd._input_transform_4(x[:k], pads[0][0], pads[1][0], th, tw, V)
-            winograd._output_transform_4(M, y)
-            winograd._output_transform_adjoint_4(dy, th, tw, M)
-            winograd._input_transform_adjoint_4(V, pads[0][0], pads[1][0], th, tw, dx)
-        yield ("Winograd F(4x4) transforms, the four: loops vs spelt out", f"{name} {h}x{h}x{c} -> {o}",
-               chunks * best_ms(loops, repeats), chunks * best_ms(spelt_out, repeats))
-        part = np.empty((36, c, o), np.float32)
-        yield ("Winograd weight-gradient products: one BLAS call vs split by position", f"{name} {h}x{h}x{c} -> {o}",
-               chunks * best_ms(lambda: np.matmul(V.transpose(0, 2, 1), M, out=part), repeats),
-               chunks * best_ms(lambda: winograd._products_split_by_position(V.transpose(0, 2, 1), M, part),
-                                repeats))
+        def spelt_out(into=spelt[m]):
+            into[0](x[:k], pads[0][0], pads[1][0], th, tw, V)
+            into[1](M, y)
+            into[2](dy, th, tw, M)
+            into[3](V, pads[0][0], pads[1][0], th, tw, dx)
+        yield (f"Winograd F({m}x{m}) transforms, the four, one core: loops vs spelt out",
+               f"{name} {h}x{h}x{c} -> {o}", blocks * best_ms(loops, repeats), blocks * best_ms(spelt_out, repeats))
     for name, h, c in BN_RELU_MAPS:
         x2, g2 = data(n * h * h, c), data(n * h * h, c)
         gamma, beta = np.ones(c, np.float32), data(c) * 0.1

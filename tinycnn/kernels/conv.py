@@ -593,12 +593,9 @@ def conv2d_grad_weight(x, dy, w_shape, strides, pads, cols=None):
     return _direct_grad_weight(x, dy, w_shape, strides, pads, cols=cols)
 
 
-def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, cols=None, tiles=None):
+def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, cols=None):
     """(dx or None, dw or None): both gradients of a convolution, each when asked for,
-    by the chosen algorithm (Winograd computes them in one pass over dy; ``tiles``, its
-    forward's transformed input, when kept)."""
-    if tiles is not None:
-        return winograd.winograd_conv2d_grads.fast(x, dy, w, strides, pads, need_input, need_weight, tiles=tiles)
+    by the chosen algorithm (Winograd computes them in one pass over dy)."""
     if cols is None and choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
         return winograd.winograd_conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
     return (conv2d_grad_input(dy, w, x.shape, strides, pads) if need_input else None,
@@ -607,14 +604,13 @@ def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, col
 
 class ConvSaved(NamedTuple):
     """What a convolution's backward needs: its input, kernel and geometry, and what the
-    fast kernel kept for the weight gradient: ``cols``, im2col's column matrix, or
-    ``tiles``, Winograd's transformed input (each None otherwise)."""
+    fast kernel kept for the weight gradient: ``cols``, im2col's column matrix (None
+    otherwise; Winograd transforms x again, block by block, in its backward)."""
     x: np.ndarray
     w: np.ndarray
     strides: tuple
     pads: tuple
     cols: np.ndarray | None
-    tiles: list | None = None
 
 
 # Keep im2col's column matrix for the weight gradient only while it is at most this wide.
@@ -630,13 +626,8 @@ KEEP_COLS_MAX_WIDTH = 144
 def conv2d_forward(x, w, strides, pads):
     """(y, saved): the convolution, and what ``conv2d_backward`` will need. Whatever the
     chosen kernel wants to keep for its backward travels inside ``saved``."""
-    if backend.get_backend() == "numba" and choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
-        # the transformed input, kept: the weight gradient's chunks reuse it. Batch 128,
-        # forward + gradients, transformed again vs kept: 46x46x32 -> 64: 125.3 vs 118.5 ms,
-        # 24x24x32 -> 64 (same): 38.2 vs 35.3, 20x20x128 -> 128: 94.1 vs 90.0; no gain left
-        # at 12x12x128 or 23x23x128 (35.2 vs 36.3, 216.2 vs 218.0), none lost either.
-        y, tiles = winograd.winograd_conv2d.fast(x, w, strides, pads, keep_tiles=True)
-        return y, ConvSaved(x, w, strides, pads, None, tiles)
+    if choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
+        return conv2d(x, w, strides, pads), ConvSaved(x, w, strides, pads, None)
     if w.shape[2] == 1 and _is_3x3_stride_1(w.shape, strides):
         # A first layer, 3x3: the spelt-out kernels both ways, no columns kept. Batch 128,
         # 48x48x1 -> O, forward + weight gradient, im2col with kept columns vs these, one
@@ -650,7 +641,7 @@ def conv2d_forward(x, w, strides, pads):
 def conv2d_backward(saved, dy, need_input=True, need_weight=True):
     """(dx or None, dw or None) for the convolution that produced ``saved``."""
     return conv2d_grads(saved.x, dy, saved.w, saved.strides, saved.pads, need_input, need_weight,
-                        cols=saved.cols, tiles=saved.tiles if need_weight else None)
+                        cols=saved.cols)
 
 
 # -- a convolution and the max pool after it ------------------------------------------------------

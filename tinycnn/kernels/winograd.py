@@ -56,7 +56,7 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..backend import PARALLEL, dispatch, threads_by_size
 
@@ -121,17 +121,21 @@ TILE = 4  # F(4x4, 3x3) unless the output's size favours F(6x6) (``choose_tile``
 
 # F(6x6, 3x3) when its products cost at most this fraction of F(4x4, 3x3)'s. Its transforms
 # cost more per tile (8x8 values, larger constants), so the products must shrink enough to
-# pay: measured at batch 128, forward + gradients (bench/conv_layers.py), 20x20x128 -> 128
-# valid (18x18 out, 0.64 of F(4x4)'s products): 59.5 ms against 69.9; 14x14x128 -> 128
-# valid (12x12 out, 0.79): 27.3 against 26.9.
-F6_MAX_PRODUCTS = 0.7
+# pay. Measured at batch 128, forward + gradients, ms F(4x4) / F(6x6) (bench/conv_layers.py):
+# 0.64 of F(4x4)'s products (vggbn's 20x20x128 -> 128, 18x18 out): 77.0 / 65.3. At 0.79
+# (12x12, 21x21, 24x24 outputs) it depends on the layer: resfer's 12x12x64 -> 128 and
+# 12x12x128 -> 128 'same' 17.3 / 15.4 and 31.3 / 28.4, updown's 24x24x64 -> 128 'same'
+# 67.9 / 61.7; level on resfer's 24x24x32 -> 64, updown's 12x12x128 -> 256, small3's
+# 23x23x32 -> 64; behind on gap4's 23x23x256 -> 128 (198.0 / 205.1) and deep4's
+# 23x23x128 -> 256 (182.8 / 186.6). At 0.94 (vggbn's 46x46x32 -> 64): 85.9 / 100.6.
+F6_MAX_PRODUCTS = 0.8
 
 
 def choose_tile(ho, wo):
     """m for F(m x m, 3x3) on an HO x WO output: 4, or 6 where its (m + 2)^2 products per
     tile over fewer tiles are at most ``F6_MAX_PRODUCTS`` of F(4x4)'s (an 18x18 output:
     9 tiles x 64 against 25 x 36, the last F(4x4) row and column of tiles mostly past the
-    edge)."""
+    edge; a 12x12 one: 4 x 64 against 9 x 36)."""
     products = {m: (m + 2) ** 2 * np.prod(tile_grid(ho, wo, m)) for m in (4, 6)}
     return 6 if products[6] <= F6_MAX_PRODUCTS * products[4] else TILE
 
@@ -253,17 +257,19 @@ def winograd_conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, m=None)
     return np.einsum("ia,ijco,jb->abco", G, dU, G, optimize=True)
 
 
-# -- fast: the transforms in Numba, the (m + 2)^2 products in BLAS, chunked over the batch -------
-# Layout of the fast path: V (n*n, T, C) and M (n*n, T, O) with T = images x TH x TW tiles, so
-# that each position's product is one contiguous (T, C) @ (C, O) matmul.
+# -- fast: the transforms in Numba, the (m + 2)^2 products in BLAS, block by block --------------
+# Layout of the fast path: V (n*n, T, C) and M (n*n, T, O) with T = images x TH x TW tiles of a
+# block, so that each position's product is one contiguous (T, C) @ (C, O) matmul. The kernels
+# take one block of images and run on one thread (``_in_blocks`` shares the blocks between
+# the cores), with the GIL released.
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _input_transform(x, pt, pl, th, tw, BT, V):
     """V[i*n + j, tile, :] = (B^T d B)[i, j] for every tile d of x (zero outside x)."""
     n_img, h, w, c = x.shape
     n = BT.shape[0]
     m = n - 2
-    for img in prange(n_img):
+    for img in range(n_img):
         d = np.empty((n, n, c), np.float32)
         tmp = np.empty((n, n, c), np.float32)
         for ty in range(th):
@@ -300,13 +306,13 @@ def _input_transform(x, pt, pl, th, tw, BT, V):
                                     out[ch] += coef * tmp[i, b, ch]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _output_transform(M, AT, y):
     """y[img, ty*m + k, tx*m + l, :] = (A^T M A)[k, l] for every tile, inside y only."""
     n_img, ho, wo, o = y.shape
     m, n = AT.shape
     th, tw = -(-ho // m), -(-wo // m)
-    for img in prange(n_img):
+    for img in range(n_img):
         tmp = np.empty((m, n, o), np.float32)
         for ty in range(th):
             for tx in range(tw):
@@ -339,12 +345,12 @@ def _output_transform(M, AT, y):
                                     out[oc] += coef * tmp[k, j, oc]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _output_transform_adjoint(dy, AT, th, tw, dM):
     """dM[i*n + j, tile, :] = (A dY A^T)[i, j], dY the tile's m x m block of dy (zero outside)."""
     n_img, ho, wo, o = dy.shape
     m, n = AT.shape
-    for img in prange(n_img):
+    for img in range(n_img):
         tmp = np.empty((n, m, o), np.float32)
         for ty in range(th):
             for tx in range(tw):
@@ -375,13 +381,13 @@ def _output_transform_adjoint(dy, AT, th, tw, dM):
                                     out[oc] += coef * tmp[i, l, oc]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _input_transform_adjoint(dV, BT, pt, pl, th, tw, dx):
     """dx = sum over tiles of B dV B^T, each added at its tile's place (tiles overlap)."""
     n_img, h, w, c = dx.shape
     n = BT.shape[0]
     m = n - 2
-    for img in prange(n_img):  # tiles overlap inside an image, never across images
+    for img in range(n_img):  # tiles overlap inside an image, never across images
         dx[img] = 0.0
         tmp = np.empty((n, n, c), np.float32)
         acc = np.empty(c, np.float32)
@@ -459,11 +465,11 @@ def _a4(y0, y1, y2, y3):
     return y0, e + o, e - o, e4 + o2, e4 - o2, y3
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _input_transform_4(x, pt, pl, th, tw, V):
     """As ``_input_transform`` with F(4x4, 3x3)'s B^T."""
     n_img, h, w, c = x.shape
-    for img in prange(n_img):
+    for img in range(n_img):
         d = np.empty((6, 6, c), np.float32)
         tmp = np.empty((6, 6, c), np.float32)
         for ty in range(th):
@@ -495,12 +501,12 @@ def _input_transform_4(x, pt, pl, th, tw, V):
                             V[i * 6 + j, tile, ch] = r[i]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _output_transform_4(M, y):
     """As ``_output_transform`` with F(4x4, 3x3)'s A^T."""
     n_img, ho, wo, o = y.shape
     th, tw = -(-ho // 4), -(-wo // 4)
-    for img in prange(n_img):
+    for img in range(n_img):
         tmp = np.empty((4, 6, o), np.float32)
         row = np.empty((4, o), np.float32)
         for ty in range(th):
@@ -524,11 +530,11 @@ def _output_transform_4(M, y):
                         out[tx * 4 + l, :] = row[l]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _output_transform_adjoint_4(dy, th, tw, dM):
     """As ``_output_transform_adjoint`` with F(4x4, 3x3)'s A."""
     n_img, ho, wo, o = dy.shape
-    for img in prange(n_img):
+    for img in range(n_img):
         blk = np.zeros((4, 4, o), np.float32)
         tmp = np.empty((4, 6, o), np.float32)
         for ty in range(th):
@@ -558,11 +564,11 @@ def _output_transform_adjoint_4(dy, th, tw, dM):
                             dM[i * 6 + j, tile, oc] = r[i]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _input_transform_adjoint_4(dV, pt, pl, th, tw, dx):
     """As ``_input_transform_adjoint`` with F(4x4, 3x3)'s B."""
     n_img, h, w, c = dx.shape
-    for img in prange(n_img):
+    for img in range(n_img):
         dx[img] = 0.0
         tmp = np.empty((6, 6, c), np.float32)
         dd = np.empty((6, c), np.float32)
@@ -636,11 +642,11 @@ def _a6(y0, y1, y2, y3, y4, y5):
     return y0, e1 + o1, e1 - o1, e2 + o2, e2 - o2, e3 + o3, e3 - o3, y5
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _input_transform_6(x, pt, pl, th, tw, V):
     """As ``_input_transform`` with F(6x6, 3x3)'s B^T."""
     n_img, h, w, c = x.shape
-    for img in prange(n_img):
+    for img in range(n_img):
         d = np.empty((8, 8, c), np.float32)
         tmp = np.empty((8, 8, c), np.float32)
         for ty in range(th):
@@ -672,12 +678,12 @@ def _input_transform_6(x, pt, pl, th, tw, V):
                             V[i * 8 + j, tile, ch] = r[i]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _output_transform_6(M, y):
     """As ``_output_transform`` with F(6x6, 3x3)'s A^T."""
     n_img, ho, wo, o = y.shape
     th, tw = -(-ho // 6), -(-wo // 6)
-    for img in prange(n_img):
+    for img in range(n_img):
         tmp = np.empty((6, 8, o), np.float32)
         row = np.empty((6, o), np.float32)
         for ty in range(th):
@@ -701,11 +707,11 @@ def _output_transform_6(M, y):
                         out[tx * 6 + l, :] = row[l]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _output_transform_adjoint_6(dy, th, tw, dM):
     """As ``_output_transform_adjoint`` with F(6x6, 3x3)'s A."""
     n_img, ho, wo, o = dy.shape
-    for img in prange(n_img):
+    for img in range(n_img):
         blk = np.zeros((6, 6, o), np.float32)
         tmp = np.empty((6, 8, o), np.float32)
         for ty in range(th):
@@ -737,11 +743,11 @@ def _output_transform_adjoint_6(dy, th, tw, dM):
                             dM[i * 8 + j, tile, oc] = r[i]
 
 
-@njit(parallel=PARALLEL, cache=True, fastmath=True)
+@njit(nogil=True, cache=True, fastmath=True)
 def _input_transform_adjoint_6(dV, pt, pl, th, tw, dx):
     """As ``_input_transform_adjoint`` with F(6x6, 3x3)'s B."""
     n_img, h, w, c = dx.shape
-    for img in prange(n_img):
+    for img in range(n_img):
         dx[img] = 0.0
         tmp = np.empty((8, 8, c), np.float32)
         dd = np.empty((8, c), np.float32)
@@ -808,12 +814,68 @@ def _from_tiles_adjoint(dV, BT, pads, th, tw, dx):
         _input_transform_adjoint(dV, BT, pads[0][0], pads[1][0], th, tw, dx)
 
 
-_CHUNK_BYTES = 16 << 20  # transformed tiles of one chunk, input and output side: ~16 MiB
+# The fast path works through the batch in blocks of about ``BLOCK_TILES`` tiles (whole
+# images), each block from start to end on one core: transform it, multiply it, transform
+# back, while its V and M are still in that core's cache (2 MiB of L2 here), the products
+# on one BLAS thread; the cores take blocks in turn. Measured at batch 128, forward +
+# gradients, against chunks of 16 MiB with each step spread over both cores (transforms in
+# Numba's threads, products in OpenBLAS's, the weight gradient's products split by
+# position): vggbn's 46x46x32 -> 64: 102.9 -> 72.0 ms, 22x22x64 -> 128: 62.0 -> 44.6,
+# 20x20x128 -> 128 (F(6x6)): 71.0 -> 60.9, 9x9x128 -> 256: 25.5 -> 25.4. The products are
+# what gains: (T, 32) @ (32, 64) on one thread ran at 166 GFLOP/s with T = 128 rows, in
+# cache, and at 67 with T = 4000 (the peak is about 190 a core). Blocks of 64 to 256 tiles
+# measured the same within noise. The backward transforms x again block by block rather
+# than keep the forward's V: reading a stored V back costs more than transforming x in
+# cache.
+BLOCK_TILES = 128
+_workers = None  # (ThreadPoolExecutor, threadpoolctl controller, its threads), made at first use
 
 
-def _chunk_images(n_img, tiles_per_image, n, width):
-    per_image = n * n * tiles_per_image * width * 4
-    return int(max(1, min(n_img, _CHUNK_BYTES // max(per_image, 1))))
+def _block_images(n_img, tiles_per_image):
+    """Images per block: about ``BLOCK_TILES`` tiles, and no fewer blocks than threads
+    (a map of one or a few tiles would otherwise put the whole batch in one block)."""
+    per_thread = -(-n_img // (numba.get_num_threads() if PARALLEL else 1))
+    return max(1, min(round(BLOCK_TILES / tiles_per_image), per_thread))
+
+
+def _buffer(flat, shape):
+    """A contiguous array of ``shape`` at the start of the preallocated 1-D ``flat``."""
+    return flat[:int(np.prod(shape))].reshape(shape)
+
+
+def _in_blocks(n_img, per_block, work):
+    """``work(starts)`` on every core's share of the blocks (the first images of each block
+    of ``per_block`` images; the cores take them in turn): the first share in this thread,
+    each other one in a Python thread of its own (Numba's kernels here and BLAS release
+    the GIL), BLAS on one thread meanwhile; in this thread alone when there is one block
+    or one thread (a small call, or a process limited to one). Returns the shares'
+    results, in order."""
+    global _workers
+    starts = list(range(0, n_img, per_block))
+    threads = min(numba.get_num_threads(), len(starts)) if PARALLEL else 1
+    if threads < 2:
+        return [work(starts)]
+    if _workers is None or _workers[2] < threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import ThreadpoolController
+        _workers = ThreadPoolExecutor(threads - 1, thread_name_prefix="tinycnn-winograd"), ThreadpoolController(), threads
+    pool, blas, _ = _workers
+    with blas.limit(limits=1, user_api="blas"):
+        jobs = [pool.submit(work, starts[i::threads]) for i in range(1, threads)]
+        try:
+            first = work(starts[::threads])
+        finally:  # the other shares write into the caller's arrays: let them finish first
+            rest = [job.result() for job in jobs]
+        return [first] + rest
+
+
+def _forget_workers():
+    global _workers
+    _workers = None  # a forked child has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _kernel_transform_fast(w, m):
@@ -830,58 +892,9 @@ def _kernel_transform_adjoint_fast(dU, m):
     return (np.kron(G, G).T @ dU.reshape(-1, c * o)).reshape(3, 3, c, o)
 
 
-# The weight gradient's products, V^T dM per tile position, are (C, tiles) x (tiles, O):
-# a small output and a long sum, a shape OpenBLAS splits poorly between its threads (on
-# vggbn's 46x46x32 -> 64 layer, 76 GFLOP/s on two threads, against 87 for the forward's
-# products on one). Handing each thread its own positions, each product on one BLAS
-# thread, ran them at 126 GFLOP/s there (181 and 200 on vggbn's 22x22x64 and 20x20x128);
-# whole training steps at batch 128, one process: vggbn 264 -> 280 images/s, small3
-# 2091 -> 2390, resfer 488 -> 532. The forward's and the input gradient's products gained
-# nothing this way, so they stay single BLAS calls.
-_workers = None  # (ThreadPoolExecutor, threadpoolctl controller, its threads), made at first use
-
-
-def _products_split_by_position(a, b, out):
-    """out[p] = a[p] @ b[p] for every position p, the positions shared between as many
-    Python threads as Numba may use (BLAS releases the GIL), each product on one BLAS
-    thread; one batched product when there is one thread (a small call, or a process
-    limited to one)."""
-    global _workers
-    threads = min(numba.get_num_threads(), a.shape[0]) if PARALLEL else 1
-    if threads < 2:
-        return np.matmul(a, b, out=out)
-    if _workers is None or _workers[2] < threads:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import ThreadpoolController
-        _workers = ThreadPoolExecutor(threads, thread_name_prefix="tinycnn-products"), ThreadpoolController(), threads
-    pool, blas, _ = _workers
-    bounds = np.linspace(0, a.shape[0], threads + 1).astype(int)
-    with blas.limit(limits=1, user_api="blas"):
-        jobs = [pool.submit(np.matmul, a[i:j], b[i:j], out=out[i:j]) for i, j in zip(bounds, bounds[1:])]
-        for job in jobs:
-            job.result()
-    return out
-
-
-def _forget_workers():
-    global _workers
-    _workers = None  # a forked child has none of its parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_workers)
-
-
-def _buffer(flat, shape):
-    """A contiguous array of ``shape`` at the start of the preallocated 1-D ``flat``."""
-    return flat[:int(np.prod(shape))].reshape(shape)
-
-
 @threads_by_size
-def winograd_conv2d_fast(x, w, strides, pads, m=None, keep_tiles=False):
-    """As winograd_conv2d_reference. With ``keep_tiles`` also returns the transformed
-    input, one V (n*n, tiles, C) per chunk of the batch, for the weight gradient to
-    reuse instead of transforming x again."""
+def winograd_conv2d_fast(x, w, strides, pads, m=None):
+    """As winograd_conv2d_reference."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
     m = m or choose_tile(*_output_hw(x.shape, pads))
     BT, _, AT = matrices(m)
@@ -892,57 +905,60 @@ def winograd_conv2d_fast(x, w, strides, pads, m=None, keep_tiles=False):
     x = np.ascontiguousarray(x, np.float32)
     U = _kernel_transform_fast(w, m)
     y = np.empty((nb, ho, wo, o), np.float32)
-    step = _chunk_images(nb, th * tw, n, c + o)
-    vbuf = None if keep_tiles else np.empty(n * n * step * th * tw * c, np.float32)
-    mbuf = np.empty(n * n * step * th * tw * o, np.float32)
-    tiles = []
-    for s in range(0, nb, step):
-        k = min(step, nb - s)
-        V = np.empty((n * n, k * th * tw, c), np.float32) if keep_tiles else _buffer(vbuf, (n * n, k * th * tw, c))
-        M = _buffer(mbuf, (n * n, k * th * tw, o))
-        _to_tiles(x[s:s + k], pads, th, tw, BT, V)
-        np.matmul(V, U, out=M)
-        _from_tiles(M, AT, y[s:s + k])
-        if keep_tiles:
-            tiles.append(V)
-    return (y, tiles) if keep_tiles else y
+    k = _block_images(nb, th * tw)
+
+    def work(starts):
+        vbuf, mbuf = np.empty(n * n * k * th * tw * c, np.float32), np.empty(n * n * k * th * tw * o, np.float32)
+        for s in starts:
+            t = min(k, nb - s) * th * tw
+            V, M = _buffer(vbuf, (n * n, t, c)), _buffer(mbuf, (n * n, t, o))
+            _to_tiles(x[s:s + k], pads, th, tw, BT, V)
+            np.matmul(V, U, out=M)
+            _from_tiles(M, AT, y[s:s + k])
+
+    _in_blocks(nb, k, work)
+    return y
 
 
-def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None, tiles=None):
-    """dx (given w) and dw (given x), sharing the work: each chunk's dM = A dY A^T is
-    computed once and serves both products; ``tiles``, the forward's transformed input
-    (``winograd_conv2d_fast(keep_tiles=True)``), spares transforming x again.
-    Returns (dx or None, dw or None)."""
+def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
+    """dx (given w) and dw (given x), sharing the work: each block's dM = A dY A^T is
+    computed once and serves both products. Returns (dx or None, dw or None)."""
     BT, _, AT = matrices(m)
     nb, ho, wo, o = dy.shape
     c, n = x_shape[3], m + 2
     th, tw = tile_grid(ho, wo, m)
     dy = np.ascontiguousarray(dy, np.float32)
-    dx = dU = None
+    dx = Ut = None
     if w is not None:
         Ut = np.ascontiguousarray(_kernel_transform_fast(w, m).transpose(0, 2, 1))  # (n*n, O, C)
         dx = np.empty(x_shape, np.float32)
     if x is not None:
         x = np.ascontiguousarray(x, np.float32)
-        dU = np.zeros((n * n, c, o), np.float32)
-        part = np.empty((n * n, c, o), np.float32)
-    step = _chunk_images(nb, th * tw, n, c + o)
-    mbuf = np.empty(n * n * step * th * tw * o, np.float32)
-    vbuf = np.empty(n * n * step * th * tw * c, np.float32)
-    for s in range(0, nb, step):
-        k = min(step, nb - s)
-        dM = _buffer(mbuf, (n * n, k * th * tw, o))
-        V = _buffer(vbuf, (n * n, k * th * tw, c))  # V for the weight gradient, then dV
-        _to_tiles_adjoint(dy[s:s + k], AT, th, tw, dM)
+    k = _block_images(nb, th * tw)
+
+    def work(starts):
+        """This core's blocks; returns its share of dU (n*n, C, O), or None."""
+        mbuf, vbuf = np.empty(n * n * k * th * tw * o, np.float32), np.empty(n * n * k * th * tw * c, np.float32)
+        dU = part = None
         if x is not None:
-            if tiles is None:
+            dU, part = np.zeros((n * n, c, o), np.float32), np.empty((n * n, c, o), np.float32)
+        for s in starts:
+            t = min(k, nb - s) * th * tw
+            dM = _buffer(mbuf, (n * n, t, o))
+            V = _buffer(vbuf, (n * n, t, c))  # V for the weight gradient, then dV
+            _to_tiles_adjoint(dy[s:s + k], AT, th, tw, dM)
+            if x is not None:
                 _to_tiles(x[s:s + k], pads, th, tw, BT, V)
-            _products_split_by_position((V if tiles is None else tiles[s // step]).transpose(0, 2, 1), dM, part)
-            dU += part
-        if w is not None:
-            np.matmul(dM, Ut, out=V)
-            _from_tiles_adjoint(V, BT, pads, th, tw, dx[s:s + k])
-    return dx, (None if dU is None else _kernel_transform_adjoint_fast(dU, m).reshape(w_shape))
+                np.matmul(V.transpose(0, 2, 1), dM, out=part)
+                dU += part
+            if w is not None:
+                np.matmul(dM, Ut, out=V)
+                _from_tiles_adjoint(V, BT, pads, th, tw, dx[s:s + k])
+        return dU
+
+    shares = _in_blocks(nb, k, work)
+    dw = None if x is None else _kernel_transform_adjoint_fast(sum(shares), m).reshape(w_shape)
+    return dx, dw
 
 
 @threads_by_size
@@ -962,20 +978,11 @@ def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=None):
 
 
 @threads_by_size
-def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=None, tiles=None):
-    """As winograd_conv2d_grads_reference, in one pass over dy; ``tiles`` as kept by
-    ``winograd_conv2d_fast(keep_tiles=True)`` on the same x."""
+def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=None):
+    """As winograd_conv2d_grads_reference, in one pass over dy."""
     check_winograd_shapes(x.shape, w.shape, strides, pads, dy.shape)
     m = m or choose_tile(*_output_hw(x.shape, pads))
-    if tiles is not None:
-        n, (th, tw) = m + 2, tile_grid(*_output_hw(x.shape, pads), m)
-        step = _chunk_images(x.shape[0], th * tw, n, x.shape[3] + w.shape[3])
-        chunks = [(n * n, min(step, x.shape[0] - s) * th * tw, x.shape[3]) for s in range(0, x.shape[0], step)]
-        if [t.shape for t in tiles] != chunks:
-            raise ValueError(f"winograd_conv2d_grads: the kept tiles {[t.shape for t in tiles]} are not those of "
-                             f"input {x.shape} and kernel {w.shape} with F({m}x{m}, 3x3): {chunks}")
-    return _backward(dy, x.shape, w.shape, pads, m, x=x if need_weight else None, w=w if need_input else None,
-                     tiles=tiles)
+    return _backward(dy, x.shape, w.shape, pads, m, x=x if need_weight else None, w=w if need_input else None)
 
 
 def winograd_conv2d_grads_reference(x, dy, w, strides, pads, need_input=True, need_weight=True, m=None):
