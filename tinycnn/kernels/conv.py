@@ -563,10 +563,13 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0))):
     if mode == "winograd":
         return "winograd"
     n, h, w, c = x_shape
-    ho, wo = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+    if n * h * w < 2048:
+        return "im2col"
+    if (c >= 64 and min(h, w) >= 9) or (c >= 32 and min(h, w) >= 20):
+        return "winograd"
+    ho, wo = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2  # one whole F(6x6) tile or more per image
     whole_f6_tiles = ho > 0 and wo > 0 and ho % 6 == 0 and wo % 6 == 0 and winograd.choose_tile(ho, wo) == 6
-    wide_enough = (c >= 64 and (min(h, w) >= 9 or whole_f6_tiles)) or (c >= 32 and min(h, w) >= 20)
-    return "winograd" if wide_enough and n * h * w >= 2048 else "im2col"
+    return "winograd" if c >= 64 and whole_f6_tiles else "im2col"
 
 
 def conv2d(x, w, strides, pads, keep_cols=False):

@@ -136,8 +136,8 @@ def choose_tile(ho, wo):
     tile over fewer tiles are at most ``F6_MAX_PRODUCTS`` of F(4x4)'s (an 18x18 output:
     9 tiles x 64 against 25 x 36, the last F(4x4) row and column of tiles mostly past the
     edge; a 12x12 one: 4 x 64 against 9 x 36)."""
-    products = {m: (m + 2) ** 2 * np.prod(tile_grid(ho, wo, m)) for m in (4, 6)}
-    return 6 if products[6] <= F6_MAX_PRODUCTS * products[4] else TILE
+    (th4, tw4), (th6, tw6) = tile_grid(ho, wo, 4), tile_grid(ho, wo, 6)
+    return 6 if 64 * th6 * tw6 <= F6_MAX_PRODUCTS * 36 * th4 * tw4 else TILE
 
 
 def matrices(m, dtype=np.float32):
@@ -482,9 +482,11 @@ def _input_transform_4(x, pt, pl, th, tw, V):
                     for a in range(6):
                         for b in range(6):
                             if 0 <= y0 + a < h and 0 <= x0 + b < w:
-                                d[a, b, :] = x[img, y0 + a, x0 + b, :]
+                                for ch in range(c):
+                                    d[a, b, ch] = x[img, y0 + a, x0 + b, ch]
                             else:
-                                d[a, b, :] = 0.0
+                                for ch in range(c):
+                                    d[a, b, ch] = 0.0
                     src, y0, x0 = d, 0, 0
                 for a in range(6):  # along each row: tmp = d B
                     row = src[y0 + a]
@@ -527,7 +529,8 @@ def _output_transform_4(M, y):
                         for l in range(4):
                             row[l, oc] = r[l]
                     for l in range(cols):
-                        out[tx * 4 + l, :] = row[l]
+                        for oc in range(o):
+                            out[tx * 4 + l, oc] = row[l, oc]
 
 
 @njit(nogil=True, cache=True, fastmath=True)
@@ -547,9 +550,11 @@ def _output_transform_adjoint_4(dy, th, tw, dM):
                     for k in range(4):
                         for l in range(4):
                             if k < rows and l < cols:
-                                blk[k, l, :] = dy[img, ty * 4 + k, tx * 4 + l, :]
+                                for oc in range(o):
+                                    blk[k, l, oc] = dy[img, ty * 4 + k, tx * 4 + l, oc]
                             else:
-                                blk[k, l, :] = 0.0
+                                for oc in range(o):
+                                    blk[k, l, oc] = 0.0
                     src, y0, x0 = blk, 0, 0
                 for k in range(4):  # along each row: tmp = dY A^T
                     row = src[y0 + k]
@@ -659,9 +664,11 @@ def _input_transform_6(x, pt, pl, th, tw, V):
                     for a in range(8):
                         for b in range(8):
                             if 0 <= y0 + a < h and 0 <= x0 + b < w:
-                                d[a, b, :] = x[img, y0 + a, x0 + b, :]
+                                for ch in range(c):
+                                    d[a, b, ch] = x[img, y0 + a, x0 + b, ch]
                             else:
-                                d[a, b, :] = 0.0
+                                for ch in range(c):
+                                    d[a, b, ch] = 0.0
                     src, y0, x0 = d, 0, 0
                 for a in range(8):  # along each row: tmp = d B
                     row = src[y0 + a]
@@ -704,7 +711,8 @@ def _output_transform_6(M, y):
                         for l in range(6):
                             row[l, oc] = r[l]
                     for l in range(cols):
-                        out[tx * 6 + l, :] = row[l]
+                        for oc in range(o):
+                            out[tx * 6 + l, oc] = row[l, oc]
 
 
 @njit(nogil=True, cache=True, fastmath=True)
@@ -724,9 +732,11 @@ def _output_transform_adjoint_6(dy, th, tw, dM):
                     for k in range(6):
                         for l in range(6):
                             if k < rows and l < cols:
-                                blk[k, l, :] = dy[img, ty * 6 + k, tx * 6 + l, :]
+                                for oc in range(o):
+                                    blk[k, l, oc] = dy[img, ty * 6 + k, tx * 6 + l, oc]
                             else:
-                                blk[k, l, :] = 0.0
+                                for oc in range(o):
+                                    blk[k, l, oc] = 0.0
                     src, y0, x0 = blk, 0, 0
                 for k in range(6):  # along each row: tmp = dY A^T
                     row = src[y0 + k]
