@@ -18,8 +18,9 @@ each point it is *one* multiplication, ``D(p) G(p)``. So (Cook-Toom):
 
     y = A^T [ (G g) * (B^T d) ]          F(m, 3): m outputs, n = m + 2 multiplications
 
-The points used here are 0, 1, -1, 2, -2 and "infinity" (the leading coefficient);
-small points keep the matrices' entries small, which keeps float32 rounding small.
+The points used here are 0, 1, -1, 2, -2 and "infinity" (the leading coefficient),
+and for F(6, 3) also 1/2 and -1/2; small points keep the matrices' entries small, which
+keeps float32 rounding small.
 ``G`` holds the 1/N_k of Lagrange interpolation, ``B^T`` the coefficients of the
 polynomials prod_{l != k} (z - p_l) (with the remainder for the point at infinity),
 ``A^T`` the powers p_k^i (Lavin & Gray give the same matrices).
@@ -29,11 +30,11 @@ an m x m block of outputs as
 
     Y = A^T [ (G g G^T) * (B^T d B) ] A
 
-with (m + 2)^2 multiplications instead of 9 m^2: 2.25x fewer for F(2x2, 3x3),
-4x fewer for F(4x4, 3x3). Neighbouring output blocks need overlapping input tiles:
-a block of m outputs reads m + 2 inputs, so tiles start m apart and overlap by the
-kernel's 3 - 1 = 2 rows and columns. Outputs past the edge (an HO that is not a
-multiple of m) are computed from zero padding and dropped.
+with (m + 2)^2 multiplications instead of 9 m^2: 2.25x fewer for F(2x2, 3x3), 4x fewer
+for F(4x4, 3x3), 5.06x fewer for F(6x6, 3x3). Neighbouring output blocks need
+overlapping input tiles: a block of m outputs reads m + 2 inputs, so tiles start m apart
+and overlap by the kernel's 3 - 1 = 2 rows and columns. Outputs past the edge (an HO
+that is not a multiple of m) are computed from zero padding and dropped.
 
 Across channels it becomes matrix products. For each of the (m + 2)^2 positions
 (i, j) inside a tile, ``M[i, j] = V[i, j] @ U[i, j]`` where ``V[i, j]`` (tiles, C) holds
@@ -47,8 +48,9 @@ The gradients are the same linear maps transposed (the adjoints), in reverse ord
 
 The price is rounding: the transforms add and subtract terms of different sizes, with
 larger coefficients for larger m, so the float32 error grows with m (notebook 07
-measures it on a real layer; the tests hold both tile sizes to the library's float32
-tolerance).
+measures it on a real layer; the tests hold all three tile sizes to the library's
+float32 tolerance). Layers use F(4x4, 3x3), or F(6x6, 3x3) where the output's size
+favours its larger tiles (``choose_tile``).
 """
 from __future__ import annotations
 
@@ -827,16 +829,18 @@ def _from_tiles_adjoint(dV, BT, pads, th, tw, dx):
 # The fast path works through the batch in blocks of about ``BLOCK_TILES`` tiles (whole
 # images), each block from start to end on one core: transform it, multiply it, transform
 # back, while its V and M are still in that core's cache (2 MiB of L2 here), the products
-# on one BLAS thread; the cores take blocks in turn. Measured at batch 128, forward +
-# gradients, against chunks of 16 MiB with each step spread over both cores (transforms in
-# Numba's threads, products in OpenBLAS's, the weight gradient's products split by
-# position): vggbn's 46x46x32 -> 64: 102.9 -> 72.0 ms, 22x22x64 -> 128: 62.0 -> 44.6,
-# 20x20x128 -> 128 (F(6x6)): 71.0 -> 60.9, 9x9x128 -> 256: 25.5 -> 25.4. The products are
-# what gains: (T, 32) @ (32, 64) on one thread ran at 166 GFLOP/s with T = 128 rows, in
-# cache, and at 67 with T = 4000 (the peak is about 190 a core). Blocks of 64 to 256 tiles
-# measured the same within noise. The backward transforms x again block by block rather
-# than keep the forward's V: reading a stored V back costs more than transforming x in
-# cache.
+# on one BLAS thread; the cores take blocks in turn. Measured with bench/conv_layers.py at
+# batch 128, forward + gradients, F(4x4), two runs alternating with the previous code
+# (chunks of 16 MiB, each step spread over both cores: the transforms in Numba's threads,
+# the products in OpenBLAS's, the weight gradient's products split by position), ms:
+# vggbn's 46x46x32 -> 64: 100.8 / 103.9 -> 75.5 / 74.7; 22x22x64 -> 128: 55.2 / 56.7 ->
+# 41.6 / 43.0; 20x20x128 -> 128: 83.2 / 86.6 -> 71.5 / 73.0 (63.0 / 67.0 by F(6x6));
+# 9x9x128 -> 256: 27.3 / 26.5 -> 24.2 / 24.6. The products gain most: (T, 32) @ (32, 64)
+# on one thread ran at 166 GFLOP/s with T = 128 rows, in cache, and at 67 with T = 4000
+# (the peak is about 190 a core). Blocks of 64 to 256 tiles measured the same within
+# noise. The backward transforms x again block by block rather than keep the forward's
+# V: reading a stored V back costs more than transforming x in cache (a prototype, 46x46x32
+# -> 64: 72.0 ms transforming again, against 102.9 for the previous code, which kept V).
 BLOCK_TILES = 128
 _workers = None  # (ThreadPoolExecutor, threadpoolctl controller, its threads), made at first use
 
