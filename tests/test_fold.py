@@ -254,3 +254,49 @@ def test_inference_copy_is_a_snapshot(backend):
 def test_inference_copy_needs_a_built_model():
     with pytest.raises(ValueError, match="must be built"):
         tc.Sequential([Conv2D(4, 3), BatchNormalization()]).inference_copy()
+
+
+def test_inference_copy_computes_what_is_left_of_batchnorm_once(backend):
+    """The BatchNormalization left after a Conv2D(relu) (vggbn: six of them) keeps the
+    affine map computed when the copy was made: spoiling its statistics afterwards
+    changes nothing in the copy's outputs."""
+    rng = np.random.default_rng(6)
+    model = fer_models.build("vggbn", seed=1)
+    randomise_batchnorm(model, rng)
+    x = rng.random((2, 48, 48, 1), dtype=np.float32)
+    copy = model.inference_copy()
+    with tc.no_grad():
+        before = copy(x).numpy()
+    after_conv = [bn for prev, bn in zip(copy.layers, copy.layers[1:])
+                  if isinstance(bn, BatchNormalization) and isinstance(prev, Conv2D)]
+    assert len(after_conv) == 6
+    for bn in after_conv:
+        bn.moving_variance.data = np.full_like(bn.moving_variance.data, np.nan)
+    with tc.no_grad():
+        np.testing.assert_array_equal(copy(x).numpy(), before)
+
+
+def test_one_image_runs_on_one_numba_thread(monkeypatch):
+    """In inference a batch of one image sets Numba to one thread for the whole call (once)
+    and gives the thread count back after it; a larger batch leaves it alone."""
+    import numba
+
+    from tinycnn import backend as B
+    if not B.PARALLEL or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two Numba threads")
+    model = fer_models.build("mini", seed=1)
+    x = np.random.default_rng(7).random((3, 48, 48, 1), dtype=np.float32)
+    seen = []
+    original = fold._run_layers
+    monkeypatch.setattr(fold, "_run_layers", lambda *a: seen.append(numba.get_num_threads()) or original(*a))
+    previous = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        with tc.no_grad():
+            one = model(x[:1]).numpy()
+            model(x)
+        assert seen == [1, 2] and numba.get_num_threads() == 2
+        with tc.no_grad():
+            np.testing.assert_allclose(one, model(x).numpy()[:1], rtol=1e-5, atol=1e-6)
+    finally:
+        numba.set_num_threads(previous)

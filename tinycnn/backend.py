@@ -66,6 +66,21 @@ def threads_by_size(fast):
     return run
 
 
+@contextlib.contextmanager
+def one_numba_thread():
+    """Run the block's Numba kernels on one thread (then restore the count): for a call
+    whose kernels are all small, one switch instead of one around each kernel."""
+    previous = numba.get_num_threads() if PARALLEL else 1
+    if previous == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _after_fork_in_child():
     """GNU OpenMP is not fork-safe: Numba ends a forked child that starts a parallel
     kernel when its parent had already run one (its OpenMP threading layer, the one
