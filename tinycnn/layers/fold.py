@@ -108,11 +108,15 @@ def run_layers(layers, x, training):
     bias and ReLU). A batch of one image in inference runs on one Numba thread."""
     inference = not training and not is_grad_enabled()
     if inference and np.shape(x)[0] == 1:
-        # One image: every kernel runs on one Numba thread anyway (``backend.SMALL_WORK``);
-        # setting that once for the call spares switching around each kernel. One face
-        # through each model's inference copy, 2 threads, ms per call, switching around
-        # each kernel -> once: updown 1.77 -> 1.71, vggbn 2.39 -> 2.28, deep4 3.05 ->
-        # 2.87, small3 0.54 -> 0.52, gap4 2.26 -> 2.26, resfer 1.65 -> 1.52.
+        # One image: nearly every kernel is below ``backend.SMALL_WORK`` and would run on
+        # one Numba thread anyway; setting that once for the call spares switching around
+        # each kernel. One face through each model's inference copy, 2 threads, ms per
+        # call, switching around each kernel -> once: updown 1.77 -> 1.71, vggbn 2.39 ->
+        # 2.28, deep4 3.05 -> 2.87, small3 0.54 -> 0.52, gap4 2.26 -> 2.26, resfer 1.65 ->
+        # 1.52. The exceptions, updown's and gap4's first layers (48x48x64 and 46x46x256
+        # outputs), lose their second thread; four alternating processes each measured
+        # those two models level (gap4 2.08-2.31 -> 1.97-2.09 ms, updown 1.70-1.84 ->
+        # 1.68-1.80).
         with backend.one_numba_thread():
             return _run_layers(layers, x, training, inference, False)
     return _run_layers(layers, x, training, inference, inference and np.shape(x)[0] >= FOLD_MIN_BATCH)
