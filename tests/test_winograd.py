@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import fer_models
 import tinycnn as tc
 from helpers import RTOL, ATOL, assert_close, random_array
 from tinycnn import backend as B
@@ -180,6 +181,8 @@ def test_choose_tile_takes_f6_where_its_products_are_fewer():
     for (ho, wo), m in [((18, 18), 6), ((12, 12), 6), ((6, 6), 6), ((5, 5), 6), ((30, 18), 6), ((44, 44), 4),
                         ((20, 20), 4), ((7, 7), 4), ((2, 2), 4), ((1, 1), 4)]:
         assert W.choose_tile(ho, wo) == m, (ho, wo)
+    # and only on at least F6_MIN_TILES of its tiles in the batch: 18x18 is 9 tiles an image
+    assert [W.choose_tile(18, 18, n) for n in (1, 7, 8, 128)] == [4, 4, 6, 6]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -187,8 +190,8 @@ def test_the_tile_is_chosen_from_the_output_size(impl, monkeypatch):
     """Without m, each entry takes ``choose_tile``'s F(m x m) for its output: the same
     results as asking for that m, not those of another."""
     rng = np.random.default_rng(3)
-    x, w = random_array(rng, (2, 20, 20, 3)), random_array(rng, (3, 3, 3, 4))  # 18x18 output: F(6x6)
-    dy, pads = random_array(rng, (2, 18, 18, 4)), ((0, 0), (0, 0))
+    x, w = random_array(rng, (8, 20, 20, 3)), random_array(rng, (3, 3, 3, 4))  # 18x18 output, 72 tiles: F(6x6)
+    dy, pads = random_array(rng, (8, 18, 18, 4)), ((0, 0), (0, 0))
     for f, args in [(W.winograd_conv2d, (x, w, (1, 1), pads)),
                     (W.winograd_conv2d_grad_input, (dy, w, x.shape, (1, 1), pads)),
                     (W.winograd_conv2d_grad_weight, (x, dy, w.shape, (1, 1), pads))]:
@@ -281,3 +284,59 @@ def test_blocks_run_on_every_thread(monkeypatch):
         assert W._in_blocks(10, 2, work) == [5] and seen[0][0] == threading.get_ident()
     finally:
         numba.set_num_threads(previous)
+
+
+def test_a_frozen_kernel_keeps_its_transform(monkeypatch):
+    """``freeze_kernel`` makes the array read-only and its transforms are computed once per
+    tile size; another array, even equal, is not frozen; the entry goes with the array."""
+    import gc
+    rng = np.random.default_rng(9)
+    w = random_array(rng, (3, 3, 4, 5))
+    W.freeze_kernel(w)
+    assert W.is_frozen(w) and not w.flags.writeable and not W.is_frozen(w.copy())
+    computed = []
+    original = np.kron
+    monkeypatch.setattr(W.np, "kron", lambda *a: computed.append(1) or original(*a))
+    u4 = W._kernel_transform_fast(w, 4)
+    assert W._kernel_transform_fast(w, 4) is u4 and not u4.flags.writeable
+    W._kernel_transform_fast(w, 6)
+    assert len(computed) == 2                      # F(4x4) once, F(6x6) once
+    x = random_array(rng, (1, 12, 12, 4))
+    np.testing.assert_allclose(W.winograd_conv2d.fast(x, w, (1, 1), ((1, 1), (1, 1))),
+                               W.winograd_conv2d.fast(x, w.copy(), (1, 1), ((1, 1), (1, 1))), rtol=0, atol=0)
+    key = id(w)
+    del w, u4
+    gc.collect()
+    assert key not in W._frozen
+
+
+def test_a_frozen_kernel_takes_winograd_from_one_image():
+    """With its transform kept, F(4x4) from one image on maps of 8x8 outputs or more, 32+
+    channels, C x O up to 128 x 256; the others as without it."""
+    with tc.use_conv_algorithm("auto"):
+        for x_shape, w_shape, pads, frozen, expected in [
+                ((1, 22, 22, 64), (3, 3, 64, 128), ((0, 0), (0, 0)), True, "winograd"),
+                ((1, 22, 22, 64), (3, 3, 64, 128), ((0, 0), (0, 0)), False, "im2col"),
+                ((1, 24, 24, 32), (3, 3, 32, 64), ((1, 1), (1, 1)), True, "winograd"),
+                ((1, 9, 9, 128), (3, 3, 128, 256), ((0, 0), (0, 0)), True, "im2col"),       # 7x7 out
+                ((1, 10, 10, 256), (3, 3, 256, 512), ((0, 0), (0, 0)), True, "im2col"),     # C x O
+                ((1, 48, 48, 1), (3, 3, 1, 32), ((1, 1), (1, 1)), True, "im2col"),          # a first layer
+                ((128, 9, 9, 128), (3, 3, 128, 256), ((0, 0), (0, 0)), True, "winograd")]:  # the batch rule
+            assert conv.choose_algorithm(x_shape, w_shape, (1, 1), pads, frozen) == expected, (x_shape, frozen)
+    with tc.use_conv_algorithm("im2col"):
+        assert conv.choose_algorithm((1, 22, 22, 64), (3, 3, 64, 128), (1, 1), frozen=True) == "im2col"
+
+
+def test_an_inference_copy_freezes_its_kernels():
+    """Every Conv2D kernel of an inference copy is frozen, none of the model's; one face
+    through the copy gives the model's output (Winograd with the kept transform)."""
+    model = fer_models.build("vggbn", seed=2)
+    x = np.random.default_rng(10).random((1, 48, 48, 1), dtype=np.float32)
+    with tc.no_grad():
+        expected = model(x).numpy()
+    copy = model.inference_copy()
+    convs = [layer for layer in copy.all_layers() if isinstance(layer, tc.layers.Conv2D)]
+    assert convs and all(W.is_frozen(layer.kernel.data) for layer in convs)
+    assert not any(W.is_frozen(layer.kernel.data) for layer in model.all_layers() if isinstance(layer, tc.layers.Conv2D))
+    with tc.no_grad():
+        assert_close("vggbn inference copy, one face", "output", copy(x).numpy(), expected, RTOL, ATOL)

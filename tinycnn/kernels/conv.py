@@ -537,7 +537,7 @@ _direct_grad_weight.reference, _direct_grad_weight.fast = conv2d_grad_weight_ref
 _direct_grad_input = dispatch(conv2d_grad_input_reference, conv2d_grad_input_fast)
 
 
-def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0))):
+def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0)), frozen=False):
     """``"winograd"`` or ``"im2col"`` for a convolution of x (N, H, W, C) with w (KH, KW, C, O).
 
     Winograd applies to 3x3 kernels with stride 1. Under ``set_conv_algorithm("auto")``
@@ -555,6 +555,16 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0))):
     nothing past the edge: resfer's 6x6x128 -> 256 'same', 18.7 ms against im2col's 32.7.
     A 5x5 output (vggbn's 7x7x256 'valid') wastes a third of its tile and measured level
     with im2col (47 ms), so it stays with im2col.
+
+    A ``frozen`` kernel (``winograd.freeze_kernel``: an inference copy's) keeps its
+    transform, and then F(4x4) pays at any batch on an output of at least 8x8 with 32+
+    input channels and C x O up to 128 x 256. One image, one Numba thread, ms, im2col
+    against F(4x4) with the transform kept: vggbn's 46x46x32 -> 64 0.545 / 0.238,
+    22x22x64 -> 128 0.291 / 0.165, 20x20x128 -> 128 0.485 / 0.374; gap4's 23x23x256 ->
+    128 1.142 / 0.849, 10x10x128 -> 128 0.124 / 0.107; updown's 24x24x64 -> 128 'same'
+    0.431 / 0.216; resfer's 12x12x128 -> 128 'same' 0.196 / 0.152; small3's 10x10x64 ->
+    128 0.076 / 0.027. Not on vggbn's 9x9x128 -> 256 (7x7 out: 0.188 / 0.241), deep4's
+    10x10x256 -> 512 (0.767 / 0.804) or resfer's 6x6x128 -> 256 (0.155 / 0.225).
     """
     mode = backend.get_conv_algorithm()
     applies = tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
@@ -563,11 +573,13 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0))):
     if mode == "winograd":
         return "winograd"
     n, h, w, c = x_shape
+    ho, wo = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2
+    if frozen and c >= 32 and min(ho, wo) >= 8 and c * w_shape[3] <= 128 * 256:
+        return "winograd"
     if n * h * w < 2048:
         return "im2col"
     if (c >= 64 and min(h, w) >= 9) or (c >= 32 and min(h, w) >= 20):
         return "winograd"
-    ho, wo = h + sum(pads[0]) - 2, w + sum(pads[1]) - 2  # one whole F(6x6) tile or more per image
     whole_f6_tiles = ho > 0 and wo > 0 and ho % 6 == 0 and wo % 6 == 0 and winograd.choose_tile(ho, wo) == 6
     return "winograd" if c >= 64 and whole_f6_tiles else "im2col"
 
@@ -576,7 +588,7 @@ def conv2d(x, w, strides, pads, keep_cols=False):
     """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O), by the chosen
     algorithm and backend. ``keep_cols`` also returns im2col's column matrix (None for
     Winograd) for the weight gradient to reuse."""
-    if choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
+    if choose_algorithm(x.shape, w.shape, strides, pads, winograd.is_frozen(w)) == "winograd":
         y = winograd.winograd_conv2d(x, w, strides, pads)
         return (y, None) if keep_cols else y
     return _direct(x, w, strides, pads, keep_cols=keep_cols)

@@ -55,6 +55,7 @@ favours its larger tiles (``choose_tile``).
 from __future__ import annotations
 
 import os
+import weakref
 
 import numba
 import numpy as np
@@ -131,15 +132,22 @@ TILE = 4  # F(4x4, 3x3) unless the output's size favours F(6x6) (``choose_tile``
 # 23x23x32 -> 64; behind on gap4's 23x23x256 -> 128 (198.0 / 205.1) and deep4's
 # 23x23x128 -> 256 (182.8 / 186.6). At 0.94 (vggbn's 46x46x32 -> 64): 85.9 / 100.6.
 F6_MAX_PRODUCTS = 0.8
+F6_MIN_TILES = 64
 
 
-def choose_tile(ho, wo):
-    """m for F(m x m, 3x3) on an HO x WO output: 4, or 6 where its (m + 2)^2 products per
-    tile over fewer tiles are at most ``F6_MAX_PRODUCTS`` of F(4x4)'s (an 18x18 output:
-    9 tiles x 64 against 25 x 36, the last F(4x4) row and column of tiles mostly past the
-    edge; a 12x12 one: 4 x 64 against 9 x 36)."""
+def choose_tile(ho, wo, n_img=None):
+    """m for F(m x m, 3x3) on an HO x WO output of ``n_img`` images (any number when not
+    given): 4, or 6 where its (m + 2)^2 products per tile over fewer tiles are at most
+    ``F6_MAX_PRODUCTS`` of F(4x4)'s (an 18x18 output: 9 tiles x 64 against 25 x 36, the
+    last F(4x4) row and column of tiles mostly past the edge; a 12x12 one: 4 x 64 against
+    9 x 36) and the batch has at least ``F6_MIN_TILES`` of its tiles. Fewer tiles make
+    64 products too thin to pay for the larger transforms: at one image, the kernel's
+    transform cached (``freeze_kernel``), F(4x4) against F(6x6), ms: 20x20x128 -> 128
+    0.374 / 0.376, updown's 24x24x64 -> 128 'same' 0.216 / 0.256, resfer's 12x12x64 ->
+    128 'same' 0.057 / 0.084."""
     (th4, tw4), (th6, tw6) = tile_grid(ho, wo, 4), tile_grid(ho, wo, 6)
-    return 6 if 64 * th6 * tw6 <= F6_MAX_PRODUCTS * 36 * th4 * tw4 else TILE
+    enough = n_img is None or n_img * th6 * tw6 >= F6_MIN_TILES
+    return 6 if enough and 64 * th6 * tw6 <= F6_MAX_PRODUCTS * 36 * th4 * tw4 else TILE
 
 
 def matrices(m, dtype=np.float32):
@@ -220,7 +228,7 @@ def winograd_conv2d_reference(x, w, strides, pads, m=None):
     """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (3, 3, C, O), by F(m x m, 3x3);
     m = ``choose_tile(HO, WO)`` unless given (as in every entry below)."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
-    m = m or choose_tile(*_output_hw(x.shape, pads))
+    m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
     ho, wo = _output_hw(x.shape, pads)
     th, tw = tile_grid(ho, wo, m)
     V = input_transform(x, pads, th, tw, m)
@@ -232,7 +240,7 @@ def winograd_conv2d_reference(x, w, strides, pads, m=None):
 def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=None):
     """dx (N, H, W, C) from dy (N, HO, WO, O): dd = B (dM U^T) B^T, added into the tiles."""
     check_winograd_shapes(x_shape, w.shape, strides, pads, dy.shape)
-    m = m or choose_tile(*_output_hw(x_shape, pads))
+    m = m or choose_tile(*_output_hw(x_shape, pads), x_shape[0])
     n, h, wd, c = x_shape
     th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
     BT, _, _ = matrices(m, dy.dtype)
@@ -250,7 +258,7 @@ def winograd_conv2d_grad_input_reference(dy, w, x_shape, strides, pads, m=None):
 def winograd_conv2d_grad_weight_reference(x, dy, w_shape, strides, pads, m=None):
     """dw (3, 3, C, O) = G^T (sum over tiles of V^T dM) G."""
     check_winograd_shapes(x.shape, w_shape, strides, pads, dy.shape)
-    m = m or choose_tile(*_output_hw(x.shape, pads))
+    m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
     th, tw = tile_grid(dy.shape[1], dy.shape[2], m)
     _, G, _ = matrices(m, x.dtype)
     V = input_transform(x, pads, th, tw, m)
@@ -893,10 +901,46 @@ os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _kernel_transform_fast(w, m):
-    """U (n*n, C, O) = G g G^T as one product: (G kron G) (n*n, 9) @ w (9, C*O)."""
+    """U (n*n, C, O) = G g G^T as one product: (G kron G) (n*n, 9) @ w (9, C*O); for a
+    frozen kernel (``freeze_kernel``), the U computed at its first call."""
+    cache = _frozen_transforms(w)
+    if cache is not None and m in cache:
+        return cache[m]
     _, G, _ = matrices(m)
     c, o = w.shape[2], w.shape[3]
-    return (np.kron(G, G) @ np.ascontiguousarray(w, np.float32).reshape(9, c * o)).reshape(-1, c, o)
+    U = (np.kron(G, G) @ np.ascontiguousarray(w, np.float32).reshape(9, c * o)).reshape(-1, c, o)
+    if cache is not None:
+        U.flags.writeable = False
+        cache[m] = U
+    return U
+
+
+# Kernels that will not change (an inference copy's: ``tinycnn.layers.fold.inference_copy``)
+# keep their transforms U between calls, which makes Winograd pay from one image on (see
+# ``conv.choose_algorithm``). Keyed by the array's id, with a weak reference to tell a
+# reused id from the array itself; an entry goes when its array does.
+_frozen = {}
+
+
+def freeze_kernel(w):
+    """Mark the kernel array ``w`` (3, 3, C, O) as fixed from now on: it is made read-only,
+    and its Winograd transforms are computed once and kept while it lives."""
+    w.flags.writeable = False
+    if _frozen_transforms(w) is None:
+        key = id(w)
+        _frozen[key] = (weakref.ref(w), {})
+        weakref.finalize(w, _frozen.pop, key, None)
+
+
+def _frozen_transforms(w):
+    """{m: U} of a frozen kernel, or None."""
+    entry = _frozen.get(id(w))
+    return entry[1] if entry is not None and entry[0]() is w else None
+
+
+def is_frozen(w):
+    """Whether ``freeze_kernel`` marked this kernel array."""
+    return _frozen_transforms(w) is not None
 
 
 def _kernel_transform_adjoint_fast(dU, m):
@@ -910,7 +954,7 @@ def _kernel_transform_adjoint_fast(dU, m):
 def winograd_conv2d_fast(x, w, strides, pads, m=None):
     """As winograd_conv2d_reference."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
-    m = m or choose_tile(*_output_hw(x.shape, pads))
+    m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
     BT, _, AT = matrices(m)
     nb, _, _, c = x.shape
     o, n = w.shape[3], m + 2
@@ -979,7 +1023,7 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
 def winograd_conv2d_grad_input_fast(dy, w, x_shape, strides, pads, m=None):
     """As winograd_conv2d_grad_input_reference."""
     check_winograd_shapes(x_shape, w.shape, strides, pads, dy.shape)
-    m = m or choose_tile(*_output_hw(x_shape, pads))
+    m = m or choose_tile(*_output_hw(x_shape, pads), x_shape[0])
     return _backward(dy, x_shape, w.shape, pads, m, w=w)[0]
 
 
@@ -987,7 +1031,7 @@ def winograd_conv2d_grad_input_fast(dy, w, x_shape, strides, pads, m=None):
 def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=None):
     """As winograd_conv2d_grad_weight_reference."""
     check_winograd_shapes(x.shape, w_shape, strides, pads, dy.shape)
-    m = m or choose_tile(*_output_hw(x.shape, pads))
+    m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
     return _backward(dy, x.shape, w_shape, pads, m, x=x)[1]
 
 
@@ -995,13 +1039,13 @@ def winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, m=None):
 def winograd_conv2d_grads_fast(x, dy, w, strides, pads, need_input=True, need_weight=True, m=None):
     """As winograd_conv2d_grads_reference, in one pass over dy."""
     check_winograd_shapes(x.shape, w.shape, strides, pads, dy.shape)
-    m = m or choose_tile(*_output_hw(x.shape, pads))
+    m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
     return _backward(dy, x.shape, w.shape, pads, m, x=x if need_weight else None, w=w if need_input else None)
 
 
 def winograd_conv2d_grads_reference(x, dy, w, strides, pads, need_input=True, need_weight=True, m=None):
     """(dx or None, dw or None): the two gradients above, each when asked for."""
-    m = m or choose_tile(*_output_hw(x.shape, pads))
+    m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
     return (winograd_conv2d_grad_input_reference(dy, w, x.shape, strides, pads, m) if need_input else None,
             winograd_conv2d_grad_weight_reference(x, dy, w.shape, strides, pads, m) if need_weight else None)
 
