@@ -54,6 +54,7 @@ favours its larger tiles (``choose_tile``).
 """
 from __future__ import annotations
 
+import math
 import os
 import weakref
 
@@ -862,7 +863,7 @@ def _block_images(n_img, tiles_per_image):
 
 def _buffer(flat, shape):
     """A contiguous array of ``shape`` at the start of the preallocated 1-D ``flat``."""
-    return flat[:int(np.prod(shape))].reshape(shape)
+    return flat[:math.prod(shape)].reshape(shape)
 
 
 def _in_blocks(n_img, per_block, work):
