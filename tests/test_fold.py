@@ -231,16 +231,22 @@ def test_inference_copy_gives_the_models_outputs(backend, monkeypatch, name):
     assert len(calls) == 3 * left, f"{name}: {len(calls)} unfolded BatchNormalization calls in 3 calls of the copy"
 
 
+def copy_and_its_outputs(name, seed, n):
+    """(model, its inference copy, x, the copy's outputs on x): a model with randomised
+    BatchNorm statistics and a batch of n random faces."""
+    rng = np.random.default_rng(seed)
+    model = fer_models.build(name, seed=1)
+    randomise_batchnorm(model, rng)
+    x = rng.random((n, 48, 48, 1), dtype=np.float32)
+    copy = model.inference_copy()
+    with tc.no_grad():
+        return model, copy, x, copy(x).numpy()
+
+
 def test_inference_copy_is_a_snapshot(backend):
     """Its weights are its own and not trainable: changing the model afterwards (training,
     set_weights) leaves the copy's outputs as they were, and the copy has no parameters."""
-    rng = np.random.default_rng(4)
-    model = fer_models.build("mini", seed=1)
-    randomise_batchnorm(model, rng)
-    x = rng.random((3, 48, 48, 1), dtype=np.float32)
-    copy = model.inference_copy()
-    with tc.no_grad():
-        before = copy(x).numpy()
+    model, copy, x, before = copy_and_its_outputs("mini", 4, 3)
     assert len(list(copy.parameters())) == 0
     for layer in model.all_layers():
         for w in layer.weights.values():
@@ -260,13 +266,7 @@ def test_inference_copy_computes_what_is_left_of_batchnorm_once(backend):
     """The BatchNormalization left after a Conv2D(relu) (vggbn: six of them) keeps the
     affine map computed when the copy was made: spoiling its statistics afterwards
     changes nothing in the copy's outputs."""
-    rng = np.random.default_rng(6)
-    model = fer_models.build("vggbn", seed=1)
-    randomise_batchnorm(model, rng)
-    x = rng.random((2, 48, 48, 1), dtype=np.float32)
-    copy = model.inference_copy()
-    with tc.no_grad():
-        before = copy(x).numpy()
+    _, copy, x, before = copy_and_its_outputs("vggbn", 6, 2)
     after_conv = [bn for prev, bn in zip(copy.layers, copy.layers[1:])
                   if isinstance(bn, BatchNormalization) and isinstance(prev, Conv2D)]
     assert len(after_conv) == 6
