@@ -68,29 +68,38 @@ def browser(tmp_path_factory):
             context.close()
 
 
-def first_face(page) -> tuple[str, list[int]]:
-    item = page.locator("#results li.face").first
-    return item.get_attribute("data-label"), [int(v) for v in item.get_attribute("data-box").split(",")]
+def first_face(page) -> dict:
+    """The first listed face, read in one step (waiting for one): with the camera on, the
+    page replaces the list with every answer (four a second, a different face each time),
+    so reading its parts one call at a time can mix two answers."""
+    face = page.wait_for_function("""() => {
+        const li = document.querySelector('#results li.face');
+        return li && {label: li.dataset.label, box: li.dataset.box,
+                      text: li.querySelector('.label').innerText,
+                      bars: li.querySelectorAll('.bar').length};
+    }""", timeout=WAIT_MS).json_value()
+    face["box"] = [int(v) for v in face["box"].split(",")]
+    return face
 
 
 def test_camera_frames_get_boxes_and_labels(browser, server_url):
     page = browser.page
     page.goto(server_url)
     page.click("#start")
-    page.wait_for_selector("#results li.face", timeout=WAIT_MS)
-    label, box = first_face(page)
-    assert label in CLASSES
-    x, y, w, h = box
-    assert w > 50 and h > 50 and 0 <= x < 640 and 0 <= y < 480, box
-    assert page.locator("#results li.face .bar").count() == len(CLASSES)
-    assert label in page.locator("#results li.face .label").first.inner_text()
+    face = first_face(page)
+    assert face["label"] in CLASSES
+    x, y, w, h = face["box"]
+    assert w > 50 and h > 50 and 0 <= x < 640 and 0 <= y < 480, face
+    assert face["bars"] == len(CLASSES), face
+    assert face["label"] in face["text"], face
     # the boxes are drawn too: the overlay canvas, sized as the video, is no longer blank
-    drawn = page.evaluate("""() => {
+    # (polled, as it is redrawn with every answer, and an answer may find no face)
+    drawn = page.wait_for_function("""() => {
         const c = document.getElementById('overlay');
         const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 3; i < px.length; i += 4) n += px[i] > 0;
-        return [c.width, c.height, n];
-    }""")
+        return c.width === 640 && c.height === 480 && n > 1000 && [c.width, c.height, n];
+    }""", timeout=WAIT_MS).json_value()
     assert drawn[:2] == [640, 480] and drawn[2] > 1000, drawn
     assert browser.errors == [], browser.errors
 
@@ -103,8 +112,7 @@ def test_uploaded_photo(browser, server_url, tmp_path):
     page.set_input_files("#photo-input", str(photo))
     page.wait_for_function("document.getElementById('status').textContent.includes('face(s)')", timeout=WAIT_MS)
     assert page.locator("#results li.face").count() >= 1
-    label, _ = first_face(page)
-    assert label in CLASSES
+    assert first_face(page)["label"] in CLASSES
     assert page.is_visible("#photo") and not page.is_visible("#video")
 
     text = tmp_path / "notes.txt"
