@@ -53,16 +53,12 @@ def threads_by_size(fast):
     of Numba's threads otherwise."""
     @functools.wraps(fast)
     def run(*args, **kwargs):
-        if not PARALLEL or np.size(args[0]) >= SMALL_WORK:
+        # already one thread (webcam.py's default, or inside ``one_numba_thread``): the
+        # context manager alone would cost a few microseconds on every small kernel
+        if not PARALLEL or np.size(args[0]) >= SMALL_WORK or numba.get_num_threads() == 1:
             return fast(*args, **kwargs)
-        previous = numba.get_num_threads()
-        if previous == 1:  # already one thread (webcam.py's default): setting it costs more than the kernel
+        with one_numba_thread():
             return fast(*args, **kwargs)
-        numba.set_num_threads(1)
-        try:
-            return fast(*args, **kwargs)
-        finally:
-            numba.set_num_threads(previous)
     return run
 
 
