@@ -154,9 +154,9 @@ def evaluate_model(model, x, y, batch_size=256, tta=False):
 
 
 def write_json(path, obj):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    """``obj`` as JSON in ``path``, written atomically (``tinycnn.model.write_atomic``)."""
+    from tinycnn.model import write_atomic
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)), suffix=".json.tmp")
 
 
 def make_optimizer(args, model):
@@ -275,7 +275,10 @@ def train(args):
         run = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run / "checkpoint.npz").exists():
             sys.exit(f"error: {run} already holds a run; use --resume {run} or another --out")
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            sys.exit(f"error: --out {run}: cannot create the folder: {e.strerror or e}")
         write_json(run / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                        if k not in ("resume", "evaluate", "list_models", "model_given")})
     tc.set_backend(args.backend)
@@ -344,6 +347,7 @@ def train(args):
         """fit's callbacks: the learning-rate schedules, a SIGTERM stop, and after each
         epoch best.npz, checkpoint.npz and history.json, written atomically, and one line."""
         epoch = start
+        checkpointed = start - 1    # the epoch that checkpoint.npz holds (0: none yet)
 
         def on_epoch_begin(self, epoch):
             self.epoch = epoch
@@ -370,6 +374,7 @@ def train(args):
             if plateau:
                 plateau.step(val_acc)
             save_checkpoint(run, model, opt, epoch, history, best, plateau)
+            self.checkpointed = epoch
             write_json(run / "history.json", history)
             print(f"epoch {epoch}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} | PublicTest loss "
                   f"{logs['val_loss']:.4f} acc {val_acc:.4f}{' (best)' if improved else ''} | "
@@ -391,6 +396,11 @@ def train(args):
               f"the last checkpoint (epoch {keeping.epoch - 1}) is intact. Continue with: "
               f"python train.py --resume {run}")
         sys.exit(130)
+    except tc.model.WriteError as e:
+        last = keeping.checkpointed
+        kept = (f"the last checkpoint (epoch {last}) is intact: free some space and continue with "
+                f"python train.py --resume {run}") if last else "no epoch had been checkpointed yet"
+        sys.exit(f"error: {e}. Training stopped; {kept}")
     except tc.model.TrainingDiverged as e:
         sys.exit(f"error: the loss became {e.value} at epoch {e.epoch}, step {e.step}. Training stopped; the last "
                  f"good checkpoint (epoch {e.epoch - 1}) is kept in {run}. Try a lower --lr.")
@@ -571,6 +581,14 @@ def main(argv=None):
     args = parse_args(argv)
     import tinycnn as tc
     tc.backend.keep_freed_memory()  # big activations reused, not re-faulted, every step
+    try:
+        run_command(args)
+    except tc.model.WriteError as e:   # a full disk, a read-only folder: the file and the cause, no traceback
+        sys.exit(f"error: {e}")
+
+
+def run_command(args):
+    """What the parsed arguments ask for: list, card, ensemble, export, evaluate or train."""
     if args.list_models:
         list_models()
         return

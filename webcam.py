@@ -234,10 +234,12 @@ class Output:
     @staticmethod
     def _imwrite(target: Path, image) -> None:
         import cv2
+        from tinycnn.model import write_atomic
         ok, data = cv2.imencode(target.suffix or ".png", image)
         if not ok:
             raise UserError(f"--output: cannot encode an image as {target.suffix}")
-        data.tofile(str(target))
+        # Python's own write, not ndarray.tofile: tofile's buffered C write loses a full disk's error
+        write_atomic(target, lambda tmp: Path(tmp).write_bytes(data.tobytes()), suffix=".tmp" + (target.suffix or ".png"))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -306,10 +308,11 @@ class Window:
 
     def snapshot(self, image) -> None:
         import cv2
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        from tinycnn.model import write_atomic
         self.snapshots += 1
         path = self.snapshot_dir / f"snapshot-{time.strftime('%Y%m%d-%H%M%S')}-{self.snapshots}.png"
-        cv2.imwrite(str(path), image)
+        png = cv2.imencode(".png", image)[1].tobytes()
+        write_atomic(path, lambda tmp: Path(tmp).write_bytes(png), suffix=".tmp.png")
         print(f"saved {path}", file=sys.stderr)
 
     def close(self) -> None:
@@ -444,6 +447,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"webcam.py: {e}", file=sys.stderr)
         return 2
+    except tinycnn.model.WriteError as e:   # --output or a snapshot on a full disk: the file and the cause
+        print(f"webcam.py: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:   # --json piped into head & co.: the reader has had enough

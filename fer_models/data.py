@@ -104,7 +104,11 @@ def load_fer2013(path, cache_dir=None, progress=True) -> dict[str, tuple[np.ndar
     if cached is None:
         decode = _decode_csv if source["kind"] == "csv" else _decode_images
         cached = decode(source, progress)
-        _write_cache(cache_file, cached)
+        try:
+            _write_cache(cache_file, cached)
+        except OSError as e:   # the cache only saves time: a full disk costs the next load a decode
+            warnings.warn(f"load_fer2013: could not cache the decoded faces in {cache_file} ({e.strerror or e}); "
+                          f"the next load decodes them again", stacklevel=2)
     for message in cached["notes"]:
         warnings.warn(f"load_fer2013({str(path)!r}): {message}", stacklevel=2)
     return {split: (cached["x"][split][..., None].astype(np.float32) / np.float32(255.0),

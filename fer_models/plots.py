@@ -1,6 +1,8 @@
 """Training curves and confusion-matrix figures (PNG, via matplotlib's Agg backend)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .classes import CLASSES
@@ -11,6 +13,18 @@ def _pyplot():
     matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
     return plt
+
+
+def _save(fig, path) -> None:
+    """The figure as an image file, written atomically (a full disk raises
+    ``tinycnn.model.WriteError`` and leaves any earlier figure in place); then closed."""
+    from tinycnn.model import write_atomic
+    plt = _pyplot()
+    try:
+        fmt = Path(path).suffix[1:].lower() or "png"
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=80, format=fmt), suffix=f".tmp.{fmt}")
+    finally:
+        plt.close(fig)
 
 
 def plot_history(history: list[dict], path) -> None:
@@ -28,8 +42,7 @@ def plot_history(history: list[dict], path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusion(cm, path, title="confusion matrix", class_names=CLASSES) -> None:
@@ -48,5 +61,4 @@ def plot_confusion(cm, path, title="confusion matrix", class_names=CLASSES) -> N
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)

@@ -98,10 +98,11 @@ def save_keras_model(model, path) -> None:
     import json
 
     from tinycnn.io import save_keras
+    from tinycnn.model import write_atomic
     save_keras(model, path)
-    keras_sidecar(path).write_text(json.dumps({"model": model.name, "preprocessing": preprocessing_of(model),
-                                               "input_scale": list(input_scale_of(model)),
-                                               "classes": list(classes_of(model))}, indent=2))
+    contract = json.dumps({"model": model.name, "preprocessing": preprocessing_of(model),
+                           "input_scale": list(input_scale_of(model)), "classes": list(classes_of(model))}, indent=2)
+    write_atomic(keras_sidecar(path), lambda tmp: Path(tmp).write_text(contract), suffix=".json.tmp")
 
 
 def _load_keras_model(path: Path):

@@ -390,24 +390,38 @@ def read_npz(path, what="weights file") -> dict[str, np.ndarray]:
                          f"{reason})") from None
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, a read-only folder, no permission): its
+    message names the file and the cause, e.g. ``cannot write run/checkpoint.npz: No
+    space left on device``. Raised by ``write_atomic``, which has then left the file
+    that was there before untouched and no temporary file behind."""
+
+    def __str__(self):
+        return f"cannot write {self.filename}: {self.strerror}"
+
+
 def write_atomic(path, write, suffix=".tmp"):
     """``write(temporary path)`` in ``path``'s folder, then rename it over ``path``: a crash
     or a kill leaves the old file or the new one, never half of one. The file gets the
-    permissions of any new file (0666 less the umask), not mkstemp's private 0600."""
+    permissions of any new file (0666 less the umask), not mkstemp's private 0600.
+    An ``OSError`` on the way becomes a ``WriteError`` naming ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix)
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=suffix)
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(e.errno, e.strerror or str(e), path) from e
         raise
 
 
