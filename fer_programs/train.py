@@ -6,6 +6,8 @@
     python train.py --evaluate runs/resfer --data ../shared/fer2013
     python train.py --list-models
 
+``pip install .`` installs this program as the command ``fer-train`` (the same options).
+
 Protocol: train on Training, choose the epoch (the best checkpoint) on PublicTest,
 report PrivateTest once at the end.
 """

@@ -5,6 +5,8 @@
     python webcam.py --source photos/ --output annotated/
     python webcam.py --serve                          # the browser app on http://127.0.0.1:8000
 
+``pip install .`` installs this program as the command ``fer-webcam`` (the same options).
+
 Faces are found with OpenCV's Haar cascade on the grayscale frame, cropped with a
 small margin, turned into the training input (gray, 48x48, [0, 1]) and classified all
 at once; see ``fer_models/detect.py``. ``--json`` prints one line per frame:

@@ -145,8 +145,8 @@ def test_importing_tinycnn_leaves_malloc_alone():
     """glibc's thresholds are the programs' choice (train.py, webcam.py), not an import's."""
     import tinycnn.backend as B
     assert not hasattr(B, "FREED_MEMORY_KEPT")
-    assert "keep_freed_memory()" in (ROOT / "train.py").read_text()
-    assert "keep_freed_memory()" in (ROOT / "webcam.py").read_text()
+    assert "keep_freed_memory()" in (ROOT / "fer_programs" / "train.py").read_text()
+    assert "keep_freed_memory()" in (ROOT / "fer_programs" / "webcam.py").read_text()
 
 
 def test_layers_built_on_their_own_differ_and_seeded_ones_repeat():
