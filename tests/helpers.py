@@ -99,6 +99,74 @@ def check_against_reference(label, run, tensors, expected_output, expected_grads
     return out
 
 
+
+# -- decisions (argmax, labels, confusion matrices) of two implementations -----------------------
+# Two implementations that agree on probabilities within PROBABILITY_ATOL (what the suite
+# asserts for tinycnn against Keras, ONNX Runtime, its own two backends) are bound to agree
+# on a face's class only where the reference's largest probability exceeds every other by
+# more than 2 * PROBABILITY_ATOL: each may move by PROBABILITY_ATOL, towards the other. Below
+# that margin another CPU's rounding (another BLAS kernel, another thread count) may pick
+# either class, so a test accepts any class within the margin of the top one.
+PROBABILITY_ATOL = 1e-5
+
+
+def decision_candidates(probabilities, atol=PROBABILITY_ATOL):
+    """Boolean (N, C): the classes each row may be decided as, by an implementation whose
+    probabilities are within ``atol`` of ``probabilities`` (N, C): those within ``2 * atol``
+    of the row's largest. A row with one candidate is decided."""
+    p = np.asarray(probabilities, np.float64)
+    return p >= p.max(axis=1, keepdims=True) - 2 * atol
+
+
+def assert_decisions_agree(labels, probabilities, atol=PROBABILITY_ATOL, what="labels"):
+    """Each of ``labels`` (N,) is one of its row's ``decision_candidates``: equal to the
+    reference's argmax where it is decided, either of the near-tied classes where not."""
+    labels = np.asarray(labels)
+    ok = decision_candidates(probabilities, atol)[np.arange(len(labels)), labels]
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        p = np.asarray(probabilities)[i]
+        raise AssertionError(f"{what}: row {i} decided as class {int(labels[i])} (probability {p[labels[i]]:.6g}), "
+                             f"the reference decides class {int(p.argmax())} ({p.max():.6g}) by more than "
+                             f"2 * {atol:g}; {int((~ok).sum())} of {len(labels)} rows differ")
+
+
+def assert_confusion_agrees(confusion, y_true, probabilities, atol=PROBABILITY_ATOL, max_undecided=0.01):
+    """``confusion`` (C, C; rows true class, columns predicted) is a matrix the reference's
+    ``probabilities`` (N, C) could give on another machine: the decided faces exactly where
+    the reference puts them, every near-tie face in one of its candidate columns.
+
+    Exact test of the second part (Hall's condition): ``confusion`` minus the decided faces'
+    matrix is non-negative, each row holds as many faces as that row has near-ties, and for
+    every set S of columns, the faces the row puts in S are at most its near-ties having a
+    candidate in S. At most ``max_undecided`` of the faces may be near-ties (else the model
+    is too undecided for its matrix to test anything)."""
+    confusion = np.asarray(confusion)
+    y_true = np.asarray(y_true)
+    candidates = decision_candidates(probabilities, atol)
+    c = candidates.shape[1]
+    decided = candidates.sum(axis=1) == 1
+    assert (~decided).mean() <= max_undecided, (
+        f"test bug: {int((~decided).sum())} of {len(y_true)} faces are within 2 * {atol:g} of a tie")
+    expected = np.zeros((c, c), np.int64)
+    np.add.at(expected, (y_true[decided], np.argmax(probabilities, axis=1)[decided]), 1)
+    rest = confusion - expected
+    assert rest.shape == (c, c) and (rest >= 0).all(), (
+        f"confusion matrix differs from the reference's on decided faces:\ngot\n{confusion}\nexpected at least\n{expected}")
+    for row in range(c):
+        ties = candidates[~decided & (y_true == row)]
+        assert rest[row].sum() == len(ties), (
+            f"confusion matrix row {row}: {confusion[row].tolist()}, the reference decides {expected[row].tolist()} "
+            f"and leaves {len(ties)} near-tie faces")
+        for s in range(1, 1 << c):
+            columns = [(s >> k) & 1 == 1 for k in range(c)]
+            assert rest[row, columns].sum() <= ties[:, columns].any(axis=1).sum(), (
+                f"confusion matrix row {row}: {confusion[row].tolist()}; beyond the decided faces "
+                f"{expected[row].tolist()} it puts {rest[row, columns].sum()} faces in columns "
+                f"{np.flatnonzero(columns).tolist()}, where only {ties[:, columns].any(axis=1).sum()} of its near-tie "
+                f"faces could go")
+
+
 # -- numerical gradients of a float64 reference --------------------------------------------
 EPS = 1e-6            # central-difference step, on float64 data
 KINK_MARGIN = 1e-3    # inputs must be this far from any ReLU zero or max-pool tie

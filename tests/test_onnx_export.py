@@ -31,15 +31,21 @@ TOL = 1e-5
 
 
 def faces(n):
-    """n FER-2013 test faces (n, 48, 48, 1) in [0, 1], from the classes in turn; random
-    images in [0, 1] when the data set is absent (the comparison holds for any input)."""
+    """n FER-2013 test faces (n, 48, 48, 1) in [0, 1], from the classes in turn; when the
+    data set is absent, smooth random images in [0, 1] (blurred noise: light and dark
+    regions of a face's scale, unlike pixel noise, which every convolution averages to
+    the same grey). The comparison holds for any input; ``spread_logits`` makes sure
+    the outputs are decided on whichever images come."""
     folders = [FER_ROOT / "test" / c for c in CLASSES]
     files = [sorted(p for p in f.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:n] if f.is_dir() else []
              for f in folders]
     in_turn = [fs[i] for i in range(n) for fs in files if i < len(fs)][:n]
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in in_turn]
     if len(images) < n or any(im is None for im in images):
-        return np.random.default_rng(0).random((n, 48, 48, 1), dtype=np.float32)
+        noise = np.random.default_rng(0).random((n, 48, 48), dtype=np.float32)
+        smooth = np.stack([cv2.GaussianBlur(im, (0, 0), 4) for im in noise])
+        low, high = smooth.min(axis=(1, 2), keepdims=True), smooth.max(axis=(1, 2), keepdims=True)
+        return ((smooth - low) / (high - low))[..., None].astype(np.float32)
     images = [cv2.resize(im, (48, 48), interpolation=cv2.INTER_AREA) for im in images]
     return (np.stack(images)[..., None] / np.float32(255)).astype(np.float32)
 
@@ -63,17 +69,24 @@ def randomise(model, seed=0):
 
 def spread_logits(model, x, width=3.0):
     """Scale the last weighted layer (linear up to the output) so that the logits on x
-    spread by ``width``: random weights give near-uniform probabilities, which would
-    make an absolute tolerance on them weak."""
+    spread by ``width``, or further until some output is decided (a probability above
+    0.5): random weights give near-uniform probabilities, which would make an absolute
+    tolerance on them weak. Scaling the logits only raises softmax's largest probability,
+    so doubling them until it passes 0.5 ends (their spread, 2 ** 10 times the first
+    scale at most, is far from float32's limits)."""
     logits = model(x).data
     factor = np.float32(width / logits.std())
     last = [layer for layer in model.layers if layer.weights][-1]
-    for name in ("kernel", "pointwise_kernel", "bias"):
-        if name in last.weights:
-            last.weights[name].data = last.weights[name].data * factor
-    probabilities = tinycnn.softmax(model(x)).data
-    assert probabilities.max() > 0.5, "the test needs decided outputs, not near-uniform ones"
-    return model
+    original = {name: last.weights[name].data for name in ("kernel", "pointwise_kernel", "bias")
+                if name in last.weights}
+    for doubling in range(11):
+        for name, value in original.items():
+            last.weights[name].data = value * np.float32(factor * 2 ** doubling)
+        probabilities = tinycnn.softmax(model(x)).data
+        if probabilities.max() > 0.5:
+            return model
+    raise AssertionError(f"the test needs decided outputs, not near-uniform ones: largest probability "
+                         f"{probabilities.max():.3f} with the logits spread by {width * 2 ** doubling:g}")
 
 
 def session(path):
