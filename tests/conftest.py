@@ -6,10 +6,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
+import hypothesis_profiles  # noqa: E402
 import pytest  # noqa: E402
 
 import tinycnn  # noqa: E402
 from helpers import BACKENDS  # noqa: E402
+
+# ci (derandomised) under CI, random elsewhere: see hypothesis_profiles.py
+HYPOTHESIS_PROFILE = hypothesis_profiles.load()
+
+
+def pytest_report_header(config):
+    seed = config.getoption("hypothesis_seed", None)
+    return f"hypothesis profile: {HYPOTHESIS_PROFILE}" + (f", seed {seed}" if seed is not None else "")
 
 
 @pytest.fixture(scope="session")

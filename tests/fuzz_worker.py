@@ -20,10 +20,14 @@ import traceback
 import warnings
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import hypothesis_profiles  # noqa: E402  (beside this file: derandomised under CI, random elsewhere)
+
+hypothesis_profiles.load()
 
 import tinycnn as tc  # noqa: E402
 from tinycnn import layers as L  # noqa: E402
@@ -240,12 +244,13 @@ def check(case):
 def main(argv):
     kind, examples = argv[0], int(argv[1])
 
-    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(cases(kind))
     def run(case):
         check(case)
 
+    if hypothesis_profiles.seed() is not None:
+        run = seed(hypothesis_profiles.seed())(run)
     run()
     print("DONE", flush=True)
     return 0

@@ -39,7 +39,7 @@ from tinycnn.kernels import depthwise as D
 from tinycnn.layers import (BatchNormalization, Conv2D, DepthwiseConv2D, GlobalAveragePooling2D, Residual,
                             SeparableConv2D)
 
-SOME = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+SOME = settings(max_examples=12, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FEW = settings(SOME, max_examples=4)
 

@@ -26,7 +26,7 @@ from tinycnn import Tensor
 from tinycnn.layers import (Activation, BatchNormalization, Conv2D, Conv2DTranspose, Dense, Dropout,
                             Flatten, GlobalAveragePooling2D, MaxPooling2D, ReLU, Residual)
 
-FEW = settings(max_examples=6, deadline=None, derandomize=True, database=None,
+FEW = settings(max_examples=6, deadline=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

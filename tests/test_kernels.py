@@ -19,7 +19,7 @@ from tinycnn.kernels import activation, conv, dropout, norm, optim, pool
 from tinycnn.kernels.shapes import conv_output_size
 
 RTOL, ATOL = 1e-5, 1e-5
-SOME = settings(max_examples=25, deadline=None, derandomize=True, database=None,
+SOME = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -20,7 +20,7 @@ from helpers import RTOL, ATOL, assert_close, random_array
 from tinycnn import backend as B
 from tinycnn.kernels import conv, winograd as W
 
-SOME = settings(max_examples=20, deadline=None, derandomize=True, database=None,
+SOME = settings(max_examples=20, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 IMPLS = ["reference", "fast"]
 
