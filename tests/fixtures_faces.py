@@ -47,6 +47,17 @@ def fer_faces(n: int) -> list[np.ndarray]:
     raise RuntimeError(f"fewer than {n} faces in {FER_ROOT} that the detector finds")
 
 
+def smooth_random_images(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 48, 48, 1) float32 in [0, 1]: blurred noise, each image stretched to the whole
+    range. The stand-in for faces where FER-2013 is absent and any input will do: light
+    and dark regions of a face's scale, which a network's features tell apart, unlike
+    pixel noise, which every convolution averages to nearly the same grey."""
+    noise = np.random.default_rng(seed).random((n, 48, 48), dtype=np.float32)
+    smooth = np.stack([cv2.GaussianBlur(im, (0, 0), 4) for im in noise])
+    low, high = smooth.min(axis=(1, 2), keepdims=True), smooth.max(axis=(1, 2), keepdims=True)
+    return ((smooth - low) / (high - low))[..., None].astype(np.float32)
+
+
 @functools.lru_cache(maxsize=None)
 def _detector():
     from fer_models.detect import FaceDetector

@@ -19,7 +19,7 @@ from fer_models.classes import CLASSES, CSV_CODES
 from fer_models.data import default_location
 from fer_models.predict import (EmotionClassifier, keras_sidecar, load_model, predict_emotion,
                                 predict_probabilities, save_keras_model, save_model)
-from fixtures_faces import ROOT, WEBCAM, face_frame, fer_faces
+from fixtures_faces import ROOT, WEBCAM, face_frame, fer_faces, smooth_random_images
 
 DATA = default_location()
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
@@ -216,7 +216,8 @@ def test_a_keras_mini_xception_goes_on_to_onnx(xception, tmp_path):
     net = load_keras(folder / "xception.keras")
     export_onnx(net, tmp_path / "xception.onnx")
     files = sorted((DATA / "test" / "happy").glob("PublicTest_*.png"))[:4] if DATA.exists() else []
-    x = (np.stack([cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (64, 64)) for f in files])[..., None]
-         .astype(np.float32) / 127.5 - 1) if files else np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 1)).astype(np.float32)
+    faces48 = (np.stack([cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]).astype(np.float32) / 255 if files
+               else smooth_random_images(4)[..., 0])
+    x = np.stack([cv2.resize(f, (64, 64)) for f in faces48])[..., None] * 2 - 1
     session = ort.InferenceSession(str(tmp_path / "xception.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x, verbose=0), atol=1e-5)

@@ -21,6 +21,7 @@ import fer_models
 import tinycnn
 from fer_models.classes import CLASSES
 from fer_models.data import IMAGE_EXTENSIONS, default_location
+from fixtures_faces import smooth_random_images
 from tinycnn.io.onnx import export_onnx
 from tinycnn.layers import (Activation, BatchNormalization, Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D,
                             Dropout, Flatten, GlobalAveragePooling2D, Layer, MaxPool2D, ReLU, Residual,
@@ -32,20 +33,16 @@ TOL = 1e-5
 
 def faces(n):
     """n FER-2013 test faces (n, 48, 48, 1) in [0, 1], from the classes in turn; when the
-    data set is absent, smooth random images in [0, 1] (blurred noise: light and dark
-    regions of a face's scale, unlike pixel noise, which every convolution averages to
-    the same grey). The comparison holds for any input; ``spread_logits`` makes sure
-    the outputs are decided on whichever images come."""
+    data set is absent, ``smooth_random_images`` (pixel noise would leave the outputs
+    near-uniform). The comparison holds for any input; ``spread_logits`` makes sure the
+    outputs are decided on whichever images come."""
     folders = [FER_ROOT / "test" / c for c in CLASSES]
     files = [sorted(p for p in f.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[:n] if f.is_dir() else []
              for f in folders]
     in_turn = [fs[i] for i in range(n) for fs in files if i < len(fs)][:n]
     images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in in_turn]
     if len(images) < n or any(im is None for im in images):
-        noise = np.random.default_rng(0).random((n, 48, 48), dtype=np.float32)
-        smooth = np.stack([cv2.GaussianBlur(im, (0, 0), 4) for im in noise])
-        low, high = smooth.min(axis=(1, 2), keepdims=True), smooth.max(axis=(1, 2), keepdims=True)
-        return ((smooth - low) / (high - low))[..., None].astype(np.float32)
+        return smooth_random_images(n)
     images = [cv2.resize(im, (48, 48), interpolation=cv2.INTER_AREA) for im in images]
     return (np.stack(images)[..., None] / np.float32(255)).astype(np.float32)
 
