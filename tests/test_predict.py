@@ -9,6 +9,7 @@ import fer_models
 from fer_models.classes import CLASSES
 from fer_models.data import default_location
 from fer_models.predict import DEFAULT_WEIGHTS, EmotionClassifier, load_model, predict_emotion, prepare_face, save_model
+from helpers import decision_candidates
 
 DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
@@ -80,12 +81,15 @@ def test_bundled_models_recognise_publictest_faces():
     from fer_models.data import load_fer2013
     from fer_models.predict import SINGLE_WEIGHTS, predict_probabilities
     x, y = load_fer2013(DATA, progress=False)["PublicTest"]
-    default = load_model()
-    accuracy = (predict_probabilities(default, x, tta=True).argmax(1) == y).mean()
-    assert accuracy > 0.70, f"bundled predictor: {accuracy:.4f} on PublicTest ({len(y)} faces)"
-    single = load_model(SINGLE_WEIGHTS)
-    accuracy = (predict_probabilities(single, x).argmax(1) == y).mean()
-    assert accuracy > 0.67, f"bundled single model: {accuracy:.4f} on PublicTest ({len(y)} faces)"
+    for what, model, tta, least in (("bundled predictor", load_model(), True, 0.70),
+                                    ("bundled single model", load_model(SINGLE_WEIGHTS), False, 0.67)):
+        p = predict_probabilities(model, x, tta=tta)
+        accuracy = (p.argmax(1) == y).mean()
+        # a face whose top two are within float32 rounding may go either way on another CPU:
+        # counted wrong here, so that the bound holds on every machine
+        surely_right = ((p.argmax(1) == y) & (decision_candidates(p).sum(1) == 1)).mean()
+        assert surely_right > least, (f"{what}: {accuracy:.4f} on PublicTest ({len(y)} faces), "
+                                      f"{surely_right:.4f} without its near-ties")
     label, _ = predict_emotion(a_face(emotion="happy"))
     assert label in CLASSES
 
