@@ -23,22 +23,14 @@ BACKENDS = ("numba", "numpy")
 
 # Whether the Numba kernels run their ``prange`` loops (over images or rows) on all the
 # cores. On by default; ``TINYCNN_NUMBA_PARALLEL=0`` (read at import) makes them serial.
-# BLAS runs the matrix products on every core and Numba's threads everything else (the
-# gathers, epilogues, pooling, normalisation, Winograd's transforms), one after the
-# other, so each must leave the cores alone when idle. Numba's OpenMP threads sleep at
-# once (``tinycnn/__init__.py`` sets ``OMP_WAIT_POLICY=PASSIVE``). OpenBLAS's spin for
-# about 0.1 s after each product unless ``OPENBLAS_THREAD_TIMEOUT`` (read when NumPy
-# loads OpenBLAS, so set before NumPy is imported) is lower, and that is a choice
-# between throughput and latency, so the programs make it: ``train.py`` sets 16 (spin
-# about 2**16 cycles), ``webcam.py`` keeps OpenBLAS' default, whose spinning threads
-# answer the next small product at once. Measured on this project's 2-core machine
-# (2026-11-25, training images/s at batch 128 / one-face ms), serial kernels with the
-# default -> parallel kernels with 16: small3 1268 / 0.45 -> 1542 / 0.74, vggbn 186 /
-# 2.21 -> 237 / 2.83, gap4 173 / 1.99 -> 250 / 2.33; parallel with the default spin:
-# training as fast as serial, one face as quick. Small calls (one face) run on one
-# thread (``threads_by_size``). Numba's on-disk cache does not tell parallel and serial
-# apart: a process loads whichever was compiled first, so give each setting its own
-# ``NUMBA_CACHE_DIR``.
+# Numba's threads run the gathers, epilogues, pooling, normalisation and Winograd's
+# transforms, and tinycnn's own threads the matrix products (``matmul`` below), one after
+# the other, so each must leave the cores alone when idle: Numba's OpenMP threads sleep
+# at once (``tinycnn/__init__.py`` sets ``OMP_WAIT_POLICY=PASSIVE``), and the products
+# never wake OpenBLAS's threads, which would spin after each. Small calls (one face) run
+# their Numba kernels on one thread (``threads_by_size``). Numba's on-disk cache does not
+# tell parallel and serial apart: a process loads whichever was compiled first, so give
+# each setting its own ``NUMBA_CACHE_DIR``.
 PARALLEL = os.environ.get("TINYCNN_NUMBA_PARALLEL", "1") == "1"
 
 # Below this many elements in its first array a fast kernel runs on one thread: waking
@@ -66,15 +58,141 @@ def threads_by_size(fast):
 def one_numba_thread():
     """Run the block's Numba kernels on one thread (then restore the count): for a call
     whose kernels are all small, one switch instead of one around each kernel."""
+    global _cores_outside
     previous = numba.get_num_threads() if PARALLEL else 1
     if previous == 1:
         yield
         return
     numba.set_num_threads(1)
+    _cores_outside = previous   # still the cores a large product may be split between
     try:
         yield
     finally:
+        _cores_outside = None
         numba.set_num_threads(previous)
+
+
+# -- tinycnn's own threads, and BLAS on one thread inside them -------------------------------
+# OpenBLAS's threads spin for about 0.1 s after every product they share (unless
+# ``OPENBLAS_THREAD_TIMEOUT``, read only when NumPy loads, says otherwise), and while
+# they spin they take the cores from Numba's threads, whose kernels come right after
+# each product. So tinycnn never hands a product to OpenBLAS's threads: every product
+# runs on one BLAS thread, and a large one is split between tinycnn's own threads (this
+# one and a pool of ``numba.get_num_threads() - 1``), which sleep when idle. A user's
+# own products outside tinycnn keep OpenBLAS's setting. bench/README.md has the figures.
+# Below this many multiply-adds (about 0.15 ms on one core) a product stays in the
+# calling thread: handing half of it to a pool thread and back costs about 45 us.
+SPLIT_MULTIPLY_ADDS = 1 << 22
+_blas = None      # threadpoolctl's controllers of the BLAS libraries NumPy loaded
+_pool = None      # (ThreadPoolExecutor, its number of threads), made at first use
+
+
+def _blas_libraries():
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
+
+
+class _OneBlasThread:
+    """The context of ``one_blas_thread``: the first entry sets every BLAS library NumPy
+    loaded to one thread (about a microsecond), the last exit restores their counts; the
+    entries between only count, so nested entries (a model's call, then each layer's)
+    cost next to nothing. Threads share the count, as OpenBLAS shares its setting."""
+    depth, previous = 0, []
+
+    def __enter__(self):
+        if _OneBlasThread.depth == 0:
+            libraries = _blas_libraries()
+            _OneBlasThread.previous = [(lib, lib.get_num_threads()) for lib in libraries]
+            for lib, n in _OneBlasThread.previous:
+                if n != 1:
+                    lib.set_num_threads(1)
+        _OneBlasThread.depth += 1
+
+    def __exit__(self, *exc):
+        _OneBlasThread.depth -= 1
+        if _OneBlasThread.depth == 0:
+            for lib, n in _OneBlasThread.previous:
+                if n != 1:
+                    lib.set_num_threads(n)
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
+
+
+def one_blas_thread():
+    """``with one_blas_thread():`` runs the block's BLAS products on one thread, then
+    restores the count: OpenBLAS's own threads stay asleep, and tinycnn splits large
+    products between its own threads (``matmul``, ``on_cores``). Every Function's forward
+    and backward, and a model's call, run inside one."""
+    return _ONE_BLAS_THREAD
+
+
+_cores_outside = None   # Numba's thread count outside a ``one_numba_thread`` block, inside one
+
+
+def core_count() -> int:
+    """How many threads tinycnn splits work between: Numba's count (``numba.set_num_threads``
+    lowers it; inside ``one_numba_thread``, the count outside it), 1 when the kernels are
+    serial."""
+    if not PARALLEL:
+        return 1
+    return _cores_outside or numba.get_num_threads()
+
+
+def on_cores(jobs):
+    """Run the callables ``jobs`` at once, the first in this thread and each other in a
+    pool thread, with BLAS on one thread meanwhile; returns their results in order. The
+    jobs must not depend on each other (they may write disjoint parts of one array)."""
+    global _pool
+    with one_blas_thread():
+        if len(jobs) == 1:
+            return [jobs[0]()]
+        if _pool is None or _pool[1] < len(jobs) - 1:
+            from concurrent.futures import ThreadPoolExecutor
+            _pool = ThreadPoolExecutor(len(jobs) - 1, thread_name_prefix="tinycnn"), len(jobs) - 1
+        futures = [_pool[0].submit(job) for job in jobs[1:]]
+        try:
+            first = jobs[0]()
+        finally:  # the others write into the caller's arrays: let them finish first
+            rest = [f.result() for f in futures]
+        return [first] + rest
+
+
+def _forget_pool():
+    global _pool
+    _pool = None  # a forked child has none of its parent's threads
+
+
+def split_evenly(n, parts):
+    """``parts`` contiguous slices covering range(n), as equal as can be."""
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` for 2-D float32 ``a`` (M, K) and ``b`` (K, N), on tinycnn's threads with BLAS
+    on one thread each: rows of ``a`` split between the threads when there are enough of
+    them, else the summed axis K split and the threads' partial products added (a weight
+    gradient: few rows, a long sum). Small products run in this thread alone."""
+    m, k = a.shape
+    n = b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.result_type(a, b))
+    threads = min(core_count(), max(1, m * k * n // SPLIT_MULTIPLY_ADDS))
+    if threads < 2:
+        with one_blas_thread():
+            return np.matmul(a, b, out=out)
+    if m >= 32 * threads:
+        on_cores([functools.partial(np.matmul, a[rows], b, out=out[rows]) for rows in split_evenly(m, threads)])
+        return out
+    parts = on_cores([functools.partial(np.matmul, a[:, ks], b[ks]) for ks in split_evenly(k, threads)])
+    out[...] = parts[0]
+    for part in parts[1:]:
+        out += part
+    return out
 
 
 def _after_fork_in_child():
@@ -101,6 +219,7 @@ def _after_fork_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _choice(value, choices, where):

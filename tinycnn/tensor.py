@@ -19,6 +19,7 @@ import threading
 
 import numpy as np
 
+from .backend import one_blas_thread
 from .kernels import activation as activation_kernels
 
 _state = threading.local()
@@ -125,32 +126,33 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"backward(): grad has shape {grad.shape}, tensor has {self.shape}")
 
-        order = _topological_order(self)
-        self.grad = grad if self.grad is None else self.grad + grad
-        for node in reversed(order):
-            ctx = node._ctx
-            if node._freed and node.grad is not None:
-                # silently stopping here would drop every gradient behind this node
-                raise RuntimeError(
-                    f"backward() reached a tensor of shape {node.shape} whose graph an earlier "
-                    "backward() freed; call backward once per forward (e.g. on the sum of the losses)")
-            if ctx is None or node.grad is None:
-                continue  # a leaf: its grad stays for the optimiser to read
-            grads = ctx.function.backward(ctx, node.grad)
-            if not isinstance(grads, tuple):
-                grads = (grads,)
-            for parent, g in zip(ctx.inputs, grads):
-                if g is None or not parent.requires_grad:
-                    continue
-                if g.shape != parent.shape:
+        with one_blas_thread():   # tinycnn's products on its own threads (backend.py)
+            order = _topological_order(self)
+            self.grad = grad if self.grad is None else self.grad + grad
+            for node in reversed(order):
+                ctx = node._ctx
+                if node._freed and node.grad is not None:
+                    # silently stopping here would drop every gradient behind this node
                     raise RuntimeError(
-                        f"{ctx.function.__name__}.backward returned a gradient of shape "
-                        f"{g.shape} for an input of shape {parent.shape}")
-                # accumulate, never assign: a tensor used twice gets the sum
-                parent.grad = g if parent.grad is None else parent.grad + g
-            node.grad = None  # intermediate gradients are not kept
-            node._ctx = None  # nor the graph: backward is called once per forward
-            node._freed = True
+                        f"backward() reached a tensor of shape {node.shape} whose graph an earlier "
+                        "backward() freed; call backward once per forward (e.g. on the sum of the losses)")
+                if ctx is None or node.grad is None:
+                    continue  # a leaf: its grad stays for the optimiser to read
+                grads = ctx.function.backward(ctx, node.grad)
+                if not isinstance(grads, tuple):
+                    grads = (grads,)
+                for parent, g in zip(ctx.inputs, grads):
+                    if g is None or not parent.requires_grad:
+                        continue
+                    if g.shape != parent.shape:
+                        raise RuntimeError(
+                            f"{ctx.function.__name__}.backward returned a gradient of shape "
+                            f"{g.shape} for an input of shape {parent.shape}")
+                    # accumulate, never assign: a tensor used twice gets the sum
+                    parent.grad = g if parent.grad is None else parent.grad + g
+                node.grad = None  # intermediate gradients are not kept
+                node._ctx = None  # nor the graph: backward is called once per forward
+                node._freed = True
 
     # -- operators ------------------------------------------------------------------
     def __add__(self, other):
@@ -250,7 +252,8 @@ class Function:
         ctx = Context()
         ctx.needs_input_grad = tuple(t.requires_grad for t in tensors)
         try:
-            data = cls.forward(ctx, *(t.data for t in tensors), **options)
+            with one_blas_thread():   # tinycnn's products on its own threads (backend.py)
+                data = cls.forward(ctx, *(t.data for t in tensors), **options)
         except ValueError as e:   # NumPy's own complaint (shapes that do not broadcast, ...): name the op
             shapes = ", ".join(str(t.shape) for t in tensors)
             raise ValueError(f"{cls.__name__}: {e} (inputs of shape {shapes})") from None

@@ -29,6 +29,7 @@ chunks so that the column matrix stays small.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -329,7 +330,7 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
         rows = slice(s * ho * wo, (s + m) * ho * wo)
         part = cols[rows] if keep_cols else cols[:m * ho * wo]
         im2col(x[s:s + m], kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, part)
-        np.matmul(part, w2, out=y2[rows])
+        backend.matmul(part, w2, out=y2[rows])
     return (y, cols) if keep_cols else y
 
 
@@ -346,22 +347,28 @@ def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     for s in range(0, n, step):
         m = min(step, n - s)
         part = cols[:m * ho * wo]
-        np.matmul(dy2[s * ho * wo:(s + m) * ho * wo], w2t, out=part)
+        backend.matmul(dy2[s * ho * wo:(s + m) * ho * wo], w2t, out=part)
         col2im(part, kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, dx[s:s + m])
     return dx
 
 
 def _sum_of_products(cols, dy2, rows=8192):
-    """cols.T @ dy2 for a tall (M, K) cols and (M, O) dy2.
+    """cols.T @ dy2 for a tall (M, K) cols and (M, O) dy2: a long sum over M, which
+    ``backend.matmul`` splits between the threads.
 
-    With few columns (a first layer: K = 9) OpenBLAS splits this long reduction badly
-    across threads; summing products of row blocks keeps every product well shaped."""
+    With few columns (a first layer: K = 9) one product this long runs badly; summing
+    products of row blocks keeps every product well shaped."""
     if cols.shape[1] >= 64:
-        return cols.T @ dy2
-    out = np.zeros((cols.shape[1], dy2.shape[1]), np.float32)
-    for s in range(0, len(cols), rows):
-        out += cols[s:s + rows].T @ dy2[s:s + rows]
-    return out
+        return backend.matmul(cols.T, dy2)
+
+    def blocks(share):
+        part = np.zeros((cols.shape[1], dy2.shape[1]), np.float32)
+        for s in range(share.start, share.stop, rows):
+            e = min(s + rows, share.stop)
+            part += cols[s:e].T @ dy2[s:e]
+        return part
+    threads = min(backend.core_count(), -(-len(cols) // rows))
+    return sum(backend.on_cores([functools.partial(blocks, share) for share in backend.split_evenly(len(cols), threads)]))
 
 
 @threads_by_size
@@ -419,7 +426,7 @@ def conv2d_and_grad_weight_fast(x, w, dy, strides, pads):
         rows = slice(s * ho * wo, (s + m) * ho * wo)
         part = cols[:m * ho * wo]
         im2col(x[s:s + m], kh, kw, strides[0], strides[1], pads[0][0], pads[1][0], ho, wo, part)
-        np.matmul(part, w2, out=y2[rows])
+        backend.matmul(part, w2, out=y2[rows])
         dw += _sum_of_products(part, dy2[rows])
     return y, dw.reshape(w.shape)
 

@@ -54,14 +54,15 @@ favours its larger tiles (``choose_tile``).
 """
 from __future__ import annotations
 
+import functools
 import math
-import os
 import weakref
 
 import numba
 import numpy as np
 from numba import njit
 
+from .. import backend
 from ..backend import PARALLEL, dispatch, threads_by_size
 
 # F(2x2, 3x3): points 0, 1, -1, infinity.
@@ -856,7 +857,6 @@ def _from_tiles_adjoint(dV, BT, pads, th, tw, dx):
 # V, which is 2.25x (F(4x4)) to 1.78x (F(6x6)) the size of x and would go out of cache and
 # back; keeping it was not measured in this scheme (in the previous one it saved 4-6%).
 BLOCK_TILES = 128
-_workers = None  # (ThreadPoolExecutor, threadpoolctl controller, its threads), made at first use
 
 
 def _block_images(n_img, tiles_per_image):
@@ -873,37 +873,14 @@ def _buffer(flat, shape):
 
 def _in_blocks(n_img, per_block, work):
     """``work(starts)`` on every core's share of the blocks (the first images of each block
-    of ``per_block`` images; the cores take them in turn): the first share in this thread,
-    each other one in a Python thread of its own (Numba's kernels here and BLAS release
-    the GIL), BLAS on one thread meanwhile; in this thread alone when there is one block
-    or one thread (a small call, or a process limited to one). Returns the shares'
-    results, in order."""
-    global _workers
+    of ``per_block`` images; the cores take them in turn), each share in a thread of
+    tinycnn's own (``backend.on_cores``: Numba's kernels here and BLAS release the GIL),
+    BLAS on one thread meanwhile; in this thread alone when there is one block or one
+    thread (a small call, or a process limited to one). Returns the shares' results, in
+    order."""
     starts = list(range(0, n_img, per_block))
-    threads = min(numba.get_num_threads(), len(starts)) if PARALLEL else 1
-    if threads < 2:
-        return [work(starts)]
-    if _workers is None or _workers[2] < threads:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import ThreadpoolController
-        _workers = ThreadPoolExecutor(threads - 1, thread_name_prefix="tinycnn-winograd"), ThreadpoolController(), threads
-    pool, blas, _ = _workers
-    with blas.limit(limits=1, user_api="blas"):
-        jobs = [pool.submit(work, starts[i::threads]) for i in range(1, threads)]
-        try:
-            first = work(starts[::threads])
-        finally:  # the other shares write into the caller's arrays: let them finish first
-            rest = [job.result() for job in jobs]
-        return [first] + rest
-
-
-def _forget_workers():
-    global _workers
-    _workers = None  # a forked child has none of its parent's threads
-
-
-os.register_at_fork(after_in_child=_forget_workers)
+    threads = max(1, min(backend.core_count(), len(starts)))
+    return backend.on_cores([functools.partial(work, starts[i::threads]) for i in range(threads)])
 
 
 def _kernel_transform_fast(w, m):

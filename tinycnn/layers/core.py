@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import initializers
+from ..backend import matmul
 from ..kernels import dropout as KD
 from ..tensor import Function, Tensor, relu, softmax
 from .base import Layer
@@ -14,7 +15,7 @@ class DenseFn(Function):
 
     @staticmethod
     def forward(ctx, x, w, b, relu):
-        y = x @ w
+        y = matmul(x, w)       # x @ w, on tinycnn's own threads (backend.matmul)
         y += b
         if relu:
             np.maximum(y, 0, out=y)
@@ -26,8 +27,8 @@ class DenseFn(Function):
         if ctx.y is not None:
             g = g * (ctx.y > 0)
         need_x, need_w, need_b = ctx.needs_input_grad
-        return (g @ ctx.w.T if need_x else None,
-                ctx.x.T @ g if need_w else None,
+        return (matmul(g, ctx.w.T) if need_x else None,
+                matmul(ctx.x.T, g) if need_w else None,
                 g.sum(axis=0) if need_b else None)
 
 

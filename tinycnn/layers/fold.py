@@ -107,6 +107,11 @@ def run_layers(layers, x, training):
     each Conv2D(relu) followed by BatchNormalization as one Conv2DBatchNormFn.
     Always, each Conv2D followed by MaxPooling2D runs as one Conv2DMaxPoolFn (pool, then
     bias and ReLU). A batch of one image in inference runs on one Numba thread."""
+    with backend.one_blas_thread():   # once for the call, not once per layer
+        return _run_layers_on_one_blas_thread(layers, x, training)
+
+
+def _run_layers_on_one_blas_thread(layers, x, training):
     inference = not training and not is_grad_enabled()
     if inference and np.shape(x)[0] == 1:
         # One image: nearly every kernel is below ``backend.SMALL_WORK`` and would run on
