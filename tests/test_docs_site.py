@@ -1,11 +1,12 @@
 """The documentation site: built strictly as README says (``mkdocs build --strict``: no
 broken link, every notebook executed, every docstring parsed), then served on localhost
 and read in Debian's Chromium, headless, as a student would: a notebook page shows its
-figures, the API page shows Conv2D's docstring, and the search finds "Winograd".
+figures, the API page shows Conv2D's docstring, the benchmark page its plots, and the
+search finds "Winograd".
 
 The build executes the seven notebooks once more (nbmake executes them as tests too):
 about a minute on a 2-core machine. Set ``TINYCNN_DOCS_SCREENSHOTS=<folder>`` to keep
-a screenshot of each page the test opens.
+a screenshot of the pages it checks (notebook 07, the API, the benchmarks, the search).
 """
 from __future__ import annotations
 
@@ -124,13 +125,26 @@ def test_api_page_shows_conv2d_docstring(browser, site_url):
     page = browser.page
     page.goto(f"{site_url}api/layers/", wait_until="load")
     heading = page.locator('[id="tinycnn.layers.convolution.Conv2D"]')
-    heading.evaluate("h => h.scrollIntoView()")
+    heading.evaluate("h => { h.scrollIntoView(); window.scrollBy(0, -80); }")   # below the fixed header
     assert heading.is_visible()
     docstring = heading.locator("xpath=following-sibling::div[contains(@class, 'doc-contents')][1]")
     text = docstring.inner_text()
     assert "2-D convolution, NHWC, as keras.layers.Conv2D" in text, text[:500]
     assert "kernel_size" in text and "(KH, KW, C, O)" in text, text[:500]   # its arguments and shapes
     screenshot(page, "api-conv2d")
+    assert browser.errors == [], browser.errors
+
+
+def test_benchmark_page_shows_the_ratio_plots(browser, site_url):
+    page = browser.page
+    page.goto(f"{site_url}benchmarks/", wait_until="load")
+    plots = page.evaluate("""() => [...document.querySelectorAll('article img[src^="ratios-"]')]
+        .map(img => ({src: img.getAttribute('src'), width: img.naturalWidth, height: img.naturalHeight}))""")
+    assert [p["src"] for p in plots] == [f"ratios-{k}.png" for k in ("train_img_s", "infer_img_s", "latency_ms",
+                                                                     "peak_train_mb")], plots
+    assert all(p["width"] > 300 and p["height"] > 100 for p in plots), plots
+    page.locator("article img").first.evaluate("i => { i.scrollIntoView(); window.scrollBy(0, -120); }")
+    screenshot(page, "benchmarks")
     assert browser.errors == [], browser.errors
 
 
