@@ -21,8 +21,8 @@ One frame goes through four small steps, each usable alone:
 
 For live use, run the model on one thread (``webcam.py`` does: ``--threads``): a
 frame's few faces are too small a batch to share out, and idle BLAS and Numba workers
-left spinning cost far more CPU than the model itself (README, "Live emotion
-detection", has the measurement).
+left spinning cost far more CPU than the model itself (``docs/fer/webcam.md`` has the
+measurement).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ HAAR_WINDOW = 24
 
 # Margin added on each side of the detected box, as a fraction of the box's size. On
 # FER-2013 faces pasted into a frame the Haar box is about the size of the FER-2013 crop
-# itself (README, "Live emotion detection"), so only a small margin makes the crop look
+# itself (``docs/fer/webcam.md``), so only a small margin makes the crop look
 # like the training data.
 DEFAULT_MARGIN = 0.05
 
