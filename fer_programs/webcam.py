@@ -29,6 +29,7 @@ from pathlib import Path
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}
 VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v"}   # both written and read back by opencv-python's FFmpeg
 WINDOW = "webcam.py: emotions  (q / Esc: quit, s: snapshot)"
+PROG = "fer-webcam" if Path(sys.argv[0]).name == "fer-webcam" else "webcam.py"   # as the user typed it
 # The thread pools a model call runs on: Numba's kernels and NumPy's BLAS (the
 # convolutions' matrix products). Measured on a busy 2-core machine, one face through
 # small3: 0.6 ms of CPU with one thread, 30 ms with two, whose idle workers spin.
@@ -42,7 +43,7 @@ class UserError(Exception):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="webcam.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Detect faces and recognise their emotion (FER-2013's seven classes) live "
                     "from a camera, or from a video, an image or a folder of images. In the window: "
                     "q or Esc quits, s saves a snapshot; closing the window quits too.")
@@ -435,7 +436,7 @@ def serve(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads < 0:
-        print("webcam.py: --threads must be >= 0", file=sys.stderr)
+        print(f"{PROG}: --threads must be >= 0", file=sys.stderr)
         return 2
     if args.threads:
         # Read once, when NumPy's BLAS and Numba are first imported (below), for every thread.
@@ -447,10 +448,10 @@ def main(argv=None) -> int:
     try:
         return serve(args) if args.serve else run(args)
     except UserError as e:
-        print(f"webcam.py: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     except tinycnn.model.WriteError as e:   # --output or a snapshot on a full disk: the file and the cause
-        print(f"webcam.py: {e}", file=sys.stderr)
+        print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

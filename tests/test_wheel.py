@@ -86,6 +86,15 @@ def test_fer_webcam_reads_a_photo_with_the_bundled_model(installed):
         assert abs(sum(face["probabilities"].values()) - 1) < 1e-3, face
 
 
+def test_fer_webcam_names_itself_in_its_messages(installed):
+    bin_dir, outside = installed
+    proc = subprocess.run([str(bin_dir / "fer-webcam"), "--source", "missing.png", "--json"], cwd=outside,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("fer-webcam: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_fer_train_lists_the_models(installed):
     bin_dir, outside = installed
     proc = run([str(bin_dir / "fer-train"), "--list-models"], outside)
