@@ -1,4 +1,5 @@
-"""tinycnn against Keras (TensorFlow, CPU) and PyTorch (CPU) on the five FER-2013 seed models.
+"""tinycnn against Keras (TensorFlow, CPU), PyTorch (CPU) and ONNX Runtime (CPU, on tinycnn's
+own ``export_onnx``) on the five FER-2013 seed models.
 
     python bench/bench.py                      # the full run, ~10-15 min on 2 cores
     python bench/bench.py --quick --models small3
@@ -13,6 +14,13 @@ then times, on random 48x48x1 inputs and random labels:
 * one face: a forward pass at batch 1, in ms (what webcam.py pays per face);
 * the process' peak resident memory, read right after training (imports, model,
   optimiser state and one training step's activations), in MB.
+
+tinycnn's headline figures are measured as a user's script runs it: a fresh process,
+NumPy imported first, no environment variable and no process-wide call, README's
+training loop and ``model.predict``. The programs' configuration (``train.py`` and
+``webcam.py`` call ``keep_freed_memory()``; ``webcam.py`` predicts with an
+``inference_copy()``) is measured in processes of its own and reported beside them.
+ONNX Runtime runs with its default session options, for inference and one face only.
 
 Warm-up calls are excluded; each figure is the median of the timed calls. Two more
 subprocesses time tinycnn's first training step with an empty Numba cache and then
@@ -41,12 +49,11 @@ sys.path[:0] = [ROOT, HERE]
 
 import peers  # noqa: E402  (no framework is imported by this)
 
-FRAMEWORKS = ("tinycnn", "keras", "torch")
-# tinycnn's training and batch-inference figures are measured as train.py runs: it sets
-# this before NumPy loads OpenBLAS (tinycnn/backend.py explains the trade). Its one-face
-# latency is measured in another process with the environment as it is, as webcam.py runs.
-TINYCNN_THROUGHPUT_ENV = {"OPENBLAS_THREAD_TIMEOUT": "16"}
-LABELS = {"tinycnn": "tinycnn", "keras": "Keras", "torch": "PyTorch"}
+FRAMEWORKS = ("tinycnn", "keras", "torch", "onnxruntime", "programs")
+PEERS = ("keras", "torch", "onnxruntime")
+# "programs": tinycnn as train.py and webcam.py run it, beside the headline (a user's script)
+LABELS = {"tinycnn": "tinycnn", "keras": "Keras", "torch": "PyTorch", "onnxruntime": "ONNX Runtime",
+          "programs": "tinycnn as the programs run"}
 TRAIN_BATCH, INFER_BATCH = 128, 256
 H, W, C = peers.INPUT_SHAPE
 
@@ -95,15 +102,20 @@ def blas_info():
 # =============================================================================================
 # One framework each: build, check the parameter count, and hand back the callables to time
 # =============================================================================================
-def setup_tinycnn(name, threads, x, y):
+def setup_tinycnn(name, threads, x, y, programs=False):
+    """As a user's script: README's loop and ``model.predict``, no setting made. With
+    ``programs``: as train.py and webcam.py run, ``keep_freed_memory()`` at start and one
+    face through an ``inference_copy()``."""
     import numba
     from threadpoolctl import threadpool_limits
 
     import fer_models
     import tinycnn as tc
-    tc.backend.keep_freed_memory()  # as train.py and webcam.py do
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    threadpool_limits(threads, user_api="blas")
+    if programs:
+        tc.backend.keep_freed_memory()
+    if threads != len(os.sched_getaffinity(0)):   # --threads: fewer than the defaults
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        threadpool_limits(threads, user_api="blas")
     model = fer_models.build(name)
     opt = tc.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -115,26 +127,45 @@ def setup_tinycnn(name, threads, x, y):
         opt.step()
         return loss.item()
 
-    def predict(batch):
-        with tc.no_grad():
-            return model(batch, training=False).data
-
     copies = {}
 
     def predict_with_copy(batch):  # the copy is made once, as webcam.py and predict_emotion make it
         if "model" not in copies:
             model(batch[:1], training=False)
             copies["model"] = model.inference_copy()
-        with tc.no_grad():
-            return copies["model"](batch, training=False).data
+        return copies["model"].predict(batch)
 
+    predict = ({"model.inference_copy().predict(x)": predict_with_copy} if programs else
+               {"model.predict(x)": lambda batch: model.predict(batch)})
     info = {"version": tc.__version__, "backend": tc.get_backend(),
-            "numba_threads": numba.get_num_threads(), "blas": blas_info()}
-    return dict(train_step=train_step, predict={"model(x, training=False) under tc.no_grad()": predict,
-                                                "model.inference_copy()(x, training=False) under tc.no_grad()":
-                                                    predict_with_copy},
+            "numba_threads": numba.get_num_threads(), "blas": blas_info(), "programs": programs}
+    return dict(train_step=train_step, predict=predict,
                 prepare=lambda a: a, counts=peers.tinycnn_param_counts(model), info=info,
                 after=lambda: info.update(numba_threading_layer=numba.threading_layer()))
+
+
+def setup_programs(name, threads, x, y):
+    return setup_tinycnn(name, threads, x, y, programs=True)
+
+
+def setup_onnxruntime(name, threads, x, y):
+    """tinycnn's model exported by ``tinycnn.io.export_onnx`` (logits), run by ONNX Runtime
+    with default session options but the thread count; inference only."""
+    import onnxruntime as ort
+
+    import fer_models
+    from tinycnn.io import export_onnx
+    model = fer_models.build(name)
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-onnx-"), f"{name}.onnx")
+    export_onnx(model, path, softmax=False)
+    options = ort.SessionOptions()
+    if threads != len(os.sched_getaffinity(0)):
+        options.intra_op_num_threads = threads
+    run = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    info = {"version": ort.__version__, "intra_op_threads": options.intra_op_num_threads or "default"}
+    return dict(train_step=None, predict={"InferenceSession.run (default options)":
+                                          lambda batch: run.run(None, {"input": batch})[0]},
+                prepare=lambda a: a, counts=peers.tinycnn_param_counts(model), info=info, after=lambda: None)
 
 
 def setup_keras(name, threads, x, y):
@@ -196,7 +227,8 @@ def setup_torch(name, threads, x, y):
                 prepare=nchw, counts=peers.torch_param_counts(model), info=info, after=lambda: None)
 
 
-SETUPS = {"tinycnn": setup_tinycnn, "keras": setup_keras, "torch": setup_torch}
+SETUPS = {"tinycnn": setup_tinycnn, "keras": setup_keras, "torch": setup_torch,
+          "onnxruntime": setup_onnxruntime, "programs": setup_programs}
 
 
 # =============================================================================================
@@ -224,19 +256,21 @@ def worker_measure(task):
            "rss_after_build_mb": rss_built, "build_s": build_s, "info": setup["info"], "timed_calls": {}}
     figures = task.get("figures", ("throughput", "latency"))
     if "throughput" in figures:
-        first, train = time_calls(setup["train_step"], s["train_warmup"], s["repeats"], s["budget_s"])
+        if setup["train_step"] is not None:
+            first, train = time_calls(setup["train_step"], s["train_warmup"], s["repeats"], s["budget_s"])
+            out.update({"train_img_s": TRAIN_BATCH / med(train), "train_step_ms": 1e3 * med(train),
+                        "train_step_ms_all": [1e3 * t for t in train], "first_step_s": first})
+            out["timed_calls"]["train"] = len(train)
         peak_train = peak_rss_mb()  # training came first: this is the training process' peak
         xi = setup["prepare"](rng.random((INFER_BATCH, H, W, C), dtype=np.float32))
         infer = {call: time_calls(lambda: fn(xi), s["infer_warmup"], s["repeats"], s["budget_s"])[1]
                  for call, fn in setup["predict"].items()}
         best_infer = min(infer, key=lambda k: med(infer[k]))
         out.update({
-            "train_img_s": TRAIN_BATCH / med(train), "train_step_ms": 1e3 * med(train),
-            "train_step_ms_all": [1e3 * t for t in train], "first_step_s": first,
             "infer_img_s": INFER_BATCH / med(infer[best_infer]), "infer_call": best_infer,
             "infer_img_s_by_call": {k: INFER_BATCH / med(v) for k, v in infer.items()},
-            "peak_train_mb": peak_train})
-        out["timed_calls"].update(train=len(train), infer={k: len(v) for k, v in infer.items()})
+            "peak_train_mb": peak_train if setup["train_step"] is not None else None})
+        out["timed_calls"].update(infer={k: len(v) for k, v in infer.items()})
     if "latency" in figures:
         face = setup["prepare"](rng.random((1, H, W, C), dtype=np.float32))
         latency = {call: time_calls(lambda: fn(face), s["latency_warmup"], s["latency_repeats"], s["budget_s"])[1]
@@ -275,7 +309,6 @@ def worker_compile(task):
     t0 = time.perf_counter()
     import fer_models
     import tinycnn as tc
-    tc.backend.keep_freed_memory()  # as train.py and webcam.py do
     import_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     x = rng.random((TRAIN_BATCH, H, W, C), dtype=np.float32)
@@ -317,7 +350,6 @@ def worker_conv(task):
     import fer_models
     import numba
     import tinycnn as tc
-    tc.backend.keep_freed_memory()  # as train.py and webcam.py do
     from tinycnn.kernels import conv, winograd
     s = task["settings"]
     numba.set_num_threads(min(s["threads"], numba.config.NUMBA_NUM_THREADS))
@@ -398,7 +430,10 @@ WORKERS = {"measure": worker_measure, "compile": worker_compile, "conv": worker_
 # =============================================================================================
 def run_worker(task, env_extra=None, timeout=1800):
     """Run one worker; returns (result or None, error text or None, peak RSS MB of the process)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+    # a user's environment: none of the settings that tune tinycnn or OpenBLAS's threads
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TINYCNN_") and k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    env = dict(env, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     env.update(env_extra or {})
     with tempfile.TemporaryDirectory() as tmp:
@@ -481,10 +516,12 @@ def compute_ratios(results):
     for model, row in results.items():
         tc = row.get("tinycnn") or {}
         out[model] = {}
+        programs = row.get("programs") or {}
         for metric in ("train_img_s", "infer_img_s", "latency_ms", "peak_train_mb"):
-            for peer in ("keras", "torch"):
+            for peer in PEERS:
                 p = row.get(peer) or {}
                 out[model].setdefault(metric, {})[f"tinycnn/{peer}"] = ratio(tc.get(metric), p.get(metric))
+                out[model][metric][f"programs/{peer}"] = ratio(programs.get(metric), p.get(metric))
     return out
 
 
@@ -509,9 +546,10 @@ def markdown(report):
              f"- numpy BLAS: {blas}; OPENBLAS_CORETYPE={report['openblas_coretype'] or 'unset'}",
              f"- threads per framework: {s['threads']} (TF intra/inter-op, torch.set_num_threads, "
              f"Numba and BLAS for tinycnn)",
-             f"- tinycnn: training, inference and conv layers timed with "
-             f"{' '.join(f'{k}={v}' for k, v in TINYCNN_THROUGHPUT_ENV.items())} as train.py sets it; "
-             f"one face in another process without it, as webcam.py runs",
+             "- tinycnn: as a user's script runs it (fresh process, NumPy imported first, no environment "
+             "variable, README's training loop, `model.predict`); \"tinycnn as the programs run\": with "
+             "`keep_freed_memory()` and an `inference_copy()`, as train.py and webcam.py run; ONNX Runtime: "
+             "tinycnn's `export_onnx` of the same model, default session options, no training",
              f"- train: batch {TRAIN_BATCH}, median of {s['repeats']} Adam steps (at least 3 if a figure "
              f"overran its {s['budget_s']:.0f} s budget) after {s['train_warmup']} warm-up; "
              f"infer: batch {INFER_BATCH}, median of {s['repeats']} after {s['infer_warmup']}; "
@@ -524,7 +562,7 @@ def markdown(report):
               ("Peak memory of the training process, MB (lower is better; ratio < 1: tinycnn smaller)",
                "peak_train_mb", 0)]
     fws = report["frameworks"]
-    peers_ = [f for f in ("keras", "torch") if f in fws and "tinycnn" in fws]
+    peers_ = [f for f in PEERS if f in fws and "tinycnn" in fws]
     for title, key, digits in tables:
         lines += [f"## {title}", "",
                   "| model | " + " | ".join(LABELS[f] for f in fws) + "".join(
@@ -534,6 +572,11 @@ def markdown(report):
             cells = [fmt((row.get(f) or {}).get(key), digits) if row.get(f) else "error" for f in fws]
             cells += [(f"{r:.2f}x" if (r := report["ratios"][model][key][f"tinycnn/{p}"]) else "–") for p in peers_]
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        if "programs" in fws and peers_:
+            lines += ["", "As the programs run, against the same peers: " + "; ".join(
+                f"{model} " + ", ".join(f"{r:.2f}x {LABELS[p]}" for p in peers_
+                                        if (r := report["ratios"][model][key][f"programs/{p}"]))
+                for model in report["results"])]
         lines.append("")
     for key, what in (("infer_call", "Inference"), ("latency_call", "One-face")):
         calls = {f: sorted({(r.get(f) or {}).get(key) for r in report["results"].values()} - {None}) for f in fws}
@@ -613,7 +656,8 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", choices=peers.MODELS, default=None,
                    help="models to run (default: all five; with --quick: small3)")
     p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
-                   help="frameworks to run (default: all three)")
+                   help="frameworks to run (default: all; 'programs' is tinycnn as train.py and "
+                        "webcam.py configure it, beside the headline's user script)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed training steps and inference batches per figure, the median is reported "
                         "(default 5, with --quick 2); one-face latency takes max(10 x this, 20) calls")
@@ -669,8 +713,7 @@ def main(argv=None):
 
     if not args.no_conv and "tinycnn" in fws:
         log(f"[conv] numpy matmul peak and tinycnn conv layers of {', '.join(args.conv_models)} ...")
-        res, err, _ = run_worker({"kind": "conv", "models": args.conv_models, "settings": s},
-                                env_extra=TINYCNN_THROUGHPUT_ENV)
+        res, err, _ = run_worker({"kind": "conv", "models": args.conv_models, "settings": s})
         report["conv"] = res
         if err:
             report["errors"]["conv"] = err
@@ -701,14 +744,7 @@ def main(argv=None):
         for fw in fws:
             log(f"[{model}] {LABELS[fw]} ...")
             task = {"kind": "measure", "framework": fw, "model": model, "expect_counts": expect, "settings": s}
-            if fw == "tinycnn":   # as train.py sets BLAS for throughput, and as webcam.py leaves it for latency
-                res, err, peak = run_worker(dict(task, figures=["throughput"]), env_extra=TINYCNN_THROUGHPUT_ENV)
-                if not err:
-                    lat, err, _ = run_worker(dict(task, figures=["latency"]))
-                    res.update({k: v for k, v in (lat or {}).items() if k.startswith("latency")})
-                    res["timed_calls"]["latency"] = (lat or {}).get("timed_calls", {}).get("latency")
-            else:
-                res, err, peak = run_worker(task)
+            res, err, peak = run_worker(task)
             if err:
                 report["errors"][f"{model} {fw}"] = err
                 report["results"][model][fw] = None
@@ -716,8 +752,8 @@ def main(argv=None):
                 continue
             res["peak_process_mb"] = peak
             report["results"][model][fw] = res
-            log(f"  train {res['train_img_s']:.0f} img/s, infer {res['infer_img_s']:.0f} img/s, "
-                f"1 face {res['latency_ms']:.2f} ms, peak {res['peak_train_mb']:.0f} MB")
+            log(f"  train {fmt(res.get('train_img_s'))} img/s, infer {res['infer_img_s']:.0f} img/s, "
+                f"1 face {res['latency_ms']:.2f} ms, peak {fmt(res.get('peak_train_mb'))} MB")
 
     report["ratios"] = compute_ratios(report["results"])
     report["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]

@@ -97,3 +97,41 @@ def test_no_thread_keeps_a_core_busy_after_a_call_returns():
     assert proc.returncode == 0, proc.stderr[-3000:]
     idle = json.loads(proc.stdout.strip().splitlines()[-1])["idle_cpu_s"]
     assert idle < 0.03, f"{idle * 1e3:.0f} ms of CPU during one idle second after tinycnn's calls returned"
+
+
+# -- the caching pool (tinycnn.memory) -----------------------------------------------------------
+def test_pool_reuses_a_buffer_only_once_nothing_refers_to_it():
+    from tinycnn import memory
+    shape = (memory.MIN_BYTES // 4 + 10,)
+    a = memory.empty(shape)
+    view = a[5:].reshape(-1)[::2]          # a view of a view: still refers to a's buffer
+    del a
+    b = memory.empty(shape)
+    assert not np.shares_memory(view, b)   # the buffer behind ``view`` is still in use
+    held, used = memory.cached_bytes()
+    del view
+    c = memory.empty(shape)                # now the first buffer is free again, and taken
+    assert memory.cached_bytes() == (held, used) and not np.shares_memory(b, c)
+    small = memory.empty((3, 4))
+    assert small.base is None or small.base.nbytes < memory.MIN_BYTES   # small arrays: NumPy's own
+    del b, c
+    memory.empty_cache()
+    assert memory.cached_bytes()[0] == 0
+
+
+def test_a_returned_array_is_never_overwritten_by_a_later_call():
+    """Outputs come from the pool: one a caller still holds must not be handed out again."""
+    import tinycnn as tc
+    from tinycnn.layers import Conv2D, MaxPool2D
+    from tinycnn import memory
+    model = tc.Sequential([Conv2D(64, 3, padding="same", activation="relu"), MaxPool2D()],
+                          input_shape=(48, 48, 1), name="pooled")
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.random((256, 48, 48, 1), dtype=np.float32) for _ in range(2))
+    for training in (False, True):
+        first = model(x1, training=training).data
+        assert first.nbytes >= memory.MIN_BYTES and memory.cached_bytes()[1] > 0   # it did come from the pool
+        kept = first.copy()
+        for _ in range(3):
+            model(x2, training=training)
+        np.testing.assert_array_equal(first, kept)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import memory
 from ..backend import PARALLEL, dispatch, threads_by_size
 
 
@@ -29,7 +30,7 @@ def _relu_grad(g1, y1, out):
 def relu_grad_fast(g, y):
     if np.shape(g) != np.shape(y):
         raise ValueError(f"relu_grad: gradient {np.shape(g)} and output {np.shape(y)} must have the same shape")
-    out = np.empty(np.shape(y), np.float32)
+    out = memory.empty(np.shape(y))
     _relu_grad(np.ascontiguousarray(g, np.float32).reshape(-1), np.ascontiguousarray(y, np.float32).reshape(-1),
                out.reshape(-1))
     return out

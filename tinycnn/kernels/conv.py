@@ -35,7 +35,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .. import backend
+from .. import backend, memory
 from ..backend import PARALLEL, dispatch, threads_by_size
 from . import pool, winograd
 from .shapes import conv_output_size, same_padding, tap_slice  # noqa: F401 (same_padding: for the layers)
@@ -306,7 +306,7 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
     kh, kw, c, _ = w.shape
     k = kh * kw * c
     x = np.ascontiguousarray(x)
-    y = np.empty((n, ho, wo, o), np.float32)
+    y = memory.empty((n, ho, wo, o))
     if c == 1 and not keep_cols and (x.size >= backend.SMALL_WORK or (_is_3x3_stride_1(w.shape, strides) and o <= 64)):
         # One input channel (a first layer on gray faces): im2col's matrix would be KH*KW
         # columns wide, too narrow for BLAS to run near its peak, and a pass of its own.
@@ -324,7 +324,7 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
     w2 = np.ascontiguousarray(w).reshape(k, o)
     y2 = y.reshape(n * ho * wo, o)
     step = _chunk_size(n, ho, wo, k)
-    cols = np.empty(((n if keep_cols else step) * ho * wo, k), np.float32)
+    cols = memory.empty(((n if keep_cols else step) * ho * wo, k))
     for s in range(0, n, step):
         m = min(step, n - s)
         rows = slice(s * ho * wo, (s + m) * ho * wo)
@@ -341,7 +341,7 @@ def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     kh, kw, c, _ = w.shape
     w2t = w.reshape(kh * kw * c, o).T  # a transposed view: BLAS reads it as it is, no copy
     dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
-    dx = np.empty(x_shape, np.float32)
+    dx = memory.empty(x_shape)
     step = _chunk_size(n, ho, wo, kh * kw * c)
     cols = np.empty((step * ho * wo, kh * kw * c), np.float32)
     for s in range(0, n, step):
@@ -416,7 +416,7 @@ def conv2d_and_grad_weight_fast(x, w, dy, strides, pads):
     x = np.ascontiguousarray(x)
     w2 = np.ascontiguousarray(w).reshape(k, o)
     dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
-    y = np.empty((n, ho, wo, o), np.float32)
+    y = memory.empty((n, ho, wo, o))
     y2 = y.reshape(n * ho * wo, o)
     dw = np.zeros((k, o), np.float32)
     step = _chunk_size(n, ho, wo, k)
@@ -514,7 +514,7 @@ def bias_relu_fast(y, b, relu):
 @threads_by_size
 def bias_relu_grad_fast(g, y, relu):
     c = g.shape[-1]
-    out, db = np.empty(g.shape, np.float32), np.empty(c, np.float32)  # C order: g may be a broadcast view
+    out, db = memory.empty(g.shape), np.empty(c, np.float32)  # C order: g may be a broadcast view
     _bias_relu_grad(np.ascontiguousarray(g).reshape(-1, c), y.reshape(-1, c), relu, out.reshape(-1, c), db)
     return out, db
 
@@ -718,8 +718,8 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
         and not any(map(any, pool_pads))
     if x.shape[3] == 1 and tuple(pool_size) == tuple(pool_strides) and (x.size >= backend.SMALL_WORK or spelt_out):
         ph, pw = pool_size
-        y = np.empty((n,) + expected + (o,), np.float32)
-        argmax = np.empty(y.shape, np.int32)
+        y = memory.empty((n,) + expected + (o,))
+        argmax = memory.empty(y.shape, np.int32)
         if spelt_out:
             w9 = np.ascontiguousarray(w, np.float32).reshape(9, o)
             _conv3x3_one_channel_maxpool2x2(_padded_plane(x, pads), w9, y, argmax)

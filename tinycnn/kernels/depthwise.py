@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import memory
 from ..backend import PARALLEL, dispatch, threads_by_size
 from .shapes import conv_output_size, tap_slice
 
@@ -226,7 +227,7 @@ def check_arrays(who, x_shape, w_shape, strides, pads, dy_shape=None, **arrays):
 def depthwise_conv2d_fast(x, w, strides, pads):
     """As depthwise_conv2d_reference (float32; non-contiguous views are copied first)."""
     check_arrays("depthwise_conv2d", x.shape, w.shape, strides, pads, x=x, w=w)
-    y = np.empty(_output_shape(x.shape, w.shape, strides, pads), np.float32)
+    y = memory.empty(_output_shape(x.shape, w.shape, strides, pads))
     _depthwise_forward(np.ascontiguousarray(x), np.ascontiguousarray(w), strides[0], strides[1],
                        pads[0][0], pads[1][0], y)
     return y
@@ -237,7 +238,7 @@ def depthwise_conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     """As depthwise_conv2d_grad_input_reference."""
     x_shape = tuple(x_shape)
     check_arrays("depthwise_conv2d_grad_input", x_shape, w.shape, strides, pads, dy.shape, dy=dy, w=w)
-    dx = np.empty(x_shape, np.float32)
+    dx = memory.empty(x_shape)
     _depthwise_grad_input(np.ascontiguousarray(dy), np.ascontiguousarray(w), strides[0], strides[1],
                           pads[0][0], pads[1][0], dx)
     return dx

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import memory
 from ..backend import PARALLEL, dispatch, threads_by_size
 
 
@@ -55,7 +56,7 @@ def _check(who, a, b):
 def dropout_fast(x, u, rate):
     _check("dropout", x, u)
     x, u = np.ascontiguousarray(x), np.ascontiguousarray(u, dtype=np.float32)
-    y, keep = np.empty_like(x), np.empty(x.shape, np.bool_)
+    y, keep = memory.empty_like(x), memory.empty(x.shape, np.bool_)
     _dropout(x.reshape(-1), u.reshape(-1), np.float32(rate), x.dtype.type(1.0 / (1.0 - rate)),
              y.reshape(-1), keep.reshape(-1))
     return y, keep
@@ -65,7 +66,7 @@ def dropout_fast(x, u, rate):
 def dropout_grad_fast(g, keep, rate):
     _check("dropout_grad", g, keep)
     g, keep = np.ascontiguousarray(g), np.ascontiguousarray(keep)
-    out = np.empty_like(g)
+    out = memory.empty_like(g)
     _masked_scale(g.reshape(-1), keep.reshape(-1), g.dtype.type(1.0 / (1.0 - rate)), out.reshape(-1))
     return out
 

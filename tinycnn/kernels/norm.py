@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import memory
 from ..backend import PARALLEL, dispatch, threads_by_size
 
 
@@ -105,7 +106,7 @@ def _normalised(normalise, x2, mean, var, gamma, beta, eps):
     ``_normalise_relu``) applied to x2 with the batch's statistics."""
     inv_std = (1.0 / np.sqrt(var + eps)).astype(np.float32)
     mean, var = mean.astype(np.float32), var.astype(np.float32)
-    y2 = np.empty_like(x2)
+    y2 = memory.empty_like(x2)
     normalise(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
     return y2, mean, var, inv_std
 
@@ -121,7 +122,7 @@ def batchnorm_backward_fast(g2, x2, mean, gamma, inv_std):
     g2 = np.ascontiguousarray(g2)
     m = g2.shape[0]
     dbeta, dgamma = _grad_sums(g2, x2, mean, inv_std)
-    dx2 = np.empty_like(g2)
+    dx2 = memory.empty_like(g2)
     _grad_input(g2, x2, mean, inv_std, (gamma * inv_std).astype(np.float32),
                 (dbeta / m).astype(np.float32), (dgamma / m).astype(np.float32), dx2)
     return dx2, dgamma.astype(np.float32), dbeta.astype(np.float32)
@@ -194,7 +195,7 @@ def batchnorm_relu_backward_fast(g2, y2, x2, mean, gamma, inv_std):
     g2, y2, x2 = (np.ascontiguousarray(a) for a in (g2, y2, x2))
     m = g2.shape[0]
     dbeta, dgamma = _masked_grad_sums(g2, y2, x2, mean.astype(np.float64), inv_std.astype(np.float64))
-    dx2 = np.empty_like(g2)
+    dx2 = memory.empty_like(g2)
     _masked_grad_input(g2, y2, x2, mean, inv_std, (gamma * inv_std).astype(np.float32),
                        (dbeta / m).astype(np.float32), (dgamma / m).astype(np.float32), dx2)
     return dx2, dgamma.astype(np.float32), dbeta.astype(np.float32)
@@ -279,7 +280,7 @@ def bias_relu_batchnorm_backward_fast(g2, y2, mean, gamma, inv_std):
     g2, y2 = np.ascontiguousarray(g2), np.ascontiguousarray(y2)
     m = g2.shape[0]
     dbeta, dgamma = _grad_sums(g2, y2, mean, inv_std)
-    dz2 = np.empty_like(g2)
+    dz2 = memory.empty_like(g2)
     db = _grad_input_relu_bias(g2, y2, mean, inv_std, (gamma * inv_std).astype(np.float32),
                                (dbeta / m).astype(np.float32), (dgamma / m).astype(np.float32), dz2)
     return dz2, db.astype(np.float32), dgamma.astype(np.float32), dbeta.astype(np.float32)
@@ -293,7 +294,7 @@ def batchnorm_inference_reference(x2, mean, inv_std, gamma, beta):
 @threads_by_size
 def batchnorm_inference_fast(x2, mean, inv_std, gamma, beta):
     x2 = np.ascontiguousarray(x2)
-    y2 = np.empty_like(x2)
+    y2 = memory.empty_like(x2)
     _normalise(x2, mean, (gamma * inv_std).astype(np.float32), beta, y2)
     return y2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import memory
 from ..backend import PARALLEL, dispatch, threads_by_size
 from .shapes import tap_slice
 
@@ -107,8 +108,8 @@ def _maxpool_grad_tiled_numba(dy, argmax, ph, pw, pt, pl, dx):
 @threads_by_size
 def maxpool_fast(x, pool, strides, pads, out_hw):
     n, _, _, c = x.shape
-    y = np.empty((n, out_hw[0], out_hw[1], c), np.float32)
-    argmax = np.empty(y.shape, np.int32)
+    y = memory.empty((n, out_hw[0], out_hw[1], c))
+    argmax = memory.empty(y.shape, np.int32)
     _maxpool_numba(np.ascontiguousarray(x), pool[0], pool[1], strides[0], strides[1],
                    pads[0][0], pads[1][0], out_hw[0], out_hw[1], y, argmax)
     return y, argmax
@@ -116,7 +117,7 @@ def maxpool_fast(x, pool, strides, pads, out_hw):
 
 @threads_by_size
 def maxpool_grad_fast(dy, argmax, x_shape, pool, strides, pads):
-    dx = np.empty(x_shape, np.float32)
+    dx = memory.empty(x_shape)
     dy = np.ascontiguousarray(dy)
     if tuple(strides) == tuple(pool):
         _maxpool_grad_tiled_numba(dy, argmax, pool[0], pool[1], pads[0][0], pads[1][0], dx)
@@ -180,7 +181,7 @@ def global_average_pool_grad_fast(dy, x_shape):
     if dy.shape != expected:
         raise ValueError(f"global_average_pool_grad: output gradient has shape {dy.shape}, "
                          f"the pooling of {tuple(x_shape)} gives {expected}")
-    dx = np.empty(x_shape, np.float32)
+    dx = memory.empty(x_shape)
     _global_average_pool_grad_numba(np.ascontiguousarray(dy, np.float32), dx)
     return dx
 

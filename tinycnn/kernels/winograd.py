@@ -62,7 +62,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from .. import backend
+from .. import backend, memory
 from ..backend import PARALLEL, dispatch, threads_by_size
 
 # F(2x2, 3x3): points 0, 1, -1, infinity.
@@ -945,7 +945,7 @@ def winograd_conv2d_fast(x, w, strides, pads, m=None):
     th, tw = tile_grid(ho, wo, m)
     x = np.ascontiguousarray(x, np.float32)
     U = _kernel_transform_fast(w, m)
-    y = np.empty((nb, ho, wo, o), np.float32)
+    y = memory.empty((nb, ho, wo, o))
     k = _block_images(nb, th * tw)
 
     def work(starts):
@@ -972,7 +972,7 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
     dx = Ut = None
     if w is not None:
         Ut = np.ascontiguousarray(_kernel_transform_fast(w, m).transpose(0, 2, 1))  # (n*n, O, C)
-        dx = np.empty(x_shape, np.float32)
+        dx = memory.empty(x_shape)
     if x is not None:
         x = np.ascontiguousarray(x, np.float32)
     k = _block_images(nb, th * tw)
