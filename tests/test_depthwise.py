@@ -32,7 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import reference64 as R
 import tinycnn as tc
 from helpers import (assert_close, away_from_kinks, check_against_reference, describe, numerical_gradients,
-                     random_array, upstream_like)
+                     random_array, upstream_away_from_relu_kinks, upstream_like)
 from tinycnn import Tensor
 from tinycnn import backend as B
 from tinycnn.kernels import depthwise as D
@@ -282,6 +282,11 @@ def keras_reference(kind, settings, input_shape, seed=0):
         tape.watch(x_tf)
         y = layer(x_tf)
     g = random_array(rng, tuple(y.shape))
+    if dict(settings).get("activation") == "relu":   # no gradient through outputs at a kink
+        twin = getattr(keras.layers, kind)(**{**dict(settings), "activation": None})
+        twin.build(input_shape)
+        twin.set_weights(layer.get_weights())
+        g = upstream_away_from_relu_kinks(g, twin(x_tf).numpy(), KERAS_ATOL)
     grads = tape.gradient(y, [x_tf] + list(layer.trainable_weights), output_gradients=tf.constant(g))
     return dict(x=x, weights=weights, g=g, output=y.numpy(), grads=[gr.numpy() for gr in grads],
                 output_shape=tuple(layer.compute_output_shape(input_shape))[1:])
