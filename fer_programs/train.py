@@ -16,19 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-# Throughput before latency: after each matrix product OpenBLAS's idle threads sleep almost
-# at once instead of spinning for 0.1 s, leaving the cores to tinycnn's parallel kernels
-# (tinycnn/backend.py has the figures). OpenBLAS reads it when NumPy loads it: before
-# any import of NumPy.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows defaults, except the empty ones whose help already says what happens."""

@@ -181,7 +181,8 @@ def matmul(a, b, out=None):
     n = b.shape[1]
     if out is None:
         out = np.empty((m, n), np.result_type(a, b))
-    threads = min(core_count(), max(1, m * k * n // SPLIT_MULTIPLY_ADDS))
+    multiply_adds = m * k * n
+    threads = 1 if multiply_adds < 2 * SPLIT_MULTIPLY_ADDS else min(core_count(), multiply_adds // SPLIT_MULTIPLY_ADDS)
     if threads < 2:
         with one_blas_thread():
             return np.matmul(a, b, out=out)

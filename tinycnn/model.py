@@ -80,13 +80,35 @@ class Sequential:
         return run_layers(self.layers, x, training)
 
     def predict(self, x, batch_size=256) -> np.ndarray:
-        """Outputs (N, ...) for an array of inputs, in batches, without recording a graph."""
+        """Outputs (N, ...) for an array of inputs, in batches, without recording a graph.
+
+        They come from the model's inference copy (``inference_copy``: BatchNorm folded,
+        Dropout left out, Winograd's kernel transforms kept), the same outputs to float32
+        rounding and faster. The copy is made at the first call and made again whenever
+        a weight may have changed since: an optimiser step, ``set_weights``,
+        ``load_weights``, or any other hand-out of a weight's array (``Tensor.data``)."""
         from .tensor import no_grad
         outs = []
         with no_grad():
+            model = self._current_inference_copy(x)
             for s in range(0, len(x), batch_size):
-                outs.append(self(x[s:s + batch_size], training=False).data)
+                outs.append(model(x[s:s + batch_size], training=False).data)
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+    def _current_inference_copy(self, x) -> "Sequential":
+        """This model's inference copy, made anew when a weight's ``version`` moved (or a
+        weight was replaced) since the last one; the model itself if it is a copy."""
+        if getattr(self, "is_inference_copy", False) or len(x) == 0:
+            return self
+        if not self.layers or not all(layer.built for layer in self.layers):
+            self(x[:1], training=False)     # builds it
+        weights = [w for layer in self.all_layers() for w in layer.weights.values()]
+        key = [(id(w), w.version) for w in weights]
+        cached = getattr(self, "_inference", None)
+        if cached is None or cached[0] != key:
+            copy = self.inference_copy()
+            cached = self._inference = ([(id(w), w.version) for w in weights], copy)
+        return cached[1]
 
     def inference_copy(self) -> "Sequential":
         """A copy for inference only, with BatchNormalization folded into the layers before

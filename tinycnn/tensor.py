@@ -71,29 +71,43 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False, name: str | None = None):
         if isinstance(data, Tensor):
             data = data.data
-        self.data = np.asarray(data, dtype=np.float32)
+        self._data = np.asarray(data, dtype=np.float32)
+        self.version = 0     # see ``data``
         self.grad: np.ndarray | None = None
         self.requires_grad = bool(requires_grad)
         self.name = name
         self._ctx: Context | None = None
         self._freed = False  # set once backward() has released the graph that made it
 
-    # -- views of the data ---------------------------------------------------------
+    # -- the data, and views of it ---------------------------------------------------
+    @property
+    def data(self) -> np.ndarray:
+        """The float32 array. Each time it is handed out (or replaced), ``version`` moves
+        on: whoever took the array may write into it, so a model's inference copy made
+        from this weight (``Sequential.predict``) is made again before it is used next."""
+        self.version += 1
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self.version += 1
+        self._data = value
+
     @property
     def shape(self):
-        return self.data.shape
+        return self._data.shape
 
     @property
     def ndim(self):
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def size(self):
-        return self.data.size
+        return self._data.size
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._data.dtype
 
     def numpy(self) -> np.ndarray:
         return self.data

@@ -184,7 +184,13 @@ def inference_copy(model):
     if not getattr(model, "layers", None) or not all(layer.built for layer in model.layers):
         raise ValueError(f"inference_copy: model '{getattr(model, 'name', model)}' must be built (call it once, "
                          f"or build it with an input shape) before it is folded")
-    frozen = copy.deepcopy(model)
+    cached = getattr(model, "_inference", None)
+    model._inference = None      # a copy does not carry the model's own cached copy
+    try:
+        frozen = copy.deepcopy(model)
+    finally:
+        model._inference = cached
+    frozen.is_inference_copy = True
     frozen.layers = _folded_chain(frozen.layers)
     for layer in frozen.all_layers():
         for w in layer.weights.values():
