@@ -88,6 +88,7 @@ _pool = None      # (ThreadPoolExecutor, its number of threads), made at first u
 
 
 def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries NumPy loaded (found once)."""
     global _blas
     if _blas is None:
         from threadpoolctl import ThreadpoolController
@@ -95,28 +96,47 @@ def _blas_libraries():
     return _blas
 
 
+def _thread_switches():
+    """[(get, set)] of the BLAS libraries' thread counts: OpenBLAS's own C functions where
+    threadpoolctl can name them (a call of about 0.1 us, against a few us through its
+    Python wrappers, which a one-face call would pay at every model call), else the
+    wrappers."""
+    global _switches
+    if _switches is None:
+        switches = []
+        for lib in _blas_libraries():
+            symbol = getattr(lib, "_get_symbol", None)
+            raw = (symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")) \
+                if lib.internal_api == "openblas" and symbol else (None, None)
+            switches.append(raw if None not in raw else (lib.get_num_threads, lib.set_num_threads))
+        _switches = switches
+    return _switches
+
+
+_switches = None
+
+
 class _OneBlasThread:
     """The context of ``one_blas_thread``: the first entry sets every BLAS library NumPy
-    loaded to one thread (about a microsecond), the last exit restores their counts; the
+    loaded to one thread, the last exit restores their counts; the
     entries between only count, so nested entries (a model's call, then each layer's)
     cost next to nothing. Threads share the count, as OpenBLAS shares its setting."""
     depth, previous = 0, []
 
     def __enter__(self):
         if _OneBlasThread.depth == 0:
-            libraries = _blas_libraries()
-            _OneBlasThread.previous = [(lib, lib.get_num_threads()) for lib in libraries]
-            for lib, n in _OneBlasThread.previous:
+            _OneBlasThread.previous = [(set_, get()) for get, set_ in _thread_switches()]
+            for set_, n in _OneBlasThread.previous:
                 if n != 1:
-                    lib.set_num_threads(1)
+                    set_(1)
         _OneBlasThread.depth += 1
 
     def __exit__(self, *exc):
         _OneBlasThread.depth -= 1
         if _OneBlasThread.depth == 0:
-            for lib, n in _OneBlasThread.previous:
+            for set_, n in _OneBlasThread.previous:
                 if n != 1:
-                    lib.set_num_threads(n)
+                    set_(n)
 
 
 _ONE_BLAS_THREAD = _OneBlasThread()
@@ -189,6 +209,9 @@ def matmul(a, b, out=None):
     if m >= 32 * threads:
         on_cores([functools.partial(np.matmul, a[rows], b, out=out[rows]) for rows in split_evenly(m, threads)])
         return out
+    if multiply_adds < 8 * SPLIT_MULTIPLY_ADDS:   # the partial products' sum costs more than a split saves
+        with one_blas_thread():
+            return np.matmul(a, b, out=out)
     parts = on_cores([functools.partial(np.matmul, a[:, ks], b[ks]) for ks in split_evenly(k, threads)])
     out[...] = parts[0]
     for part in parts[1:]:
