@@ -80,8 +80,9 @@ def one_numba_thread():
 # runs on one BLAS thread, and a large one is split between tinycnn's own threads (this
 # one and a pool of ``numba.get_num_threads() - 1``), which sleep when idle. A user's
 # own products outside tinycnn keep OpenBLAS's setting. bench/README.md has the figures.
-# Below this many multiply-adds (about 0.15 ms on one core) a product stays in the
-# calling thread: handing half of it to a pool thread and back costs about 45 us.
+# Below twice this many multiply-adds (about 0.15 ms on one core) a product stays in the
+# calling thread: handing half of it to a pool thread and back costs some 15-20 us, and
+# the halves of a small product run less well than the whole (bench/README.md).
 SPLIT_MULTIPLY_ADDS = 1 << 22
 _blas = None      # threadpoolctl's controllers of the BLAS libraries NumPy loaded
 _pool = None      # (ThreadPoolExecutor, its number of threads), made at first use
