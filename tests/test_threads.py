@@ -135,3 +135,12 @@ def test_a_returned_array_is_never_overwritten_by_a_later_call():
         for _ in range(3):
             model(x2, training=training)
         np.testing.assert_array_equal(first, kept)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 8])   # few columns: the blocked sum split between threads
+def test_weight_gradient_of_an_empty_batch_is_zero(channels):
+    """No images: no rows to split between the threads (once a division by zero)."""
+    from tinycnn.kernels import conv
+    x, dy = np.zeros((0, 5, 5, channels), np.float32), np.zeros((0, 3, 3, 4), np.float32)
+    dw = conv.conv2d_grad_weight_fast(x, dy, (3, 3, channels, 4), (1, 1), ((0, 0), (0, 0)))
+    assert dw.shape == (3, 3, channels, 4) and not dw.any()

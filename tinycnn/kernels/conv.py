@@ -367,7 +367,7 @@ def _sum_of_products(cols, dy2, rows=8192):
             e = min(s + rows, share.stop)
             part += cols[s:e].T @ dy2[s:e]
         return part
-    threads = min(backend.core_count(), -(-len(cols) // rows))
+    threads = max(1, min(backend.core_count(), -(-len(cols) // rows)))   # at least one, for an empty batch
     return sum(backend.on_cores([functools.partial(blocks, share) for share in backend.split_evenly(len(cols), threads)]))
 
 
