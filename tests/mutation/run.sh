@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Mutation testing of one module with mutmut 3 (pip install -e ".[mutation]"):
+#
+#     tests/mutation/run.sh fer_models/metrics.py       # any module listed in modules.txt
+#
+# mutmut rewrites each function of the module into its mutants (one small change each:
+# an operator, a constant, an argument dropped) and runs the module's targeted tests,
+# listed beside it in modules.txt, against every mutant. A mutant that no test fails on
+# "survived": kill it with a test, or list it in equivalent.md with the reason.
+#
+# The run happens in a copy of the working tree (under $MUTATION_DIR, default
+# /tmp/tinycnn-mutation), so the tree itself is never touched and runs of two modules
+# do not share mutmut's cache. Afterwards, in that copy: `mutmut results` lists the
+# survivors, `mutmut show NAME` prints one as a diff, `mutmut browse` browses them.
+# Decorated functions (@njit kernels, @property) are not mutated: mutmut skips them.
+set -euo pipefail
+
+module=${1:?usage: tests/mutation/run.sh MODULE (one of the modules in tests/mutation/modules.txt)}
+root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
+tests=$(awk -v m="$module" '$1 == m { $1 = ""; print }' "$root/tests/mutation/modules.txt")
+if [ -z "$tests" ]; then
+    echo "run.sh: $module is not in tests/mutation/modules.txt; add it with its targeted tests" >&2
+    exit 2
+fi
+
+work=${MUTATION_DIR:-${TMPDIR:-/tmp}/tinycnn-mutation}/${module//\//_}
+rm -rf "$work"
+mkdir -p "$work"
+(cd "$root" && git ls-files -co --exclude-standard -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) |
+    tar -xf - -C "$work"
+
+# mutmut reads its configuration from pyproject.toml: the copy's gets this module's.
+{
+    echo
+    echo "[tool.mutmut]"
+    echo 'source_paths = ["tinycnn", "fer_models"]'
+    echo "only_mutate = [\"$module\"]"
+    echo 'also_copy = ["fer_programs", "train.py", "webcam.py", "train_distributed.py", "bench", "notebooks"]'
+    echo 'pytest_add_cli_args = ["-o", "addopts=", "-p", "no:cacheprovider"]'
+    printf 'pytest_add_cli_args_test_selection = ['
+    sep=""
+    for t in $tests; do
+        # options pass as they are; a test file not written yet is left out (a first run)
+        if [[ $t == -* ]] || [ -e "$work/${t%%::*}" ]; then printf '%s"%s"' "$sep" "$t"; sep=", "; fi
+    done
+    echo "]"
+} >> "$work/pyproject.toml"
+
+# the tests find FER-2013 beside the project; the copy is elsewhere
+if [ -z "${FER2013_DIR:-}" ] && [ -d "$root/../shared/fer2013" ]; then
+    export FER2013_DIR=$root/../shared/fer2013
+fi
+# mutmut forks a process per mutant from one that has run the tests, and Numba's OpenMP
+# kernels cannot run after a fork (tinycnn would fall back to the NumPy kernels): the
+# compiled kernels run serial here, so the tests still run both backends.
+export TINYCNN_NUMBA_PARALLEL=0
+cd "$work"
+start=$(date +%s)
+nice -n 19 mutmut run --max-children "${MUTATION_JOBS:-1}"
+echo "mutmut: $module against$tests, $(( $(date +%s) - start )) s"
+mutmut results --all true | awk '{ print $NF }' | sort | uniq -c
+echo "not killed (mutmut show NAME, in $work):"
+mutmut results

@@ -1,0 +1,122 @@
+"""Checks of tinycnn/layers/fold.py that its mutation run (tests/mutation/run.sh) showed
+missing, and issue 26's fold-bias bug (``bias = layer.bias.data + t``, BatchNorm's scale
+dropped from the layer's bias), which the whole suite once let through: every layer
+before a BatchNormalization here has a random non-zero bias, and every BatchNormalization
+a non-default epsilon, its own, large enough to matter against its variance.
+
+Every folded path (the weights by hand, inference without gradients from
+FOLD_MIN_BATCH images up, the inference copy, ``predict``) is compared with the same
+layers run one by one, nothing folded."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinycnn as tc
+from helpers import assert_close
+from tinycnn.layers import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Residual,
+                            fold)
+
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def nontrivial(model, seed):
+    """Biases, moving statistics, gamma and beta all random and away from 0 and 1; gamma
+    of both signs (a negative scale flips a folded ReLU's side)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.all_layers():
+        for name, w in layer.weights.items():
+            if name == "moving_variance":
+                value = rng.uniform(0.05, 0.5, w.shape)          # of the order of the epsilons below
+            elif name == "gamma":
+                value = rng.uniform(0.5, 1.5, w.shape) * rng.choice([-1, 1], w.shape)
+            elif name in ("bias", "beta", "moving_mean"):
+                value = rng.uniform(0.3, 1.0, w.shape) * rng.choice([-1, 1], w.shape)
+            else:
+                continue
+            w.data = value.astype(np.float32)
+    return model
+
+
+def one_by_one(layers, x):
+    """The layers called one at a time in inference: nothing folded or fused."""
+    for layer in layers:
+        x = layer(x, training=False) if not isinstance(layer, Residual) else _residual(layer, x)
+    return x
+
+
+def _residual(block, x):
+    out = one_by_one(block.block, x) + one_by_one(block.shortcut, x)
+    return out.relu() if block.activation == "relu" else out
+
+
+def chain(seed=0):
+    """Every pattern the folding treats, each BatchNormalization with its own epsilon:
+    Conv2D(bias) -> BN -> ReLU (folded with the ReLU), Conv2D(relu) -> BN (epilogue),
+    Conv2D(bias) -> BN (folded, no ReLU), a residual block folding inside, Dropout,
+    Dense(bias) -> BN -> ReLU, Dense(bias) -> BN as the last pair."""
+    model = tc.Sequential([
+        Conv2D(6, 3, padding="same"), BatchNormalization(epsilon=0.05), Activation("relu"),
+        Conv2D(6, 3, padding="same", activation="relu"), BatchNormalization(epsilon=0.2),
+        Conv2D(6, 3, padding="same"), BatchNormalization(epsilon=0.1), MaxPool2D(),
+        Residual([Conv2D(6, 3, padding="same"), BatchNormalization(epsilon=0.3), Activation("relu"),
+                  Conv2D(6, 3, padding="same"), BatchNormalization(epsilon=0.02)]),
+        Dropout(0.4), Flatten(),
+        Dense(10), BatchNormalization(epsilon=0.15), Activation("relu"),
+        Dense(4), BatchNormalization(epsilon=0.25),
+    ], input_shape=(8, 8, 2), seed=seed, name="chain")
+    return nontrivial(model, seed)
+
+
+@pytest.mark.parametrize("kind", ["Dense", "Conv2D"])
+def test_folded_weights_by_hand(kind):
+    """kernel * s and (bias - mean) * s + beta, s = gamma / sqrt(var + eps), in float64."""
+    layer = Dense(3) if kind == "Dense" else Conv2D(3, 2)
+    model = nontrivial(tc.Sequential([layer, BatchNormalization(epsilon=0.1)],
+                                     input_shape=(4,) if kind == "Dense" else (3, 3, 2)), seed=1)
+    layer, bn = model.layers
+    kernel, bias = fold.folded_weights(layer, bn)
+    f64 = lambda t: t.data.astype(np.float64)
+    s = f64(bn.gamma) / np.sqrt(f64(bn.moving_variance) + 0.1)
+    assert kernel.dtype == np.float32 and bias.dtype == np.float32
+    np.testing.assert_allclose(kernel, f64(layer.kernel) * s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, (f64(layer.bias) - f64(bn.moving_mean)) * s + f64(bn.beta), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [fold.FOLD_MIN_BATCH, fold.FOLD_MIN_BATCH - 1, 1])
+def test_inference_without_gradients_gives_the_layers_outputs(backend, n):
+    """Folded from FOLD_MIN_BATCH images up, the epilogue alone below it, one thread for one image."""
+    model = chain()
+    x = np.random.default_rng(2).random((n, 8, 8, 2), dtype=np.float32)
+    expected = one_by_one(model.layers, tc.Tensor(x)).numpy()
+    with tc.no_grad():
+        got = model(x, training=False).numpy()
+    assert_close(f"chain, {n} images, no gradients", "output", got, expected, RTOL, ATOL)
+
+
+def test_the_batch_size_from_which_weights_are_folded(monkeypatch):
+    calls = []
+    original = fold.folded_weights
+    monkeypatch.setattr(fold, "folded_weights", lambda *a: calls.append(1) or original(*a))
+    model = chain()
+    x = np.random.default_rng(3).random((fold.FOLD_MIN_BATCH, 8, 8, 2), dtype=np.float32)
+    with tc.no_grad():
+        model(x[:-1], training=False)
+        assert calls == [], "below FOLD_MIN_BATCH nothing is folded"
+        model(x, training=False)
+    assert len(calls) == 6, "Conv2D -> BN twice, twice in the residual block and Dense -> BN twice"
+
+
+def test_inference_copy_and_predict_give_the_layers_outputs(backend):
+    model = chain()
+    x = np.random.default_rng(4).random((fold.FOLD_MIN_BATCH + 2, 8, 8, 2), dtype=np.float32)
+    expected = one_by_one(model.layers, tc.Tensor(x)).numpy()
+    copy = fold.inference_copy(model)
+    kinds = [type(layer).__name__ for layer in copy.all_layers()]
+    assert kinds.count("Dropout") == 0 and kinds.count("BatchNormalization") == 1, kinds   # the epilogue's
+    relus = [layer.activation for layer in copy.all_layers() if isinstance(layer, (Conv2D, Dense))]
+    assert relus == ["relu", "relu", "linear", "relu", "linear", "relu", "linear"], relus
+    with tc.no_grad():
+        for n in (1, len(x)):
+            assert_close(f"inference copy, {n} images", "output", copy(x[:n]).numpy(), expected[:n], RTOL, ATOL)
+    assert_close("predict", "output", model.predict(x), expected, RTOL, ATOL)
