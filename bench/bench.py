@@ -536,7 +536,7 @@ def markdown(report):
     m, v, s = report["machine"], report["versions"], report["settings"]
     blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads, {b['architecture']})"
                      for b in report["blas"]) or "none found"
-    lines = [f"# tinycnn vs Keras vs PyTorch on the FER-2013 seed models{' (QUICK: not for citing)' if report['quick'] else ''}",
+    lines = [f"# tinycnn vs Keras vs PyTorch vs ONNX Runtime on the FER-2013 seed models{' (QUICK: not for citing)' if report['quick'] else ''}",
              "",
              f"- date: {report['date']}",
              f"- machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['cpu_count']} CPUs), {m['memory_gb']} GB; "
