@@ -13,11 +13,19 @@
 # do not share mutmut's cache. Afterwards, in that copy: `mutmut results` lists the
 # survivors, `mutmut show NAME` prints one as a diff, `mutmut browse` browses them.
 # Decorated functions (@njit kernels, @property) are not mutated: mutmut skips them.
+#
+# MUTATION_BASELINE=1 leaves out the tests written for mutation testing
+# (tests/test_mutants_*.py): the score before them. MUTATION_JOBS=N runs N mutants at once.
 set -euo pipefail
 
+main() {
 module=${1:?usage: tests/mutation/run.sh MODULE (one of the modules in tests/mutation/modules.txt)}
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 tests=$(awk -v m="$module" '$1 == m { $1 = ""; print }' "$root/tests/mutation/modules.txt")
+if ! command -v mutmut > /dev/null; then
+    echo "run.sh: mutmut not found; pip install -e \".[mutation]\" (in the project's environment)" >&2
+    exit 2
+fi
 if [ -z "$tests" ]; then
     echo "run.sh: $module is not in tests/mutation/modules.txt; add it with its targeted tests" >&2
     exit 2
@@ -40,8 +48,7 @@ mkdir -p "$work"
     printf 'pytest_add_cli_args_test_selection = ['
     sep=""
     for t in $tests; do
-        # options pass as they are; a test file not written yet is left out (a first run),
-        # and with MUTATION_BASELINE=1 the tests written for mutation testing too (the score before them)
+        # options pass as they are; a test file not written yet is left out (a first run)
         if [ -n "${MUTATION_BASELINE:-}" ] && [[ $t == tests/test_mutants_* ]]; then continue; fi
         if [[ $t == -* ]] || [ -e "$work/${t%%::*}" ]; then printf '%s"%s"' "$sep" "$t"; sep=", "; fi
     done
@@ -54,7 +61,8 @@ if [ -z "${FER2013_DIR:-}" ] && [ -d "$root/../shared/fer2013" ]; then
 fi
 # mutmut forks a process per mutant from one that has run the tests, and Numba's OpenMP
 # kernels cannot run after a fork (tinycnn would fall back to the NumPy kernels): the
-# compiled kernels run serial here, so the tests still run both backends.
+# compiled kernels run serial here, so the tests still run both backends (and the one
+# test that needs two Numba threads is skipped).
 export TINYCNN_NUMBA_PARALLEL=0
 cd "$work"
 start=$(date +%s)
@@ -63,3 +71,6 @@ echo "mutmut: $module against$tests, $(( $(date +%s) - start )) s"
 mutmut results --all true | awk '{ print $NF }' | sort | uniq -c
 echo "not killed (mutmut show NAME, in $work):"
 mutmut results
+}
+
+main "$@"   # the whole script is read before it runs: editing it mid-run is safe
