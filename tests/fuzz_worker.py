@@ -20,7 +20,7 @@ import traceback
 import warnings
 
 import numpy as np
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -241,6 +241,15 @@ def check(case):
     print("OK", flush=True)
 
 
+# Cases that once failed, run first on every run (hypothesis' @example), by kind.
+PINNED = {
+    # the fast ReLU gradient passed g through a NaN output (compiled with fastmath, which
+    # assumes no NaN); NumPy and TensorFlow pass 0. Found with HYPOTHESIS_SEED=2556854686.
+    "ops": [("ops", {"filters": 6, "kernel": 1, "stride": 1, "padding": "valid", "activation": "relu", "bias": True,
+                     "op": "relu", "b_shape": (8, 9, 0, 0)}, (2, 9), "float32", "nan", None, False, "im2col", 183)],
+}
+
+
 def main(argv):
     kind, examples = argv[0], int(argv[1])
 
@@ -248,6 +257,9 @@ def main(argv):
     @given(cases(kind))
     def run(case):
         check(case)
+
+    for case in PINNED.get(kind, []):
+        run = example(case)(run)
 
     if hypothesis_profiles.seed() is not None:
         run = seed(hypothesis_profiles.seed())(run)

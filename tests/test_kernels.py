@@ -419,12 +419,14 @@ def test_bias_relu_affine_fast_equals_reference(shape):
 @pytest.mark.parametrize("shape", [(4,), (2, 5, 3, 4), (3, 7)])
 def test_relu_grad_fast_equals_reference(shape):
     """The ReLU's gradient: g where the output is positive, exactly zero elsewhere (also
-    where g is inf or NaN: a unit that was off passes nothing back), on any layout of g."""
+    where g is inf or NaN: a unit that was off passes nothing back; and where the output
+    is NaN, as TensorFlow's g * (y > 0): the fast kernel once passed g there, compiled
+    with fastmath, which assumes no NaN), on any layout of g."""
     rng = np.random.default_rng(len(shape) + 9)
     y = np.maximum(random_array(rng, shape), 0)
     g = random_array(rng, shape)
     g.reshape(-1)[:2] = (np.inf, np.nan)
-    y.reshape(-1)[:2] = 0.0
+    y.reshape(-1)[:3] = (0.0, 0.0, np.nan)
     label = f"relu_grad {shape}"
     np.testing.assert_array_equal(activation.relu_grad.fast(g, y), activation.relu_grad.reference(g, y), label)
     np.testing.assert_array_equal(activation.relu_grad.fast(g.T, y.T), activation.relu_grad.reference(g.T, y.T),
