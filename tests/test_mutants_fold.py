@@ -120,3 +120,25 @@ def test_inference_copy_and_predict_give_the_layers_outputs(backend):
         for n in (1, len(x)):
             assert_close(f"inference copy, {n} images", "output", copy(x[:n]).numpy(), expected[:n], RTOL, ATOL)
     assert_close("predict", "output", model.predict(x), expected, RTOL, ATOL)
+
+
+def test_inference_copy_layers_and_names():
+    """A ReLU last in a chain is folded too (the copy would give the same outputs with it
+    left as a layer of its own, so only its layers tell); the folded weights keep their names."""
+    block = Residual([Conv2D(4, 3, padding="same"), BatchNormalization(epsilon=0.1), Activation("relu")])
+    model = nontrivial(tc.Sequential([Conv2D(4, 3, padding="same"), BatchNormalization(epsilon=0.2), block,
+                                      Flatten(), Dense(3), BatchNormalization(epsilon=0.3), Activation("relu")],
+                                     input_shape=(5, 5, 2)), seed=6)
+    copy = fold.inference_copy(model)
+    summary = [(type(layer).__name__, getattr(layer, "activation", None)) for layer in copy.layers]
+    assert summary == [("Conv2D", "linear"), ("Residual", "relu"), ("Flatten", None), ("Dense", "relu")], summary
+    (conv,) = copy.layers[1].block
+    assert (type(conv).__name__, conv.activation, conv.relu) == ("Conv2D", "relu", True)
+    assert copy.layers[0].relu is False
+    for layer in (copy.layers[0], conv, copy.layers[3]):
+        assert (layer.kernel.name, layer.bias.name, layer.use_bias) == ("kernel", "bias", True)
+        assert layer.weights == {"kernel": layer.kernel, "bias": layer.bias}
+    x = np.random.default_rng(7).random((3, 5, 5, 2), dtype=np.float32)
+    with tc.no_grad():
+        assert_close("copy ending in a folded ReLU", "output", copy(x).numpy(),
+                     one_by_one(model.layers, tc.Tensor(x)).numpy(), RTOL, ATOL)

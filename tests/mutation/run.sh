@@ -45,6 +45,10 @@ mkdir -p "$work"
     echo "only_mutate = [\"$module\"]"
     echo 'also_copy = ["fer_programs", "train.py", "webcam.py", "train_distributed.py", "bench", "notebooks"]'
     echo 'pytest_add_cli_args = ["-o", "addopts=", "-p", "no:cacheprovider"]'
+    # a mutant that loops forever (i = 1 in a while loop) is stopped after twice its
+    # tests' time in the first run (Numba's compilation included) plus 30 s, not 15 times
+    echo 'timeout_multiplier = 2.0'
+    echo 'timeout_constant = 30.0'
     printf 'pytest_add_cli_args_test_selection = ['
     sep=""
     for t in $tests; do
