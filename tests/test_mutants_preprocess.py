@@ -52,3 +52,8 @@ def test_float64_input_gives_float32_and_the_messages():
         preprocess(x, "hist")
     with pytest.raises(ValueError, match=r"^preprocess: expected grey faces \(N, H, W, 1\), got shape \(1, 8, 8, 3\)$"):
         preprocess(np.zeros((1, 8, 8, 3)), "none")
+
+
+def test_the_default_method_is_none():
+    x = np.random.default_rng(4).random((2, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(preprocess(x), x)
