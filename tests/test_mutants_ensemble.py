@@ -98,4 +98,23 @@ def test_soft_labels_default_to_the_mirror_and_batch_any_length(capsys):
     np.testing.assert_allclose(soft_labels(a, x), t, rtol=0, atol=1e-6)     # one batch of 256
     assert capsys.readouterr().err == ""                # no progress bar unless asked
     soft_labels(a, x[:2], progress=True)
-    assert "teacher's soft labels" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "teacher's soft labels" in err and "batch/s" in err
+
+
+def test_soft_labels_run_the_teacher_once_per_batch(monkeypatch):
+    import fer_models.predict
+    a, _ = members()
+    seen = []
+    original = fer_models.predict.predict_probabilities
+    monkeypatch.setattr(fer_models.predict, "predict_probabilities", lambda m, b, tta: seen.append(len(b)) or
+                        original(m, b, tta=tta))
+    soft_labels(a, faces(7), batch_size=3)
+    assert seen == [3, 3, 1]
+
+
+def test_an_ensemble_predicts_without_the_mirror_by_default():
+    ens, x = Ensemble(members()), faces()
+    expected = np.mean([predict_probabilities(m, x, tta=False) for m in ens.members], axis=0)
+    np.testing.assert_allclose(ens.predict_probabilities(x), expected, rtol=0, atol=1e-6)
+    assert not np.allclose(ens.predict_probabilities(x, tta=True), expected, rtol=0, atol=1e-6)
