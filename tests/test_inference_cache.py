@@ -114,6 +114,19 @@ def test_predict_follows_edits_in_place_and_new_arrays(setting, where):
     assert_follows(model, x, edited)
 
 
+def test_model_call_under_no_grad_is_the_copy_too(setting):
+    model, x = setting
+    with tc.no_grad():
+        got = model(x, training=False).data
+        copy = model._inference[1]
+        model(x[:2], training=False)
+    assert model._inference[1] is copy
+    np.testing.assert_allclose(got, direct(model, x), rtol=1e-4, atol=1e-5)
+    with tc.no_grad():                     # training mode is never the copy: Dropout and batch statistics
+        a, b = model(x, training=True).data, model(x, training=True).data
+    assert not np.allclose(a, b)           # two Dropout masks
+
+
 def test_an_inference_copy_predicts_with_itself(setting):
     model, x = setting
     model.predict(x)

@@ -89,9 +89,11 @@ def test_inference_without_gradients_gives_the_layers_outputs(backend, n):
     model = chain()
     x = np.random.default_rng(2).random((n, 8, 8, 2), dtype=np.float32)
     expected = one_by_one(model.layers, tc.Tensor(x)).numpy()
-    with tc.no_grad():
-        got = model(x, training=False).numpy()
+    with tc.no_grad():   # run_layers' own fusions (a model's call under no_grad is its inference copy)
+        got = fold.run_layers(model.layers, tc.Tensor(x), False).numpy()
+        via_copy = model(x, training=False).numpy()
     assert_close(f"chain, {n} images, no gradients", "output", got, expected, RTOL, ATOL)
+    assert_close(f"chain, {n} images, the model's call", "output", via_copy, expected, RTOL, ATOL)
 
 
 def test_the_batch_size_from_which_weights_are_folded(monkeypatch):
@@ -100,10 +102,10 @@ def test_the_batch_size_from_which_weights_are_folded(monkeypatch):
     monkeypatch.setattr(fold, "folded_weights", lambda *a: calls.append(1) or original(*a))
     model = chain()
     x = np.random.default_rng(3).random((fold.FOLD_MIN_BATCH, 8, 8, 2), dtype=np.float32)
-    with tc.no_grad():
-        model(x[:-1], training=False)
+    with tc.no_grad():   # run_layers' own fusions (a model's call under no_grad is its inference copy)
+        fold.run_layers(model.layers, tc.Tensor(x[:-1]), False)
         assert calls == [], "below FOLD_MIN_BATCH nothing is folded"
-        model(x, training=False)
+        fold.run_layers(model.layers, tc.Tensor(x), False)
     assert len(calls) == 6, "Conv2D -> BN twice, twice in the residual block and Dense -> BN twice"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from .layers.base import Layer, to_input_tensor
 from .layers.fold import run_layers
-from .tensor import Tensor
+from .tensor import Tensor, is_grad_enabled, no_grad
 
 
 class Sequential:
@@ -70,38 +70,39 @@ class Sequential:
         return shape
 
     def __call__(self, x, training: bool = False) -> Tensor:
-        """x (N, *input_shape) float array or Tensor -> output Tensor (N, ...)."""
+        """x (N, *input_shape) float array or Tensor -> output Tensor (N, ...).
+
+        In inference without gradients (``training=False`` under ``no_grad``, as
+        ``predict`` runs) the model's inference copy computes it (``inference_copy``:
+        BatchNorm folded, Dropout left out, Winograd's kernel transforms kept), the same
+        outputs to float32 rounding and faster. The copy is made at the first such call and
+        made again whenever a weight may have changed since: an optimiser step,
+        ``set_weights``, ``load_weights``, or any other hand-out of a weight's array
+        (``Tensor.data``)."""
         x = to_input_tensor(x, f"Sequential '{self.name}'")
         if self.input_shape is None:
             self.build(x.shape[1:])
         elif x.ndim != len(self.input_shape) + 1 or x.shape[-1] != self.input_shape[-1]:
             raise ValueError(f"Sequential '{self.name}': built for input shape (batch,) + "
                              f"{self.input_shape}, got {x.shape}")
+        if not training and not is_grad_enabled():
+            return run_layers(self._current_inference_copy().layers, x, training)
         return run_layers(self.layers, x, training)
 
     def predict(self, x, batch_size=256) -> np.ndarray:
-        """Outputs (N, ...) for an array of inputs, in batches, without recording a graph.
-
-        They come from the model's inference copy (``inference_copy``: BatchNorm folded,
-        Dropout left out, Winograd's kernel transforms kept), the same outputs to float32
-        rounding and faster. The copy is made at the first call and made again whenever
-        a weight may have changed since: an optimiser step, ``set_weights``,
-        ``load_weights``, or any other hand-out of a weight's array (``Tensor.data``)."""
-        from .tensor import no_grad
+        """Outputs (N, ...) for an array of inputs, in batches, without recording a graph
+        (so from the inference copy: see ``__call__``)."""
         outs = []
         with no_grad():
-            model = self._current_inference_copy(x)
             for s in range(0, len(x), batch_size):
-                outs.append(model(x[s:s + batch_size], training=False).data)
+                outs.append(self(x[s:s + batch_size], training=False).data)
         return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
-    def _current_inference_copy(self, x) -> "Sequential":
+    def _current_inference_copy(self) -> "Sequential":
         """This model's inference copy, made anew when a weight's ``version`` moved (or a
         weight was replaced) since the last one; the model itself if it is a copy."""
-        if getattr(self, "is_inference_copy", False) or len(x) == 0:
+        if getattr(self, "is_inference_copy", False) or not self.layers:
             return self
-        if not self.layers or not all(layer.built for layer in self.layers):
-            self(x[:1], training=False)     # builds it
         weights = [w for layer in self.all_layers() for w in layer.weights.values()]
         key = [(id(w), w.version) for w in weights]
         cached = getattr(self, "_inference", None)
