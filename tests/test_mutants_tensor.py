@@ -149,3 +149,24 @@ def test_log_softmax_of_logits_far_apart():
     expected = np.array([[0.0, -1.0], [0.0, -1.0]]) - np.log1p(np.exp(-1.0))
     np.testing.assert_allclose(tc.log_softmax(Tensor(x)).numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(tc.softmax(Tensor(x)).numpy(), np.exp(expected), rtol=1e-6)
+
+
+def test_item_and_repr():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # no deprecated conversion of an array with ndim > 0
+        assert Tensor(2.5).item() == 2.5 and Tensor([[3.5]]).item() == 3.5 and Tensor([-1.0]).item() == -1.0
+    for size in (2, 3):
+        with pytest.raises(TypeError, match="arrays can be converted to Python scalars"):
+            Tensor(np.ones(size)).item()
+    assert repr(Tensor(np.ones((2, 1)), requires_grad=True)) == "Tensor(shape=(2, 1), requires_grad=True)"
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_reduction_gradients_are_plain_c_contiguous_arrays(reduce):
+    """The reduced axis broadcast back is a C-contiguous copy (the compiled kernels and the
+    optimisers' in-place updates take C-contiguous arrays), not a strided or read-only view."""
+    x = Tensor(np.ones((2, 3)), requires_grad=True)
+    getattr(x, reduce)(axis=0).backward(np.array([1.0, 2.0, 3.0], np.float32))
+    assert x.grad.flags.c_contiguous and x.grad.flags.writeable and x.grad.dtype == np.float32
+    np.testing.assert_allclose(x.grad, np.array([[1.0, 2.0, 3.0]] * 2) / (2 if reduce == "mean" else 1))
