@@ -13,7 +13,11 @@ def levels_of(x):
     return np.clip(np.rint(x[..., 0] * 255.0), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("h, w, tiles", [(48, 48, (6, 6)), (32, 64, (8, 4)), (24, 40, (5, 3)), (6, 5, (1, 1))])
+# OpenCV clips a tile's histogram at int(clipLimit * pixels / 256), at least 1: on tiles of
+# 8x8 pixels any clipLimit below 4 gives 1, so only a larger tile (15x15: 225 pixels,
+# clipped at 1 for 2.0, at 2 for 3.0) shows the clip limit.
+@pytest.mark.parametrize("h, w, tiles", [(48, 48, (6, 6)), (32, 64, (8, 4)), (24, 40, (5, 3)), (6, 5, (1, 1)),
+                                         (15, 15, (1, 1))])
 def test_clahe_is_clip_2_on_tiles_of_8_pixels(h, w, tiles):
     rng = np.random.default_rng(h * w)
     x = (0.2 + 0.4 * rng.random((2, h, w, 1)) ** 3).astype(np.float32)     # low contrast, skewed
