@@ -388,15 +388,18 @@ def test_resfer_and_its_residual_block_match_keras(backend, training, algorithm)
     network in Keras with the same weights. In training mode without the Dropout, whose
     masks cannot be shared; the batch is big enough that 'auto' takes Winograd.
 
-    Gradients are compared by their relative error in norm (1e-2), not value by value:
+    Gradients are compared by their relative error in norm (5e-2), not value by value:
     float32 rounding, tinycnn's or Keras', puts a few of the network's million ReLU inputs
-    and max-pool windows on the other side of their kink on one machine or another, and
-    the gradient through each such unit goes one pixel over or nowhere (measured on an
-    AVX-512 EPYC, numba backend, inference, im2col: 53 of 36,864 input-gradient values
-    and 176 of the first kernel's 288 off by more than the value tolerance, 2.5e-3 in
-    norm; 4e-3 at most over five seeds). Which side is right is a coin toss, not a bug;
-    a wrong gradient formula, weight or connection moves the whole tensor. The layers'
-    own tests compare gradients value by value, away from kinks.
+    and max-pool windows on the other side of their kink on one machine or another (at a
+    margin of 1e-5 of a layer's largest value, about 200 units of a batch of 16 are that
+    close), and the gradient through each such unit goes one pixel over or nowhere.
+    Measured: on an AVX-512 EPYC, numba, inference, im2col, 53 of 36,864 input-gradient
+    values and 176 of the first kernel's 288 off by more than the value tolerance, 2.5e-3
+    in norm (4e-3 at most over five inputs); on OpenBLAS' Sandybridge kernels, training,
+    1.03e-2 in the first kernel's gradient. Which side is right is a coin toss, not a
+    bug. This test is for the wiring (order, shortcut, shapes): a lost shortcut gradient
+    is 0.8 off in norm. The gradient formulas are held value by value, away from kinks,
+    by each layer's own tests against Keras and against float64 differences.
 
     Not training with Winograd: there its float32 rounding (1e-6 relative, 10x im2col's)
     flips far more winners (seen here: 1 window of 36,864 then sent the kernel gradient
@@ -433,7 +436,7 @@ def test_resfer_and_its_residual_block_match_keras(backend, training, algorithm)
     with tc.use_conv_algorithm(algorithm):
         check_against_reference(f"resfer ({'training' if training else 'inference'}, {algorithm}, vs Keras)",
                                 lambda: ours(xt, training=training), {"input": xt, **trainable},
-                                y.numpy(), expected, g, RTOL, ATOL, grad_norm_rtol=1e-2)
+                                y.numpy(), expected, g, RTOL, ATOL, grad_norm_rtol=5e-2)
 
 
 def test_maxpool_ties_route_the_gradient_as_tensorflow():
