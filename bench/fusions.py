@@ -35,8 +35,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# BLAS's idle threads as train.py sets them, before NumPy loads BLAS (tinycnn/backend.py)
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
 import numpy as np  # noqa: E402
 

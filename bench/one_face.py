@@ -1,0 +1,139 @@
+"""Where one face's time goes: each layer of a model's inference copy at one image, timed
+alone, against the arithmetic it does, and the whole call against ONNX Runtime's.
+
+    python bench/one_face.py                   # the five seed models, about a minute
+    python bench/one_face.py --models small3 updown
+
+Per layer (as ``model.predict`` runs it: the inference copy, through ``run_layers``,
+one Numba thread for the call): the median time of ``--repeats`` calls, its
+multiply-adds, and the time those would take at the float32 matmul rate of one core
+measured in the same run (a (576, 576) x (576, 128) product on one BLAS thread: about the
+size of the models' products at one image). What is left over is the layer's
+overhead: Python, the checks at each kernel's entry, allocation, passes over memory.
+A layer with no multiply-adds (pooling, flatten) is all overhead by that measure. The
+multiply-adds are the direct convolution's: a layer computed by Winograd does fewer, and
+a large product is split between the cores, so there "the rest" can come out below
+zero. Then
+the whole call by ``model.predict`` and by ONNX Runtime (default session options, in a
+process of its own) on tinycnn's ``export_onnx`` of the same weights, when onnxruntime is
+installed.
+
+Close other programs first (anything else running distorts every figure).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+MODELS = ("updown", "vggbn", "deep4", "small3", "gap4")
+
+
+def median_ms(fn, repeats, warmup=20):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def one_core_rate(repeats):
+    """Multiply-adds per ms of a one-image-sized float32 product on one BLAS thread."""
+    from tinycnn import backend
+    rng = np.random.default_rng(0)
+    a, b = rng.random((576, 576), dtype=np.float32), rng.random((576, 128), dtype=np.float32)
+    out = np.empty((576, 128), np.float32)
+    with backend.one_blas_thread():
+        ms = median_ms(lambda: np.matmul(a, b, out=out), repeats)
+    return 576 * 576 * 128 / ms
+
+
+ORT_WORKER = """
+import sys, numpy as np
+sys.path.insert(0, {root!r}); sys.path.insert(0, {here!r})
+import onnxruntime as ort, fer_models
+from tinycnn.io import export_onnx
+from one_face import median_ms
+path = {path!r}
+export_onnx(fer_models.build({name!r}), path, softmax=False)
+session = ort.InferenceSession(path, ort.SessionOptions(), providers=["CPUExecutionProvider"])
+face = np.random.default_rng(1).random((1, 48, 48, 1), dtype=np.float32)
+print(median_ms(lambda: session.run(None, {{"input": face}}), {repeats}))
+"""
+
+
+def onnxruntime_ms(name, repeats):
+    """ONNX Runtime's one face on tinycnn's export, in a process of its own: beside
+    tinycnn's threads (or they beside its spinning ones) either measured up to twice as
+    slow. None when onnxruntime is not installed."""
+    import subprocess
+    try:
+        import onnxruntime  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        return None
+    path = os.path.join(tempfile.mkdtemp(prefix="one-face-"), f"{name}.onnx")
+    code = ORT_WORKER.format(root=ROOT, here=os.path.dirname(os.path.abspath(__file__)), path=path, name=name,
+                             repeats=repeats)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(run.stdout.strip().splitlines()[-1])
+
+
+def profile(name, repeats, rate):
+    import fer_models
+    import tinycnn as tc
+    from tinycnn.layers.fold import run_layers
+    model = fer_models.build(name)
+    face = np.random.default_rng(1).random((1, 48, 48, 1), dtype=np.float32)
+    ort_ms = onnxruntime_ms(name, repeats)
+    whole = median_ms(lambda: model.predict(face), repeats)
+    copy = model._current_inference_copy()
+    rows, h = [], tc.Tensor(face)
+    with tc.no_grad():
+        for layer in copy.layers:
+            shape = h.shape[1:]
+            ms = median_ms(lambda: run_layers([layer], h, False), repeats)
+            out = run_layers([layer], h, False)
+            macs = layer.multiply_adds(shape)
+            rows.append((f"{type(layer).__name__}" + (f"({layer.activation})" if getattr(layer, "activation", None)
+                                                     not in (None, "linear") else ""),
+                         shape, out.shape[1:], macs, ms, macs / rate))
+            h = out
+    return whole, rows, ort_ms
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--repeats", type=int, default=300, help="timed calls per figure (the median is shown)")
+    args = p.parse_args(argv)
+    rate = one_core_rate(args.repeats)
+    print(f"One face, layer by layer (inference copy, one image); one core's float32 product rate "
+          f"{2 * rate / 1e6:.0f} GFLOP/s ((576, 576) x (576, 128), one BLAS thread)\n")
+    for name in args.models:
+        whole, rows, ort_ms = profile(name, args.repeats, rate)
+        layers_ms = sum(r[4] for r in rows)
+        arithmetic = sum(r[5] for r in rows)
+        print(f"## {name}: predict {whole:.3f} ms" + (f", ONNX Runtime {ort_ms:.3f} ms" if ort_ms else "")
+              + f"; layers alone {layers_ms:.3f} ms, of which arithmetic at one core's rate {arithmetic:.3f} ms\n")
+        print("| layer | input -> output | M mult-adds | ms | arithmetic ms | the rest ms |")
+        print("|---|---|---:|---:|---:|---:|")
+        for kind, shape, out, macs, ms, arith in rows:
+            print(f"| {kind} | {'x'.join(map(str, shape))} -> {'x'.join(map(str, out))} | {macs / 1e6:.2f} | "
+                  f"{ms:.3f} | {arith:.3f} | {ms - arith:.3f} |")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
