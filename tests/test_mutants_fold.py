@@ -144,3 +144,89 @@ def test_inference_copy_layers_and_names():
     with tc.no_grad():
         assert_close("copy ending in a folded ReLU", "output", copy(x).numpy(),
                      one_by_one(model.layers, tc.Tensor(x)).numpy(), RTOL, ATOL)
+
+
+def ends_in_relus(seed=6):
+    """A residual block and a Dense head, each ending in Conv2D/Dense -> BN -> ReLU."""
+    block = Residual([Conv2D(4, 3, padding="same"), BatchNormalization(epsilon=0.1), Activation("relu")])
+    return nontrivial(tc.Sequential([Conv2D(4, 3, padding="same"), BatchNormalization(epsilon=0.2), block,
+                                     Flatten(), Dense(3), BatchNormalization(epsilon=0.3), Activation("relu")],
+                                    input_shape=(5, 5, 2)), seed=seed)
+
+
+def test_run_layers_folds_the_relu_after_batchnorm_into_the_layer(monkeypatch):
+    """The ReLU is handed to the folded layer (its epilogue) and skipped, not run after it:
+    the outputs would be the same, so the calls tell."""
+    seen = []
+    for cls in (Conv2D, Dense):
+        original = cls.apply_weights
+        monkeypatch.setattr(cls, "apply_weights", lambda self, x, k, b, relu, original=original:
+                            seen.append((type(self).__name__, relu)) or original(self, x, k, b, relu))
+    relu_calls = []
+    original_call = Activation.call
+    monkeypatch.setattr(Activation, "call", lambda self, *a, **k: relu_calls.append(1) or original_call(self, *a, **k))
+    model = ends_in_relus()
+    x = np.random.default_rng(8).random((fold.FOLD_MIN_BATCH, 5, 5, 2), dtype=np.float32)
+    expected = one_by_one(model.layers, tc.Tensor(x)).numpy()
+    relu_calls.clear(), seen.clear()
+    with tc.no_grad():
+        got = fold.run_layers(model.layers, tc.Tensor(x), False).numpy()
+    assert seen == [("Conv2D", False), ("Conv2D", True), ("Dense", True)], seen
+    assert relu_calls == [], "the ReLUs after BatchNormalization run in the folded layers"
+    assert_close("folded with the ReLUs", "output", got, expected, RTOL, ATOL)
+
+
+def test_one_image_runs_on_one_numba_thread_and_unfolded(monkeypatch):
+    """Which calls take the one-image path (one Numba thread for the whole call, nothing
+    folded), seen without needing two Numba threads."""
+    entered, folded = [], []
+    original = fold.backend.one_numba_thread
+    monkeypatch.setattr(fold.backend, "one_numba_thread",
+                        lambda: entered.append(1) or original())
+    original_fold = fold.folded_weights
+    monkeypatch.setattr(fold, "folded_weights", lambda *a: folded.append(1) or original_fold(*a))
+    model = chain()
+    x = np.random.default_rng(9).random((fold.FOLD_MIN_BATCH, 8, 8, 2), dtype=np.float32)
+    # one image: the call, and the residual block's two chains (block, shortcut) each run_layers too
+    for n, one_thread in ((1, 3), (2, 0), (fold.FOLD_MIN_BATCH, 0)):
+        entered.clear(), folded.clear()
+        with tc.no_grad():
+            fold.run_layers(model.layers, tc.Tensor(x[:n]), False)
+        assert len(entered) == one_thread, f"{n} images: one_numba_thread entered {len(entered)} times"
+        assert bool(folded) == (n >= fold.FOLD_MIN_BATCH), f"{n} images: folded_weights called {len(folded)} times"
+
+
+def test_relu_conv_batchnorm_epilogue_on_a_non_square_input():
+    """'same' padding of a strided convolution differs along height and width here (7 -> (1, 1),
+    10 -> (0, 1)): the epilogue path must take each from its own axis."""
+    model = nontrivial(tc.Sequential([Conv2D(3, 3, strides=2, padding="same", activation="relu"),
+                                      BatchNormalization(epsilon=0.1), Flatten(), Dense(2)],
+                                     input_shape=(7, 10, 5)), seed=10)
+    x = np.random.default_rng(10).random((2, 7, 10, 5), dtype=np.float32)
+    expected = one_by_one(model.layers, tc.Tensor(x)).numpy()
+    with tc.no_grad():
+        got = fold.run_layers(model.layers, tc.Tensor(x), False).numpy()
+        via_copy = fold.inference_copy(model)(x).numpy()
+    assert_close("Conv2D(relu) -> BN on 7x10", "output", got, expected, RTOL, ATOL)
+    assert_close("its inference copy", "output", via_copy, expected, RTOL, ATOL)
+
+
+def test_inference_copy_keeps_the_models_cache_and_float32_affine():
+    model = chain()
+    sentinel = object()
+    model._inference = sentinel                     # the model's own cached copy (Sequential.predict)
+    copy = fold.inference_copy(model)
+    assert model._inference is sentinel and getattr(copy, "_inference", None) is None
+    left = [layer for layer in copy.all_layers() if isinstance(layer, BatchNormalization)]
+    assert len(left) == 1 and all(a.dtype == np.float32 for a in left[0].frozen_affine)
+
+
+def test_inference_copy_of_an_unbuilt_model_names_it():
+    with pytest.raises(ValueError, match=r"^inference_copy: model 'unbuilt' must be built \(call it once, "):
+        fold.inference_copy(tc.Sequential([Conv2D(4, 3), BatchNormalization()], name="unbuilt"))
+
+    class NoLayers:
+        def __repr__(self):
+            return "no-layers"
+    with pytest.raises(ValueError, match=r"^inference_copy: model 'no-layers' must be built"):
+        fold.inference_copy(NoLayers())
