@@ -230,3 +230,22 @@ def test_inference_copy_of_an_unbuilt_model_names_it():
             return "no-layers"
     with pytest.raises(ValueError, match=r"^inference_copy: model 'no-layers' must be built"):
         fold.inference_copy(NoLayers())
+
+
+@pytest.mark.parametrize("case", ["folded", "relu conv then batchnorm", "training conv then batchnorm",
+                                  "training batchnorm then relu", "conv then maxpool"])
+def test_every_fused_path_names_its_first_layer_for_bad_input(case):
+    conv = Conv2D(2, 3, activation="relu" if "relu conv" in case or "training conv" in case else "linear", name="c1")
+    second = {"folded": BatchNormalization, "conv then maxpool": MaxPool2D}.get(case, BatchNormalization)
+    layers = [conv, second()] if "batchnorm then relu" not in case else [BatchNormalization(name="c1"),
+                                                                          Activation("relu")]
+    model = tc.Sequential(layers, input_shape=(5, 5, 1))
+    x = np.ones((fold.FOLD_MIN_BATCH, 5, 5, 1), np.int64)        # integers: refused where they enter
+    training = case.startswith("training")
+    kind = "BatchNormalization" if "batchnorm then relu" in case else "Conv2D"
+    with pytest.raises(ValueError, match=rf"^{kind} 'c1': input must be a float array"):
+        if case == "conv then maxpool":
+            fold.run_layers(model.layers, x, False)               # gradients on: nothing folded
+        else:
+            with tc.no_grad():
+                fold.run_layers(model.layers, x, training)
