@@ -249,3 +249,10 @@ def test_every_fused_path_names_its_first_layer_for_bad_input(case):
         else:
             with tc.no_grad():
                 fold.run_layers(model.layers, x, training)
+
+
+def test_training_batchnorm_then_relu_builds_both_with_the_input_shape():
+    bn, relu = BatchNormalization(), Activation("relu")
+    x = np.random.default_rng(11).random((4, 5, 6, 3), dtype=np.float32)
+    fold.run_layers([bn, relu], tc.Tensor(x), True)
+    assert bn.input_shape == relu.input_shape == (5, 6, 3)
