@@ -170,3 +170,11 @@ def test_reduction_gradients_are_plain_c_contiguous_arrays(reduce):
     getattr(x, reduce)(axis=0).backward(np.array([1.0, 2.0, 3.0], np.float32))
     assert x.grad.flags.c_contiguous and x.grad.flags.writeable and x.grad.dtype == np.float32
     np.testing.assert_allclose(x.grad, np.array([[1.0, 2.0, 3.0]] * 2) / (2 if reduce == "mean" else 1))
+
+
+def test_an_input_used_twice_by_one_op_is_ordered_once():
+    x = Tensor(np.ones(2), requires_grad=True)
+    y = x * x                                      # Mul's inputs: (x, x)
+    assert len(_topological_order(y)) == 2
+    y.backward(np.ones(2, np.float32))
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0])
