@@ -27,25 +27,20 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+from bench import time_calls  # noqa: E402  (bench/bench.py, beside this file)
+
 MODELS = ("updown", "vggbn", "deep4", "small3", "gap4")
 
 
 def median_ms(fn, repeats, warmup=20):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+    """Median ms of ``repeats`` timed calls after ``warmup`` untimed ones (bench.py's timer)."""
+    return 1e3 * statistics.median(time_calls(fn, warmup, repeats)[1])
 
 
 def one_core_rate(repeats):
