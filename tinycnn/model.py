@@ -127,8 +127,8 @@ class Sequential:
         ``accuracy`` counts agreement with each row's most probable class.
 
         Each epoch visits the examples in a random order (``shuffle``), one optimiser step
-        per batch of ``batch_size``; ``augment(batch, rng)`` may transform each training
-        batch (e.g. ``fer_models.augment.Augmenter()``). After the epoch the model is
+        (``train_step``) per batch of ``batch_size``; ``augment(batch, rng)`` may transform
+        each training batch (e.g. ``fer_models.augment.Augmenter()``). After the epoch the model is
         evaluated on ``validation_data`` = (x_val, y_val) if given. Epoch k's randomness
         (order, augmentation, Dropout masks) comes from (``seed``, k) alone, so a run
         stopped after epoch k and continued with ``initial_epoch=k`` (same weights and
@@ -151,10 +151,7 @@ class Sequential:
         Raises ``TrainingDiverged`` (a FloatingPointError) when the outputs or the loss
         stop being finite, naming the epoch and step.
         """
-        from tqdm import tqdm   # not tqdm.auto: in a notebook without ipywidgets it warns on import
-
         from . import losses, optim
-        from .layers.core import Dropout
         x, y = _check_xy("fit", x, y, soft=True)
         y_hard = y.argmax(axis=1) if y.ndim == 2 else y
         if int(epochs) < 1 or int(batch_size) < 1 or int(initial_epoch) < 0:
@@ -186,35 +183,21 @@ class Sequential:
         self.stop_training = False
         for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
             rng = np.random.default_rng([seed, epoch])
-            for i, layer in enumerate(self.all_layers()):   # Dropout masks, per epoch too
-                if isinstance(layer, Dropout):            # (from the layer's own seed if it has one)
-                    layer.rng = np.random.default_rng([seed if layer.seed is None else layer.seed, epoch, i])
+            self._seed_dropout(seed, epoch)
             hooks("on_epoch_begin", epoch)
             order = rng.permutation(n) if shuffle else np.arange(n)
             total_loss, correct, started = 0.0, 0, time.perf_counter()
-            with tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=verbose != 1, leave=True,
-                      unit="batch", dynamic_ncols=True) as bar:
+            with _EpochProgress(epoch, epochs, steps, started, show=verbose == 1) as progress:
                 for step in range(steps):
                     hooks("on_train_batch_begin", step)
                     idx = order[step * batch_size:(step + 1) * batch_size]
-                    xb, yb = x[idx], y[idx]
-                    if augment is not None:
-                        xb = augment(xb, rng)
-                    logits = self(xb, training=True)
-                    value = loss(logits, yb) if np.isfinite(logits.data).all() else None
-                    if value is None or not np.isfinite(value.item()):
-                        raise TrainingDiverged(epoch, step + 1, float("nan") if value is None else value.item())
-                    self.optimizer.zero_grad()
-                    value.backward()
-                    self.optimizer.step()
-                    total_loss += float(value.item()) * len(idx)
-                    correct += int((logits.data.argmax(axis=1) == y_hard[idx]).sum())
-                    seen = step * batch_size + len(idx)
-                    bar.update(1)
-                    if step % 10 == 0 or step == steps - 1:
-                        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
-                                        img_s=f"{seen / (time.perf_counter() - started):.0f}",
-                                        lr=f"{getattr(self.optimizer, 'lr', float('nan')):.2e}", refresh=False)
+                    xb = x[idx] if augment is None else augment(x[idx], rng)
+                    value, logits = self.train_step(xb, y[idx], loss)
+                    if not np.isfinite(value):
+                        raise TrainingDiverged(epoch, step + 1, value)
+                    total_loss += value * len(idx)
+                    correct += int((logits.argmax(axis=1) == y_hard[idx]).sum())
+                    progress.show(step, step * batch_size + len(idx), total_loss, correct, self.optimizer)
             seconds = time.perf_counter() - started
             logs = {"loss": total_loss / n, "accuracy": correct / n}
             if validation_data is not None:
@@ -227,6 +210,36 @@ class Sequential:
             if self.stop_training:
                 break
         return history
+
+    def _seed_dropout(self, seed, epoch):
+        """Each Dropout layer's masks for this epoch, from (its own seed, else fit's, epoch)."""
+        from .layers.core import Dropout
+        for i, layer in enumerate(self.all_layers()):
+            if isinstance(layer, Dropout):
+                layer.rng = np.random.default_rng([seed if layer.seed is None else layer.seed, epoch, i])
+
+    def train_step(self, x, y, loss) -> tuple[float, np.ndarray]:
+        """One optimiser step on one batch: the forward pass in training mode, the loss,
+        the backward pass, ``self.optimizer``'s update (``fit`` sets the optimiser).
+
+        Args:
+            x: a batch of inputs (N, ...) float32.
+            y: its labels (N,) int64, or target probabilities (N, K) float32.
+            loss: ``loss(logits, y) -> scalar Tensor``.
+
+        Returns (the loss value, the logits (N, K) as an array). Where the logits or the
+        loss are not finite nothing is updated and the value is that loss (nan where the
+        logits already were not finite): the caller decides to stop."""
+        logits = self(x, training=True)
+        if not np.isfinite(logits.data).all():
+            return float("nan"), logits.data
+        value = loss(logits, y)
+        if not np.isfinite(value.item()):
+            return value.item(), logits.data
+        self.optimizer.zero_grad()
+        value.backward()
+        self.optimizer.step()
+        return float(value.item()), logits.data
 
     def evaluate(self, x, y, batch_size=256):
         """(mean softmax cross-entropy, accuracy) of the model's logits on x (N, ...) with
@@ -327,6 +340,31 @@ class Sequential:
         out += ["=" * sum(w), f"Total params: {total:,}", f"Trainable params: {trainable:,}",
                 f"Non-trainable params: {total - trainable:,}", line]
         print_fn("\n".join(out))
+
+
+class _EpochProgress:
+    """``fit``'s progress bar for one epoch (shown where ``show``): the running loss and
+    accuracy, images per second and the learning rate, refreshed every 10 steps."""
+
+    def __init__(self, epoch, epochs, steps, started, show):
+        from tqdm import tqdm   # not tqdm.auto: in a notebook without ipywidgets it warns on import
+        self.bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not show, leave=True,
+                        unit="batch", dynamic_ncols=True)
+        self.steps, self.started = steps, started
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def show(self, step, seen, total_loss, correct, optimizer):
+        """After ``step`` (from 0), ``seen`` examples into the epoch."""
+        self.bar.update(1)
+        if step % 10 == 0 or step == self.steps - 1:
+            self.bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}",
+                                 img_s=f"{seen / (time.perf_counter() - self.started):.0f}",
+                                 lr=f"{getattr(optimizer, 'lr', float('nan')):.2e}", refresh=False)
 
 
 class History:
