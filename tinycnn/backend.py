@@ -19,6 +19,8 @@ import os
 import numba
 import numpy as np
 
+from . import memory
+
 BACKENDS = ("numba", "numpy")
 
 # Whether the Numba kernels run their ``prange`` loops (over images or rows) on all the
@@ -197,11 +199,12 @@ def matmul(a, b, out=None):
     """``a @ b`` for 2-D float32 ``a`` (M, K) and ``b`` (K, N), on tinycnn's threads with BLAS
     on one thread each: rows of ``a`` split between the threads when there are enough of
     them, else the summed axis K split and the threads' partial products added (a weight
-    gradient: few rows, a long sum). Small products run in this thread alone."""
+    gradient: few rows, a long sum), or its columns when there are few rows and many
+    columns. Small products run in this thread alone."""
     m, k = a.shape
     n = b.shape[1]
     if out is None:
-        out = np.empty((m, n), np.result_type(a, b))
+        out = memory.empty((m, n), np.result_type(a, b))
     multiply_adds = m * k * n
     threads = 1 if multiply_adds < 2 * SPLIT_MULTIPLY_ADDS else min(core_count(), multiply_adds // SPLIT_MULTIPLY_ADDS)
     if threads < 2:
@@ -210,10 +213,14 @@ def matmul(a, b, out=None):
     if m >= 32 * threads:
         on_cores([functools.partial(np.matmul, a[rows], b, out=out[rows]) for rows in split_evenly(m, threads)])
         return out
+    if n >= 32 * threads:   # few rows, many columns (a kernel's Winograd transform): split the columns
+        on_cores([functools.partial(np.matmul, a, b[:, cols], out=out[:, cols]) for cols in split_evenly(n, threads)])
+        return out
     if multiply_adds < 8 * SPLIT_MULTIPLY_ADDS:   # the partial products' sum costs more than a split saves
         with one_blas_thread():
             return np.matmul(a, b, out=out)
-    parts = on_cores([functools.partial(np.matmul, a[:, ks], b[ks]) for ks in split_evenly(k, threads)])
+    parts = on_cores([functools.partial(np.matmul, a[:, ks], b[ks], out=memory.empty((m, n), out.dtype))
+                      for ks in split_evenly(k, threads)])
     out[...] = parts[0]
     for part in parts[1:]:
         out += part

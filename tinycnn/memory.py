@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-MIN_BYTES = 1 << 22            # 4 MiB: below it glibc's heap serves an array well
+MIN_BYTES = 1 << 18            # 256 KiB: below it glibc's heap serves an array without a page fault
 KEEP_FREE_BYTES = 1 << 31     # free buffers kept for reuse, at most (least recently used go first)
 _buffers: list[np.ndarray] = []   # least recently handed out first
 _lock = threading.Lock()          # tinycnn's own threads may allocate at once

@@ -343,7 +343,7 @@ def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     dy2 = np.ascontiguousarray(dy).reshape(n * ho * wo, o)
     dx = memory.empty(x_shape)
     step = _chunk_size(n, ho, wo, kh * kw * c)
-    cols = np.empty((step * ho * wo, kh * kw * c), np.float32)
+    cols = memory.empty((step * ho * wo, kh * kw * c))
     for s in range(0, n, step):
         m = min(step, n - s)
         part = cols[:m * ho * wo]
@@ -383,13 +383,13 @@ def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=None):
     if c == 1 and _is_3x3_stride_1(w_shape, strides):
         # a first layer (see conv2d_forward): the spelt-out taps, each image's sums in
         # float32, the images' added in float64
-        parts = np.empty((n, 9, o), np.float32)
+        parts = memory.empty((n, 9, o))
         _conv3x3_one_channel_grad_weight(_padded_plane(x, pads), dy2.reshape(n, ho, wo, o), parts)
         return parts.sum(axis=0, dtype=np.float64).astype(np.float32).reshape(w_shape)
     x = np.ascontiguousarray(x)
     dw = np.zeros((kh * kw * c, o), np.float32)
     step = _chunk_size(n, ho, wo, kh * kw * c)
-    cols = np.empty((step * ho * wo, kh * kw * c), np.float32)
+    cols = memory.empty((step * ho * wo, kh * kw * c))
     for s in range(0, n, step):
         m = min(step, n - s)
         part = cols[:m * ho * wo]
@@ -420,7 +420,7 @@ def conv2d_and_grad_weight_fast(x, w, dy, strides, pads):
     y2 = y.reshape(n * ho * wo, o)
     dw = np.zeros((k, o), np.float32)
     step = _chunk_size(n, ho, wo, k)
-    cols = np.empty((step * ho * wo, k), np.float32)
+    cols = memory.empty((step * ho * wo, k))
     for s in range(0, n, step):
         m = min(step, n - s)
         rows = slice(s * ho * wo, (s + m) * ho * wo)
@@ -793,7 +793,7 @@ def conv2d_grad_weight_pooled_fast(g, argmax, saved, z_shape, pool_size, pool_st
                          f"must both have the pooled shape {pooled} (conv output {tuple(z_shape)})")
     if x.shape[3] == 1 and tuple(pool_size) == tuple(pool_strides):
         kh, kw, _, o = w.shape
-        parts = np.empty((x.shape[0], kh * kw, o), np.float32)
+        parts = memory.empty((x.shape[0], kh * kw, o))
         _grad_weight_pooled_one_channel(np.ascontiguousarray(x), np.ascontiguousarray(g), argmax, kh, kw,
                                         saved.strides[0], saved.strides[1], saved.pads[0][0], saved.pads[1][0],
                                         pool_size[0], pool_size[1], pool_pads[0][0], pool_pads[1][0],

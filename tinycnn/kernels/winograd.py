@@ -891,7 +891,8 @@ def _kernel_transform_fast(w, m):
         return cache[m]
     _, G, _ = matrices(m)
     c, o = w.shape[2], w.shape[3]
-    U = (np.kron(G, G) @ np.ascontiguousarray(w, np.float32).reshape(9, c * o)).reshape(-1, c, o)
+    U = backend.matmul(np.kron(G, G), np.ascontiguousarray(w, np.float32).reshape(9, c * o))
+    U = U.reshape(-1, c, o)
     if cache is not None:
         U.flags.writeable = False
         cache[m] = U
@@ -930,7 +931,7 @@ def _kernel_transform_adjoint_fast(dU, m):
     """dw (3, 3, C, O) = G^T dU G, the transpose of ``_kernel_transform_fast``."""
     _, G, _ = matrices(m)
     c, o = dU.shape[1], dU.shape[2]
-    return (np.kron(G, G).T @ dU.reshape(-1, c * o)).reshape(3, 3, c, o)
+    return backend.matmul(np.kron(G, G).T, dU.reshape(-1, c * o)).reshape(3, 3, c, o)
 
 
 @threads_by_size
@@ -949,7 +950,7 @@ def winograd_conv2d_fast(x, w, strides, pads, m=None):
     k = _block_images(nb, th * tw)
 
     def work(starts):
-        vbuf, mbuf = np.empty(n * n * k * th * tw * c, np.float32), np.empty(n * n * k * th * tw * o, np.float32)
+        vbuf, mbuf = memory.empty((n * n * k * th * tw * c,)), memory.empty((n * n * k * th * tw * o,))
         for s in starts:
             t = min(k, nb - s) * th * tw
             V, M = _buffer(vbuf, (n * n, t, c)), _buffer(mbuf, (n * n, t, o))
@@ -971,7 +972,8 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
     dy = np.ascontiguousarray(dy, np.float32)
     dx = Ut = None
     if w is not None:
-        Ut = np.ascontiguousarray(_kernel_transform_fast(w, m).transpose(0, 2, 1))  # (n*n, O, C)
+        Ut = memory.empty((n * n, o, c))                           # (n*n, O, C)
+        np.copyto(Ut, _kernel_transform_fast(w, m).transpose(0, 2, 1))
         dx = memory.empty(x_shape)
     if x is not None:
         x = np.ascontiguousarray(x, np.float32)
@@ -979,10 +981,10 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
 
     def work(starts):
         """This core's blocks; returns its share of dU (n*n, C, O), or None."""
-        mbuf, vbuf = np.empty(n * n * k * th * tw * o, np.float32), np.empty(n * n * k * th * tw * c, np.float32)
+        mbuf, vbuf = memory.empty((n * n * k * th * tw * o,)), memory.empty((n * n * k * th * tw * c,))
         dU = part = None
         if x is not None:
-            dU, part = np.zeros((n * n, c, o), np.float32), np.empty((n * n, c, o), np.float32)
+            dU, part = memory.zeros((n * n, c, o)), memory.empty((n * n, c, o))
         for s in starts:
             t = min(k, nb - s) * th * tw
             dM = _buffer(mbuf, (n * n, t, o))
@@ -998,7 +1000,10 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
         return dU
 
     shares = _in_blocks(nb, k, work)
-    dw = None if x is None else _kernel_transform_adjoint_fast(sum(shares), m).reshape(w_shape)
+    if x is not None:
+        for share in shares[1:]:
+            shares[0] += share
+    dw = None if x is None else _kernel_transform_adjoint_fast(shares[0], m).reshape(w_shape)
     return dx, dw
 
 
