@@ -1,7 +1,9 @@
 """Checks of fer_models/ensemble.py that its mutation run (tests/mutation/run.sh) showed
 missing: the default name and the summary figures, the inference copy, float16's exact
-limit, every kind of damaged ensemble file, and soft labels' defaults and batching."""
+limit, every kind of damaged ensemble file, and soft labels' defaults, batching, renormalised
+rows and progress bar."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,7 +101,7 @@ def test_soft_labels_default_to_the_mirror_and_batch_any_length(capsys):
     assert capsys.readouterr().err == ""                # no progress bar unless asked
     soft_labels(a, x[:2], progress=True)
     err = capsys.readouterr().err
-    assert "teacher's soft labels" in err and "batch/s" in err
+    assert re.search(r"(?:^|\r)teacher's soft labels: ", err) and "batch/s" in err     # the bar's own name
 
 
 def test_soft_labels_run_the_teacher_once_per_batch(monkeypatch):
@@ -111,6 +113,15 @@ def test_soft_labels_run_the_teacher_once_per_batch(monkeypatch):
                         original(m, b, tta=tta))
     soft_labels(a, faces(7), batch_size=3)
     assert seen == [3, 3, 1]
+
+
+def test_soft_labels_renormalise_each_row(monkeypatch):
+    import fer_models.predict
+    a, _ = members()
+    rows = np.random.default_rng(5).uniform(0.1, 1.0, (4, 7))       # a teacher whose rows sum to 1.9 to 6.5
+    monkeypatch.setattr(fer_models.predict, "predict_probabilities", lambda m, b, tta: rows[:len(b)])
+    t = soft_labels(a, faces(4))
+    np.testing.assert_allclose(t, rows / rows.sum(axis=1, keepdims=True), rtol=1e-6, atol=0)
 
 
 def test_an_ensemble_predicts_without_the_mirror_by_default():

@@ -48,6 +48,13 @@ mkdir -p "$work"
     # a mutant that loops forever (i = 1 in a while loop) is stopped after twice its
     # tests' time in the first run (Numba's compilation included) plus 30 s, not 15 times
     echo 'timeout_multiplier = 2.0'
+    # every worker is forked from a server that has only collected the tests, not run them.
+    # Forked from mutmut's main process (which has), workers shared tqdm's lock, a
+    # multiprocessing RLock: a semaphore in shared memory. A mutant that made a progress bar
+    # raise while drawing (tqdm's refresh() takes the lock without try/finally) left it taken
+    # as its worker exited, and every later worker that made a bar, even a disabled one,
+    # waited on it forever: ensemble.py's soft_labels mutants after unit=None timed out.
+    echo 'process_isolation = "forkserver"'
     echo 'timeout_constant = 30.0'
     printf 'pytest_add_cli_args_test_selection = ['
     sep=""
@@ -63,7 +70,7 @@ mkdir -p "$work"
 if [ -z "${FER2013_DIR:-}" ] && [ -d "$root/../shared/fer2013" ]; then
     export FER2013_DIR=$root/../shared/fer2013
 fi
-# mutmut forks a process per mutant from one that has run the tests, and Numba's OpenMP
+# mutmut forks a process per mutant from one that has imported Numba, and Numba's OpenMP
 # kernels cannot run after a fork (tinycnn would fall back to the NumPy kernels): the
 # compiled kernels run serial here, so the tests still run both backends (and the one
 # test that needs two Numba threads is skipped).
