@@ -236,49 +236,87 @@ def contract_of(args) -> dict:
 
 
 def train(args):
+    """Train as ``args`` says, a new run or ``--resume``: after every epoch the run's record
+    (best weights, checkpoint, history) is rewritten in its folder; at the end the best
+    epoch is evaluated on PrivateTest. Returns the run folder."""
     import tinycnn as tc
 
-    import fer_models
-    from fer_models.augment import Augmenter
-    from fer_models.data import load_fer2013, stratified_subset
-    from fer_models.predict import classes_of, model_input
-
-    fresh_start = False
-    if args.resume:
-        run = args.resume
-        if not (run / "checkpoint.npz").exists() and not (run / "args.json").exists():
-            sys.exit(f"error: {run} holds no checkpoint.npz to resume from")
-        try:
-            saved = json.loads((run / "args.json").read_text())
-        except (OSError, ValueError) as e:
-            sys.exit(f"error: cannot resume {run}: its args.json (the run's settings) is missing or damaged ({e})")
-        for leftover in list(run.glob("*.tmp.npz")) + list(run.glob("*.json.tmp")):
-            leftover.unlink()   # a write that a kill interrupted before its rename: never the real file
-        # stopped before its first checkpoint: the run starts again, with its own settings
-        fresh_start = not (run / "checkpoint.npz").exists()
-        keep = {"resume": run, "epochs": args.epochs or saved["epochs"],
-                "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend,
-                "conv_algorithm": args.conv_algorithm}
-        args = argparse.Namespace(**{**saved, **keep})
-        args.data, args.out = Path(args.data), run
-        if args.epochs != saved["epochs"]:  # a new length is the run's from now on, for later resumes too
-            write_json(run / "args.json", {**saved, "epochs": args.epochs})
-    else:
-        args.epochs = args.epochs or 30
-        if args.lr is None:
-            args.lr = 1e-3 if args.optimizer == "adam" else 0.01
-        run = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run / "checkpoint.npz").exists():
-            sys.exit(f"error: {run} already holds a run; use --resume {run} or another --out")
-        try:
-            run.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            sys.exit(f"error: --out {run}: cannot create the folder: {e.strerror or e}")
-        write_json(run / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                       if k not in ("resume", "evaluate", "list_models", "model_given")})
+    args, run, fresh_start = open_run(args)
     tc.set_backend(args.backend)
     tc.set_conv_algorithm(args.conv_algorithm)
+    data, (x_train, y_train), (x_val, y_val), y_labels = training_data(args)
+    model = build_model(args)
+    x_train, y_train, x_val, y_val, order = as_the_model_sees_it(model, x_train, y_train, x_val, y_val)
+    opt = make_optimizer(args, model)
+    record = RunRecord(run, model, opt, plateau_of(args))
+    if args.resume and fresh_start:
+        print(f"{run} was stopped before its first checkpoint: starting it from epoch 1")
+    elif args.resume:
+        record.resume()
+    callbacks = EpochCallbacks(args, model, opt, record, len(x_train))
+    print(f"{model.name}: {model.count_params():,} parameters, {model.multiply_adds() / 1e6:.1f}M mult-adds/image; "
+          f"{len(x_train):,} training images, {len(x_val):,} PublicTest; run directory {run}")
+    signal.signal(signal.SIGTERM, callbacks.request_stop)
+    fit_run(run, model, callbacks, x_train, y_train, epochs=args.epochs, validation_data=(x_val, y_val),
+            optimizer=opt, **training_options(args, y_labels, order))
 
+    best = record.best
+    print(f"best PublicTest accuracy {best['acc']:.4f} at epoch {best['epoch']}; evaluating it on PrivateTest")
+    evaluate(run, data=data, out=run)
+    return run
+
+
+def open_run(args):
+    """The run folder and its record of the settings (args.json): ``--resume``'s, read back
+    (with this call's --epochs, --data, --cache-dir, --backend, --conv-algorithm), or a new
+    one, created. Returns (the run's args, its folder, whether a resumed run starts afresh:
+    it was stopped before its first checkpoint)."""
+    if not args.resume:
+        return args, new_run(args), False
+    run = args.resume
+    if not (run / "checkpoint.npz").exists() and not (run / "args.json").exists():
+        sys.exit(f"error: {run} holds no checkpoint.npz to resume from")
+    try:
+        saved = json.loads((run / "args.json").read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: cannot resume {run}: its args.json (the run's settings) is missing or damaged ({e})")
+    for leftover in list(run.glob("*.tmp.npz")) + list(run.glob("*.json.tmp")):
+        leftover.unlink()   # a write that a kill interrupted before its rename: never the real file
+    # stopped before its first checkpoint: the run starts again, with its own settings
+    fresh_start = not (run / "checkpoint.npz").exists()
+    keep = {"resume": run, "epochs": args.epochs or saved["epochs"],
+            "data": args.data, "cache_dir": args.cache_dir, "backend": args.backend,
+            "conv_algorithm": args.conv_algorithm}
+    args = argparse.Namespace(**{**saved, **keep})
+    args.data, args.out = Path(args.data), run
+    if args.epochs != saved["epochs"]:  # a new length is the run's from now on, for later resumes too
+        write_json(run / "args.json", {**saved, "epochs": args.epochs})
+    return args, run, fresh_start
+
+
+def new_run(args):
+    """A new run: its defaults set in ``args`` (--epochs, --lr), its folder (--out, else
+    runs/<model>-<time>) created and its args.json written. Returns the folder."""
+    args.epochs = args.epochs or 30
+    if args.lr is None:
+        args.lr = 1e-3 if args.optimizer == "adam" else 0.01
+    run = args.out or Path("runs") / f"{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run / "checkpoint.npz").exists():
+        sys.exit(f"error: {run} already holds a run; use --resume {run} or another --out")
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"error: --out {run}: cannot create the folder: {e.strerror or e}")
+    write_json(run / "args.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                   if k not in ("resume", "evaluate", "list_models", "model_given")})
+    return run
+
+
+def training_data(args):
+    """FER-2013 from --data: (all splits, (x_train, y_train), (x_val, y_val), the hard
+    training labels). Training is cut to --limit images, stratified; with --distill-from,
+    y_train is the teacher's probabilities (N, 7) instead of the labels."""
+    from fer_models.data import load_fer2013, stratified_subset
     try:
         data = load_fer2013(args.data, cache_dir=args.cache_dir)
     except (FileNotFoundError, ValueError, OSError) as e:   # no such folder, no layout, unreadable CSV
@@ -304,105 +342,144 @@ def train(args):
             sys.exit(f"error: --distill-from {teacher}: {e}")
         print(f"distilling from {teacher_model.name}: computing its probabilities on {len(x_train):,} images")
         y_train = soft_labels(teacher_model, x_train, tta=True, progress=True)
+    return data, (x_train, y_train), (x_val, y_val), y_labels
 
-    model = build_model(args)
-    # the model's own view of the data: its input size, preprocessing and scale, its class order
+
+def as_the_model_sees_it(model, x_train, y_train, x_val, y_val):
+    """The data in the model's own terms: its input size, preprocessing and scale, and its
+    class order. Returns the five, the last ``order``: output k is CLASSES[order[k]]."""
+    import fer_models
+    from fer_models.predict import classes_of, model_input
     x_train, x_val = model_input(model, x_train), model_input(model, x_val)
-    order = [fer_models.CLASSES.index(c) for c in classes_of(model)]   # output k is CLASSES[order[k]]
+    order = [fer_models.CLASSES.index(c) for c in classes_of(model)]
     if order != list(range(fer_models.NUM_CLASSES)):
         y_train = y_train[:, order] if y_train.ndim == 2 else np.argsort(order)[y_train]
         y_val = np.argsort(order)[y_val]
-    opt = make_optimizer(args, model)
+    return x_train, y_train, x_val, y_val, order
+
+
+def training_options(args, y_labels, order) -> dict:
+    """fit's options from the settings: batch size, class weights (--class-weights, in the
+    model's class ``order``), label smoothing, augmentation (--augment, --erase), seed."""
+    import tinycnn as tc
+
+    import fer_models
+    from fer_models.augment import Augmenter
     weights = (tc.losses.balanced_class_weights(y_labels, fer_models.NUM_CLASSES)[order]
                if args.class_weights == "balanced" else None)
     erase = getattr(args, "erase", 0.0)    # runs from before the option: none
     augment = Augmenter(erase=erase) if args.augment else (Augmenter(False, 0, 0, 0, erase) if erase else None)
-    steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
-    cosine = (tc.optim.CosineDecay(args.lr, args.epochs * steps_per_epoch, min_lr=args.lr * 0.01)
-              if args.schedule == "cosine" else None)
-    plateau = (tc.optim.ReduceLROnPlateau(args.lr, patience=args.plateau_patience, mode="max")
-               if args.schedule == "plateau" else None)
+    return {"batch_size": args.batch_size, "class_weights": weights, "label_smoothing": args.label_smoothing,
+            "augment": augment, "seed": args.seed}
 
-    history, best, start = [], {"acc": -1.0, "epoch": 0}, 1
-    if args.resume and fresh_start:
-        print(f"{run} was stopped before its first checkpoint: starting it from epoch 1")
-    elif args.resume:
-        meta = load_checkpoint(run, model, opt)
-        history, best, start = meta["history"], meta["best"], meta["epoch"] + 1
-        if plateau and meta["plateau"]:
-            plateau.load_state_dict(meta["plateau"])
-        print(f"resuming {run} after epoch {meta['epoch']} (best PublicTest {best['acc']:.4f} at epoch {best['epoch']})")
 
-    print(f"{model.name}: {model.count_params():,} parameters, {model.multiply_adds() / 1e6:.1f}M mult-adds/image; "
-          f"{len(x_train):,} training images, {len(x_val):,} PublicTest; run directory {run}")
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+def plateau_of(args):
+    """--schedule plateau's ReduceLROnPlateau on PublicTest accuracy, else None."""
+    import tinycnn as tc
+    return (tc.optim.ReduceLROnPlateau(args.lr, patience=args.plateau_patience, mode="max")
+            if args.schedule == "plateau" else None)
 
-    class RunKeeping:
-        """fit's callbacks: the learning-rate schedules, a SIGTERM stop, and after each
-        epoch best.npz, checkpoint.npz and history.json, written atomically, and one line."""
-        epoch = start
-        checkpointed = start - 1    # the epoch that checkpoint.npz holds (0: none yet)
 
-        def on_epoch_begin(self, epoch):
-            self.epoch = epoch
-            if plateau:
-                opt.lr = plateau.lr
+class RunRecord:
+    """What a run keeps in its folder, each file written atomically after every epoch:
+    the best weights on PublicTest (``save_best``), checkpoint.npz (everything needed to
+    continue exactly, the plateau schedule's state included) and history.json."""
 
-        def on_train_batch_begin(self, step):
-            if stop["now"]:
-                raise KeyboardInterrupt
-            if cosine:
-                opt.lr = cosine((self.epoch - 1) * steps_per_epoch + step)
+    def __init__(self, run, model, opt, plateau):
+        self.run, self.model, self.opt, self.plateau = run, model, opt, plateau
+        self.history, self.best = [], {"acc": -1.0, "epoch": 0}
+        self.checkpointed = 0   # the epoch that checkpoint.npz holds (0: none yet)
 
-        def on_epoch_end(self, epoch, logs):
-            nonlocal best
-            seconds = model.history.seconds[-1]
-            val_acc = logs["val_accuracy"]
-            history.append({"epoch": epoch, "loss": logs["loss"], "acc": logs["accuracy"],
-                            "val_loss": logs["val_loss"], "val_acc": val_acc, "lr": opt.lr,
-                            "seconds": seconds, "img_per_s": len(x_train) / seconds})
-            improved = val_acc > best["acc"]
-            if improved:
-                best = {"acc": val_acc, "epoch": epoch}
-                save_best(model, run / "best")
-            if plateau:
-                plateau.step(val_acc)
-            save_checkpoint(run, model, opt, epoch, history, best, plateau)
-            self.checkpointed = epoch
-            write_json(run / "history.json", history)
-            print(f"epoch {epoch}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} | PublicTest loss "
-                  f"{logs['val_loss']:.4f} acc {val_acc:.4f}{' (best)' if improved else ''} | "
-                  f"{len(x_train) / seconds:.0f} img/s, {seconds:.0f} s")
-            if args.early_stopping and epoch - best["epoch"] >= args.early_stopping:
-                print(f"early stopping: no PublicTest improvement for {args.early_stopping} epochs")
-                model.stop_training = True
+    def resume(self):
+        """Weights, optimiser, history, best epoch and plateau state from checkpoint.npz."""
+        meta = load_checkpoint(self.run, self.model, self.opt)
+        self.history, self.best, self.checkpointed = meta["history"], meta["best"], meta["epoch"]
+        if self.plateau and meta["plateau"]:
+            self.plateau.load_state_dict(meta["plateau"])
+        print(f"resuming {self.run} after epoch {meta['epoch']} (best PublicTest {self.best['acc']:.4f} "
+              f"at epoch {self.best['epoch']})")
 
-    keeping = RunKeeping()
+    def add(self, entry) -> bool:
+        """One epoch's history entry (with its ``val_acc``) recorded, its weights saved as
+        the best if they are; returns whether they are."""
+        self.history.append(entry)
+        improved = entry["val_acc"] > self.best["acc"]
+        if improved:
+            self.best = {"acc": entry["val_acc"], "epoch": entry["epoch"]}
+            save_best(self.model, self.run / "best")
+        save_checkpoint(self.run, self.model, self.opt, entry["epoch"], self.history, self.best, self.plateau)
+        self.checkpointed = entry["epoch"]
+        write_json(self.run / "history.json", self.history)
+        return improved
+
+
+class EpochCallbacks:
+    """fit's callbacks for a run: each step's learning rate (--schedule: cosine per step, or
+    the plateau's per epoch), a stop at the next step once SIGTERM came, and after each
+    epoch the run's record, one line, and early stopping."""
+
+    def __init__(self, args, model, opt, record, n_train):
+        import tinycnn as tc
+        self.model, self.opt, self.record, self.n_train = model, opt, record, n_train
+        self.plateau, self.early_stopping = record.plateau, args.early_stopping
+        self.steps_per_epoch = math.ceil(n_train / args.batch_size)
+        self.cosine = (tc.optim.CosineDecay(args.lr, args.epochs * self.steps_per_epoch, min_lr=args.lr * 0.01)
+                       if args.schedule == "cosine" else None)
+        self.epoch = record.checkpointed + 1   # the epoch under way
+        self.stop_requested = False
+
+    def request_stop(self, *_):   # the SIGTERM handler
+        self.stop_requested = True
+
+    def on_epoch_begin(self, epoch):
+        self.epoch = epoch
+        if self.plateau:
+            self.opt.lr = self.plateau.lr
+
+    def on_train_batch_begin(self, step):
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        if self.cosine:
+            self.opt.lr = self.cosine((self.epoch - 1) * self.steps_per_epoch + step)
+
+    def on_epoch_end(self, epoch, logs):
+        seconds = self.model.history.seconds[-1]
+        if self.plateau:
+            self.plateau.step(logs["val_accuracy"])
+        improved = self.record.add({"epoch": epoch, "loss": logs["loss"], "acc": logs["accuracy"],
+                                    "val_loss": logs["val_loss"], "val_acc": logs["val_accuracy"],
+                                    "lr": self.opt.lr, "seconds": seconds, "img_per_s": self.n_train / seconds})
+        print(f"epoch {epoch}: loss {logs['loss']:.4f} acc {logs['accuracy']:.4f} | PublicTest loss "
+              f"{logs['val_loss']:.4f} acc {logs['val_accuracy']:.4f}{' (best)' if improved else ''} | "
+              f"{self.n_train / seconds:.0f} img/s, {seconds:.0f} s")
+        best = self.record.best
+        if self.early_stopping and epoch - best["epoch"] >= self.early_stopping:
+            print(f"early stopping: no PublicTest improvement for {self.early_stopping} epochs")
+            self.model.stop_training = True
+
+
+def fit_run(run, model, callbacks, x, y, **fit_args):
+    """``model.fit(x, y, **fit_args)`` from the epoch after the checkpoint, with the run's
+    ``callbacks``; an interruption (Ctrl-C, SIGTERM), a failed write or a diverged loss
+    ends the program with one line saying what is kept and how to continue."""
+    import tinycnn as tc
     try:
-        model.fit(x_train, y_train, epochs=args.epochs, initial_epoch=start - 1, batch_size=args.batch_size,
-                  validation_data=(x_val, y_val), optimizer=opt, class_weights=weights,
-                  label_smoothing=args.label_smoothing, augment=augment, seed=args.seed,
-                  callbacks=[keeping], verbose=1)
+        model.fit(x, y, initial_epoch=callbacks.record.checkpointed, callbacks=[callbacks], verbose=1, **fit_args)
     except KeyboardInterrupt:
         save_best(model, run / "interrupted")
         saved_as = next(p for p in (run / "interrupted.npz", run / "interrupted.keras") if p.exists())
-        print(f"\ninterrupted during epoch {keeping.epoch}: its partial weights are in {saved_as}; "
-              f"the last checkpoint (epoch {keeping.epoch - 1}) is intact. Continue with: "
+        print(f"\ninterrupted during epoch {callbacks.epoch}: its partial weights are in {saved_as}; "
+              f"the last checkpoint (epoch {callbacks.epoch - 1}) is intact. Continue with: "
               f"python train.py --resume {run}")
         sys.exit(130)
     except tc.model.WriteError as e:
-        last = keeping.checkpointed
+        last = callbacks.record.checkpointed
         kept = (f"the last checkpoint (epoch {last}) is intact: free some space and continue with "
                 f"python train.py --resume {run}") if last else "no epoch had been checkpointed yet"
         sys.exit(f"error: {e}. Training stopped; {kept}")
     except tc.model.TrainingDiverged as e:
         sys.exit(f"error: the loss became {e.value} at epoch {e.epoch}, step {e.step}. Training stopped; the last "
                  f"good checkpoint (epoch {e.epoch - 1}) is kept in {run}. Try a lower --lr.")
-
-    print(f"best PublicTest accuracy {best['acc']:.4f} at epoch {best['epoch']}; evaluating it on PrivateTest")
-    evaluate(run, data=data, out=run)
-    return run
 
 
 # -- evaluation -------------------------------------------------------------------------------
