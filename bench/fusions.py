@@ -1,5 +1,5 @@
 """The fused kernels against the separate ones they replace, on the FER models' shapes:
-the measurements behind each fusion in ``tinycnn/kernels`` and ``tinycnn/layers/fold.py``.
+the measurements behind each fusion in ``tinycnn/kernels`` and ``tinycnn/plan/``.
 
     python bench/fusions.py                 # batch 128 (training) and 256 (inference), ~2 min
     python bench/fusions.py --batch 64

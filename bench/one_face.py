@@ -87,7 +87,7 @@ def onnxruntime_ms(name, repeats):
 def profile(name, repeats, rate):
     import fer_models
     import tinycnn as tc
-    from tinycnn.layers.fold import run_layers
+    from tinycnn.plan.fold import run_layers
     model = fer_models.build(name)
     face = np.random.default_rng(1).random((1, 48, 48, 1), dtype=np.float32)
     ort_ms = onnxruntime_ms(name, repeats)

@@ -11,7 +11,8 @@ import pytest
 
 import tinycnn as tc
 from test_mutants_fold import chain
-from tinycnn.layers import BatchNormalization, fold
+from tinycnn.layers import BatchNormalization
+from tinycnn.plan import fold
 
 ATOL = 1e-4      # float32 on both sides, outputs of order 10
 

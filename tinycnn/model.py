@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 
 from .layers.base import Layer, to_input_tensor
-from .layers.fold import run_layers
+from .plan.fold import inference_copy, run_layers
 from .tensor import Tensor, is_grad_enabled, no_grad
 
 
@@ -113,9 +113,8 @@ class Sequential:
 
     def inference_copy(self) -> "Sequential":
         """A copy for inference only, with BatchNormalization folded into the layers before
-        it and Dropout left out (``tinycnn.layers.fold.inference_copy``): the same outputs,
+        it and Dropout left out (``tinycnn.plan.fold.inference_copy``): the same outputs,
         faster on small batches. A snapshot: later changes to this model do not reach it."""
-        from .layers.fold import inference_copy
         return inference_copy(self)
 
     # -- training, as Keras' fit and evaluate ----------------------------------------------

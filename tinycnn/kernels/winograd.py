@@ -899,7 +899,7 @@ def _kernel_transform_fast(w, m):
     return U
 
 
-# Kernels that will not change (an inference copy's: ``tinycnn.layers.fold.inference_copy``)
+# Kernels that will not change (an inference copy's: ``tinycnn.plan.fold.inference_copy``)
 # keep their transforms U between calls, which makes Winograd pay from one image on (see
 # ``conv.choose_algorithm``). Keyed by the array's id, with a weak reference to tell a
 # reused id from the array itself; an entry goes when its array does.

@@ -64,7 +64,7 @@ class Dense(Layer):
         return softmax(y) if self.activation == "softmax" else y
 
     def apply_weights(self, x, kernel, bias, relu):
-        """x @ kernel + bias (ReLU if ``relu``) with the given weights (``tinycnn.layers.fold``
+        """x @ kernel + bias (ReLU if ``relu``) with the given weights (``tinycnn.plan.fold``
         passes BatchNorm-folded ones)."""
         return DenseFn.apply(x, kernel, bias, relu=relu)
 
@@ -169,8 +169,11 @@ class Residual(Layer):
         return shape
 
     def call(self, x, training):
-        from .fold import run_layers  # fold imports this module's layers
-        y, s = run_layers(self.block, x, training), run_layers(self.shortcut, x, training)
+        y = s = x
+        for layer in self.block:
+            y = layer(y, training=training)
+        for layer in self.shortcut:
+            s = layer(s, training=training)
         out = y + s
         return relu(out) if self.activation == "relu" else out
 

@@ -32,34 +32,6 @@ class BatchNormFn(Function):
         return dx2.reshape(ctx.x.shape), dgamma, dbeta
 
 
-class BatchNormReLUFn(Function):
-    """relu(batchnorm(x)) in training mode: a BatchNormalization and the ReLU after it.
-
-    x (..., C), gamma, beta (C,) -> y (..., C), as BatchNormFn followed by ReLU, with
-    the ReLU inside BatchNorm's passes (``K.batchnorm_relu_forward`` and ``_backward``):
-    its mask is y > 0, read from the saved output, which costs no memory since the
-    next layer keeps y as its input anyway. ``Sequential`` runs each BatchNormalization
-    followed by a ReLU this way in training (``tinycnn.layers.fold``).
-    Saved: x, y, the batch mean, inv_std and gamma.
-    """
-
-    @staticmethod
-    def forward(ctx, x, gamma, beta, eps, stats):
-        c = x.shape[-1]
-        y2, mean, var, inv_std = K.batchnorm_relu_forward(x.reshape(-1, c), gamma, beta, eps)
-        stats.update(mean=mean, var=var)
-        y = y2.reshape(x.shape)
-        ctx.save(x=x, y=y, mean=mean, inv_std=inv_std, gamma=gamma)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        c = ctx.x.shape[-1]
-        dx2, dgamma, dbeta = K.batchnorm_relu_backward(g.reshape(-1, c), ctx.y.reshape(-1, c), ctx.x.reshape(-1, c),
-                                                       ctx.mean, ctx.gamma, ctx.inv_std)
-        return dx2.reshape(ctx.x.shape), dgamma, dbeta
-
-
 class BatchNormInferenceFn(Function):
     """Inference-mode batch normalisation: a fixed affine map per channel.
 
@@ -117,10 +89,6 @@ class BatchNormalization(Layer):
             return self._train(BatchNormFn, x)
         inv_std = (1.0 / np.sqrt(self.moving_variance.data + self.epsilon)).astype(np.float32)
         return BatchNormInferenceFn.apply(x, self.gamma, self.beta, mean=self.moving_mean.data, inv_std=inv_std)
-
-    def call_then_relu(self, x):
-        """relu(self(x, training=True)) as one BatchNormReLUFn; x is a built input Tensor."""
-        return self._train(BatchNormReLUFn, x)
 
     def _train(self, fn, x):
         """Normalise with the batch's statistics (``fn`` with or without the ReLU after it)

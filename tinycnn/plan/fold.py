@@ -42,12 +42,10 @@ import numpy as np
 from .. import backend
 from ..kernels import conv as K
 from ..kernels import winograd
-from ..tensor import Tensor, is_grad_enabled
-from .base import to_input_tensor
-from .convolution import Conv2D
-from .core import Activation, Dense, Dropout, Residual
-from .normalization import BatchNormalization
-from .pooling import MaxPooling2D
+from ..layers import Activation, BatchNormalization, Conv2D, Dense, Dropout, MaxPooling2D, Residual
+from ..layers.base import to_input_tensor
+from ..tensor import Tensor, is_grad_enabled, relu
+from .fused import batchnorm_then_relu, conv_then_batchnorm, conv_then_pool
 
 FOLD_MIN_BATCH = 8
 
@@ -133,12 +131,12 @@ def _run_layers(layers, x, training, inference, fold):
     while i < len(layers):
         layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
         if fold and _foldable(layer, following):
-            relu = i + 2 < len(layers) and _is_relu(layers[i + 2])
+            then_relu = i + 2 < len(layers) and _is_relu(layers[i + 2])
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
             kernel, bias = folded_weights(layer, following)
-            x = layer.apply_weights(x, Tensor(kernel), Tensor(bias), relu)
-            i += 3 if relu else 2
+            x = layer.apply_weights(x, Tensor(kernel), Tensor(bias), then_relu)
+            i += 3 if then_relu else 2
         elif inference and _relu_conv_then_batchnorm(layer, following):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
@@ -148,20 +146,27 @@ def _run_layers(layers, x, training, inference, fold):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
             following.ensure_built(layer.compute_output_shape(x.shape[1:]))
-            x = layer.call_then_batchnorm(x, following)
+            x = conv_then_batchnorm(layer, following, x)
             i += 2
         elif training and isinstance(layer, BatchNormalization) and _is_relu(following):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
             following.ensure_built(x.shape[1:])
-            x = layer.call_then_relu(x)
+            x = batchnorm_then_relu(layer, x)
             i += 2
         elif _conv_then_maxpool(layer, following):
             x = to_input_tensor(x, layer._label())
             layer.ensure_built(x.shape[1:])
             following.ensure_built(layer.compute_output_shape(x.shape[1:]))
-            x = layer.call_then_pool(x, following)
+            x = conv_then_pool(layer, following, x)
             i += 2
+        elif isinstance(layer, Residual):   # its block and shortcut run with the same fusions
+            x = to_input_tensor(x, layer._label())
+            layer.ensure_built(x.shape[1:])
+            y = _run_layers(layer.block, x, training, inference, fold) + _run_layers(layer.shortcut, x, training,
+                                                                                     inference, fold)
+            x = relu(y) if layer.activation == "relu" else y
+            i += 1
         else:
             x = layer(x, training=training)
             i += 1
