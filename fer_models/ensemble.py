@@ -22,6 +22,12 @@ import json
 
 import numpy as np
 
+from tinycnn.model import save_npz_atomic
+
+from .architectures import build, names
+from .preprocess import METHODS
+from .probabilities import predict_probabilities, preprocessing_of
+
 ENSEMBLE_KEY = "__ensemble__"   # a JSON list of the members' architecture and preprocessing
 
 
@@ -54,7 +60,6 @@ class Ensemble:
 
     def predict_probabilities(self, batch, tta=False) -> np.ndarray:
         """faces (N, 48, 48, 1) in [0, 1] -> the members' mean probabilities (N, 7)."""
-        from .predict import predict_probabilities
         return np.mean([predict_probabilities(m, batch, tta=tta) for m in self.members], axis=0)
 
     def inference_copy(self) -> "Ensemble":
@@ -75,9 +80,6 @@ def save_ensemble(ensemble: Ensemble, path, half=False) -> None:
     below what training itself leaves uncertain; measure the stored file all the same
     (``train.py --ensemble ... --half`` does). A weight beyond float16's range (65504)
     raises ValueError rather than being stored as inf."""
-    from tinycnn.model import save_npz_atomic
-
-    from .predict import preprocessing_of
     arrays = {ENSEMBLE_KEY: np.array(json.dumps(
         [{"model": m.name, "preprocessing": preprocessing_of(m)} for m in ensemble.members]))}
     for i, m in enumerate(ensemble.members):
@@ -93,8 +95,6 @@ def save_ensemble(ensemble: Ensemble, path, half=False) -> None:
 
 def ensemble_from_arrays(arrays: dict, path) -> Ensemble:
     """The Ensemble stored in ``arrays`` (as read from ``path``, named in errors)."""
-    from .architectures import build, names
-    from .preprocess import METHODS
     try:
         specs = json.loads(str(arrays[ENSEMBLE_KEY]))
         assert isinstance(specs, list) and specs and all(isinstance(s, dict) for s in specs)
@@ -123,8 +123,6 @@ def soft_labels(teacher, x, tta=True, batch_size=256, progress=False) -> np.ndar
     the targets a distilled student is trained on. ``teacher``: an Ensemble or a model.
     Rows are renormalised in float64 so each sums to 1 (as the loss checks)."""
     from tqdm import tqdm
-
-    from .predict import predict_probabilities
     out = np.empty((len(x), 7), np.float64)
     for s in tqdm(range(0, len(x), batch_size), desc="teacher's soft labels", disable=not progress, unit="batch"):
         out[s:s + batch_size] = predict_probabilities(teacher, x[s:s + batch_size], tta=tta)

@@ -105,21 +105,21 @@ def test_soft_labels_default_to_the_mirror_and_batch_any_length(capsys):
 
 
 def test_soft_labels_run_the_teacher_once_per_batch(monkeypatch):
-    import fer_models.predict
+    import fer_models.ensemble
     a, _ = members()
     seen = []
-    original = fer_models.predict.predict_probabilities
-    monkeypatch.setattr(fer_models.predict, "predict_probabilities", lambda m, b, tta: seen.append(len(b)) or
+    original = fer_models.ensemble.predict_probabilities
+    monkeypatch.setattr(fer_models.ensemble, "predict_probabilities", lambda m, b, tta: seen.append(len(b)) or
                         original(m, b, tta=tta))
     soft_labels(a, faces(7), batch_size=3)
     assert seen == [3, 3, 1]
 
 
 def test_soft_labels_renormalise_each_row(monkeypatch):
-    import fer_models.predict
+    import fer_models.ensemble
     a, _ = members()
     rows = np.random.default_rng(5).uniform(0.1, 1.0, (4, 7))       # a teacher whose rows sum to 1.9 to 6.5
-    monkeypatch.setattr(fer_models.predict, "predict_probabilities", lambda m, b, tta: rows[:len(b)])
+    monkeypatch.setattr(fer_models.ensemble, "predict_probabilities", lambda m, b, tta: rows[:len(b)])
     t = soft_labels(a, faces(4))
     np.testing.assert_allclose(t, rows / rows.sum(axis=1, keepdims=True), rtol=1e-6, atol=0)
 
