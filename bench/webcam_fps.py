@@ -80,8 +80,8 @@ def main(argv=None):
     numba.set_num_threads(1)
     frames = list(frames_with_faces(args.frames, args.data))
     print(f"{len(frames)} frames of 640x480, one face of 200 px each; load average {os.getloadavg()[0]:.2f}")
-    print(f"| predictor | tta | frames | detection ms | classification ms | frame ms | frames/s |")
-    print(f"|---|---|---:|---:|---:|---:|---:|")
+    print("| predictor | tta | frames | detection ms | classification ms | frame ms | frames/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     with threadpool_limits(1):
         for weights in args.weights:
             for tta in ((False,) if args.no_tta else (False, True)):

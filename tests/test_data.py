@@ -192,7 +192,7 @@ def test_validation_variant_without_prefixes_uses_folders(tmp_path):
 
 @needs_data
 def test_other_sizes_are_resized_to_48(tmp_path):
-    expected = build_tree(tmp_path / "fer", IMAGE_FOLDER[:2], classes=("fear",), per_class=1)
+    build_tree(tmp_path / "fer", IMAGE_FOLDER[:2], classes=("fear",), per_class=1)
     big = cv2.resize(cv2.imread(str(real_file("train", "fear", "Training_", 5)), cv2.IMREAD_GRAYSCALE),
                      (96, 96), interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(tmp_path / "fer" / "train" / "fear" / "Training_big.png"), big)

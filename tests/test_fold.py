@@ -95,7 +95,9 @@ def test_never_stale_after_the_weights_change(backend):
 
     opt = tc.optim.SGD(model.parameters(), lr=0.5)          # a training step: weights and statistics move
     loss = tc.losses.softmax_cross_entropy(model(x, training=True), np.arange(16) % 3)
-    opt.zero_grad(); loss.backward(); opt.step()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
     after_step = model.predict(x)
     assert np.abs(after_step - before).max() > 1e-3
     assert_close("predict after a training step", "output", after_step, unfolded(model, x), RTOL, ATOL)

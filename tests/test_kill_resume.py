@@ -8,7 +8,6 @@ wrapper slows that write down so the kill lands inside it).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -76,7 +76,10 @@ def test_folded_weights_by_hand(kind):
                                      input_shape=(4,) if kind == "Dense" else (3, 3, 2)), seed=1)
     layer, bn = model.layers
     kernel, bias = fold.folded_weights(layer, bn)
-    f64 = lambda t: t.data.astype(np.float64)
+
+    def f64(t):
+        return t.data.astype(np.float64)
+
     s = f64(bn.gamma) / np.sqrt(f64(bn.moving_variance) + 0.1)
     assert kernel.dtype == np.float32 and bias.dtype == np.float32
     np.testing.assert_allclose(kernel, f64(layer.kernel) * s, rtol=1e-5, atol=1e-6)

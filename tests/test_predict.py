@@ -1,5 +1,4 @@
 """fer_models.predict: faces prepared as in training, the bundled model, clear errors."""
-from pathlib import Path
 
 import cv2
 import numpy as np

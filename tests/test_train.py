@@ -1,7 +1,6 @@
 """train.py end to end on real FER-2013 images: a short run learns, resume is exact,
 evaluation writes its report and plots, bad runs fail clearly."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
