@@ -231,13 +231,13 @@ def test_inference_copy_gives_the_models_outputs(backend, monkeypatch, name):
     assert "Dropout" not in kinds, f"{name}: the inference copy kept {kinds.count('Dropout')} Dropout layers"
     unfoldable = {"vggbn": 1 + 6, "gap4": 2 + 4}.get(name, 0)  # after Dense(relu), and after Conv2D(relu)
     assert kinds.count("BatchNormalization") == unfoldable, f"{name}: {kinds}"
-    calls = count_batchnorm_calls(monkeypatch)
     with tc.no_grad():
         for n in (1, 2, len(x)):
             got = copy(x[:n], training=False).numpy()
             assert_close(f"{name} inference copy, batch {n}", "output", got, expected[:n], RTOL, ATOL)
     left = {"vggbn": 1, "gap4": 2}.get(name, 0)  # BatchNorm after Dense(relu), (N, 512) at most
-    assert len(calls) == 3 * left, f"{name}: {len(calls)} unfolded BatchNormalization calls in 3 calls of the copy"
+    alone = [step.label for step in copy.inference_plan().steps if step.label == "BatchNormalization"]
+    assert len(alone) == left, f"{name}: {len(alone)} BatchNormalization steps of their own in the copy's plan"
 
 
 def copy_and_its_outputs(name, seed, n):
@@ -295,9 +295,10 @@ def test_one_image_runs_on_one_numba_thread(monkeypatch):
         pytest.skip("needs two Numba threads")
     model = fer_models.build("mini", seed=1)
     x = np.random.default_rng(7).random((3, 48, 48, 1), dtype=np.float32)
+    from tinycnn.plan import inference
     seen = []
-    original = fold._run_layers
-    monkeypatch.setattr(fold, "_run_layers", lambda *a: seen.append(numba.get_num_threads()) or original(*a))
+    original = inference._run
+    monkeypatch.setattr(inference, "_run", lambda *a: seen.append(numba.get_num_threads()) or original(*a))
     previous = numba.get_num_threads()
     numba.set_num_threads(2)
     try:

@@ -11,6 +11,7 @@ import numpy as np
 
 from .layers.base import Layer, to_input_tensor
 from .plan.fold import inference_copy, run_layers
+from .plan.inference import InferencePlan
 from .tensor import Tensor, is_grad_enabled, no_grad
 
 
@@ -86,7 +87,7 @@ class Sequential:
             raise ValueError(f"Sequential '{self.name}': built for input shape (batch,) + "
                              f"{self.input_shape}, got {x.shape}")
         if not training and not is_grad_enabled():
-            return run_layers(self._current_inference_copy().layers, x, training)
+            return Tensor(self._current_plan(x.shape[1:])(x.data))
         return run_layers(self.layers, x, training)
 
     def predict(self, x, batch_size=256) -> np.ndarray:
@@ -110,6 +111,28 @@ class Sequential:
             copy = self.inference_copy()
             cached = self._inference = ([(id(w), w.version) for w in weights], copy)
         return cached[1]
+
+    def _current_plan(self, input_shape) -> InferencePlan:
+        """The inference plan (``tinycnn.plan.inference``) of this model's current inference
+        copy for inputs of ``input_shape``, made at the first call for that shape and made
+        again with the copy, or when one of the copy's own weights changed."""
+        copy = self._current_inference_copy()
+        plans = copy.__dict__.setdefault("_plans", {})
+        key = tuple(input_shape)
+        cached = plans.get(key)
+        versions = [(id(w), w.version) for layer in copy.all_layers() for w in layer.weights.values()]
+        if cached is None or cached[0] != versions:
+            plan = InferencePlan(copy.layers, key, name=self.name)
+            versions = [(id(w), w.version) for layer in copy.all_layers() for w in layer.weights.values()]
+            cached = plans[key] = (versions, plan)
+        return cached[1]
+
+    def inference_plan(self, input_shape=None) -> InferencePlan:
+        """The flat list of kernel calls that ``predict`` and ``model(x)`` under ``no_grad``
+        run (``tinycnn.plan.inference.InferencePlan``): print it to see the steps, call
+        its ``profile(x)`` to time them."""
+        self._require_built("inference_plan")
+        return self._current_plan(tuple(input_shape or self.input_shape))
 
     def inference_copy(self) -> "Sequential":
         """A copy for inference only, with BatchNormalization folded into the layers before

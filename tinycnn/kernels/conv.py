@@ -560,8 +560,8 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0)), frozen=Fa
     A map of 6x6 outputs (``pads`` give the output's size; 'valid' when not given) with at
     least 64 channels is one F(6x6, 3x3) tile per image (``winograd.choose_tile``) with
     nothing past the edge: resfer's 6x6x128 -> 256 'same', 18.7 ms against im2col's 32.7.
-    A 5x5 output (vggbn's 7x7x256 'valid') wastes a third of its tile and measured level
-    with im2col (47 ms), so it stays with im2col.
+    A 5x5 output (vggbn's 7x7x256 'valid') leaves a third of its one tile unused and still
+    takes 64 products against im2col's 225 (bench/README.md, "Winograd on a 5x5 output").
 
     A ``frozen`` kernel (``winograd.freeze_kernel``: an inference copy's) keeps its
     transform, and then F(4x4) pays at any batch on an output of at least 8x8 with 32+
@@ -587,8 +587,9 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0)), frozen=Fa
         return "im2col"
     if (c >= 64 and min(h, w) >= 9) or (c >= 32 and min(h, w) >= 20):
         return "winograd"
-    whole_f6_tiles = ho > 0 and wo > 0 and ho % 6 == 0 and wo % 6 == 0 and winograd.choose_tile(ho, wo) == 6
-    return "winograd" if c >= 64 and whole_f6_tiles else "im2col"
+    # whole F(6x6) tiles, or one tile per image with at least 5x5 of its 6x6 outputs used
+    f6_tiles_fit = ho > 0 and wo > 0 and (ho % 6 == 0 and wo % 6 == 0 or 5 <= min(ho, wo) <= max(ho, wo) <= 6)
+    return "winograd" if c >= 64 and f6_tiles_fit and winograd.choose_tile(ho, wo) == 6 else "im2col"
 
 
 def conv2d(x, w, strides, pads, keep_cols=False):

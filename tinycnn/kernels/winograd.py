@@ -894,6 +894,7 @@ def _kernel_transform_fast(w, m):
     U = backend.matmul(np.kron(G, G), np.ascontiguousarray(w, np.float32).reshape(9, c * o))
     U = U.reshape(-1, c, o)
     if cache is not None:
+        U = U.copy()     # kept while the kernel lives: NumPy's own memory, not a pool buffer
         U.flags.writeable = False
         cache[m] = U
     return U
