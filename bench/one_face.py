@@ -1,16 +1,19 @@
-"""Where one face's time goes: each layer of a model's inference copy at one image, timed
-alone, against the arithmetic it does, and the whole call against ONNX Runtime's.
+"""Where one face's time goes: each step of a model's inference plan at one image, timed
+alone, against the same layers run through Tensors and Functions and against the
+arithmetic it does, and the whole call against ONNX Runtime's.
 
     python bench/one_face.py                   # the five seed models, about a minute
     python bench/one_face.py --models small3 updown
 
-Per layer (as ``model.predict`` runs it: the inference copy, through ``run_layers``,
-one Numba thread for the call): the median time of ``--repeats`` calls, its
+Per step (as ``model.predict`` runs it: the inference copy's plan, one Numba thread for
+the call; ``tinycnn/plan/inference.py``): the median time of ``--repeats`` calls, the same
+layers' time through ``run_layers`` (Tensors, Functions, checks: what the plan leaves
+out), its
 multiply-adds, and the time those would take at the float32 matmul rate of one core
 measured in the same run (a (576, 576) x (576, 128) product on one BLAS thread: about the
-size of the models' products at one image). What is left over is the layer's
+size of the models' products at one image). What is left over is the step's
 overhead: Python, the checks at each kernel's entry, allocation, passes over memory.
-A layer with no multiply-adds (pooling, flatten) is all overhead by that measure. The
+A step with no multiply-adds (pooling, flatten) is all overhead by that measure. The
 multiply-adds are the direct convolution's: a layer computed by Winograd does fewer, and
 a large product is split between the cores, so there "the rest" can come out below
 zero. Then
@@ -85,25 +88,26 @@ def onnxruntime_ms(name, repeats):
 
 
 def profile(name, repeats, rate):
+    """(predict's ms, rows, ONNX Runtime's ms): a row per step of the model's inference
+    plan: (label, input shape, output shape, multiply-adds, ms as the plan runs it, ms of
+    the same layers through Tensors and Functions, arithmetic ms at one core's rate)."""
     import fer_models
     import tinycnn as tc
+    from tinycnn import backend
     from tinycnn.plan.fold import run_layers
     model = fer_models.build(name)
     face = np.random.default_rng(1).random((1, 48, 48, 1), dtype=np.float32)
     ort_ms = onnxruntime_ms(name, repeats)
     whole = median_ms(lambda: model.predict(face), repeats)
-    copy = model._current_inference_copy()
+    plan = model.inference_plan()
+    timed = plan.profile(face, repeats=repeats, warmup=20)
     rows, h = [], tc.Tensor(face)
-    with tc.no_grad():
-        for layer in copy.layers:
-            shape = h.shape[1:]
-            ms = median_ms(lambda: run_layers([layer], h, False), repeats)
-            out = run_layers([layer], h, False)
-            macs = layer.multiply_adds(shape)
-            rows.append((f"{type(layer).__name__}" + (f"({layer.activation})" if getattr(layer, "activation", None)
-                                                     not in (None, "linear") else ""),
-                         shape, out.shape[1:], macs, ms, macs / rate))
-            h = out
+    with tc.no_grad(), backend.one_numba_thread():
+        for step, seconds in timed:
+            layers_ms = median_ms(lambda: run_layers(step.layers, h, False), repeats)
+            h = run_layers(step.layers, h, False)
+            rows.append((step.label, step.input_shape, step.output_shape, step.multiply_adds, 1e3 * seconds,
+                         layers_ms, step.multiply_adds / rate))
     return whole, rows, ort_ms
 
 
@@ -113,19 +117,20 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=300, help="timed calls per figure (the median is shown)")
     args = p.parse_args(argv)
     rate = one_core_rate(args.repeats)
-    print(f"One face, layer by layer (inference copy, one image); one core's float32 product rate "
+    print(f"One face, step by step of the inference plan (one image); one core's float32 product rate "
           f"{2 * rate / 1e6:.0f} GFLOP/s ((576, 576) x (576, 128), one BLAS thread)\n")
     for name in args.models:
         whole, rows, ort_ms = profile(name, args.repeats, rate)
-        layers_ms = sum(r[4] for r in rows)
-        arithmetic = sum(r[5] for r in rows)
+        steps_ms, layers_ms, arithmetic = (sum(r[i] for r in rows) for i in (4, 5, 6))
         print(f"## {name}: predict {whole:.3f} ms" + (f", ONNX Runtime {ort_ms:.3f} ms" if ort_ms else "")
-              + f"; layers alone {layers_ms:.3f} ms, of which arithmetic at one core's rate {arithmetic:.3f} ms\n")
-        print("| layer | input -> output | M mult-adds | ms | arithmetic ms | the rest ms |")
-        print("|---|---|---:|---:|---:|---:|")
-        for kind, shape, out, macs, ms, arith in rows:
-            print(f"| {kind} | {'x'.join(map(str, shape))} -> {'x'.join(map(str, out))} | {macs / 1e6:.2f} | "
-                  f"{ms:.3f} | {arith:.3f} | {ms - arith:.3f} |")
+              + f"; the plan's steps alone {steps_ms:.3f} ms (the same layers through Tensors and Functions "
+              f"{layers_ms:.3f} ms), arithmetic at one core's rate {arithmetic:.3f} ms\n")
+        print("| step | input -> output | M mult-adds | plan ms | through Functions ms | arithmetic ms | "
+              "plan - arithmetic ms |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for label, shape, out, macs, ms, via_layers, arith in rows:
+            print(f"| {label} | {'x'.join(map(str, shape))} -> {'x'.join(map(str, out))} | {macs / 1e6:.2f} | "
+                  f"{ms:.3f} | {via_layers:.3f} | {arith:.3f} | {ms - arith:.3f} |")
         print()
     return 0
 
