@@ -345,6 +345,7 @@ def test_batchnorm_relu_fast_equals_reference(m, c, offset, seed):
 @SOME
 @given(m=st.integers(1, 300), c=st.integers(1, 5), seed=st.integers(0, 2**16))
 @example(m=1, c=2, seed=0)
+@example(m=282, c=2, seed=1879)   # db: 0.0964735 (fast) against 0.0964521, where sum |dz| is 333
 def test_bias_relu_batchnorm_fast_equals_reference(m, c, seed):
     """A ReLU convolution's epilogue inside BatchNorm's passes: z (overwritten by y =
     relu(z + b)), the normalised output and the statistics; backward's masked input
@@ -363,8 +364,15 @@ def test_bias_relu_batchnorm_fast_equals_reference(m, c, seed):
     _, y2, mean, _, inv_std = ref
     fast = norm.bias_relu_batchnorm_backward.fast(g2, y2, mean, gamma, inv_std)
     ref = norm.bias_relu_batchnorm_backward.reference(g2, y2, mean, gamma, inv_std)
-    for what, got, exp in zip(("dz", "db", "dgamma", "dbeta"), fast, ref):
+    for what, got, exp in zip(("dz", "dgamma", "dbeta"), fast[:1] + fast[2:], ref[:1] + ref[2:]):
         assert_close(label, f"bias_relu_batchnorm_backward {what}", got, exp, 1e-4, 1e-5)
+    # db is dz summed over rows, by the reference in float32: where the terms cancel (sum |dz| far
+    # above |db|), that sum is off by up to about log2(M) float32 epsilons of sum |dz|
+    cancel = np.log2(max(m, 2)) * np.finfo(np.float32).eps * np.abs(ref[0]).sum(axis=0, dtype=np.float64)
+    db_tol = 1e-4 * np.abs(ref[1]) + 1e-5 * max(1.0, float(np.abs(ref[1]).max())) + cancel
+    db_err = np.abs(fast[1].astype(np.float64) - ref[1])
+    assert (db_err <= db_tol).all(), f"{label} bias_relu_batchnorm_backward db: got {fast[1]}, expected {ref[1]}, " \
+                                     f"tolerance {db_tol}"
     with pytest.raises(ValueError, match="bias_relu_batchnorm_forward: z2 must be"):
         norm.bias_relu_batchnorm_forward.fast(z2.astype(np.float64), b, gamma, beta, 1e-3)
     with pytest.raises(ValueError, match="bias_relu_batchnorm_backward: gradient"):

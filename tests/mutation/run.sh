@@ -75,6 +75,9 @@ fi
 # compiled kernels run serial here, so the tests still run both backends (and the one
 # test that needs two Numba threads is skipped).
 export TINYCNN_NUMBA_PARALLEL=0
+# the same hypothesis examples in the clean run and under every mutant (hypothesis_profiles.py):
+# a mutant is killed by the code, not by the draw
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 cd "$work"
 start=$(date +%s)
 nice -n 19 mutmut run --max-children "${MUTATION_JOBS:-1}"
