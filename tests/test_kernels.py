@@ -188,6 +188,26 @@ def test_conv2d_maxpool_fast_equals_reference(c, strides, pads, pool_size, pool_
 
 
 @pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", POOLED)
+def test_conv2d_affine_maxpool_fast_equals_reference(c, strides, pads, pool_size, pool_pads):
+    """Inference's Conv2D(relu) -> BatchNormalization -> MaxPooling2D: the one-channel kernel
+    that never stores the convolution's output, and the three-kernel route, against NumPy.
+    Scales of both signs: with a negative one the window's smallest value wins."""
+    rng = np.random.default_rng(5 * c + sum(strides) + sum(pool_size))
+    x, w = random_array(rng, (3, 11, 10, c)), random_array(rng, (3, 3, c, 5))
+    b, shift = random_array(rng, (5,)), random_array(rng, (5,))
+    scale = (rng.uniform(0.5, 1.5, 5) * np.array([1, -1, 1, -1, 1])).astype(np.float32)
+    z_hw = conv.conv2d_output_shape(x.shape, w.shape, strides, pads)[1:3]
+    out_hw = tuple(conv_output_size(z_hw[i], pool_size[i], pool_size[i], *pool_pads[i]) for i in range(2))
+    label = f"conv2d_affine_maxpool C={c} strides {strides} pads {pads} pool {pool_size} pool pads {pool_pads}"
+    args = (x, w, b, scale, shift, strides, pads, pool_size, pool_size, pool_pads, out_hw)
+    y, y_ref = conv.conv2d_affine_maxpool.fast(*args), conv.conv2d_affine_maxpool.reference(*args)
+    assert y.shape == y_ref.shape == (3,) + out_hw + (5,), label
+    assert_close(label, "pooled", y, y_ref, RTOL, ATOL)
+    with pytest.raises(ValueError, match="pooled size"):
+        conv.conv2d_affine_maxpool.fast(*args[:-1], (out_hw[0] + 1, out_hw[1]))
+
+
+@pytest.mark.parametrize("c, strides, pads, pool_size, pool_pads", POOLED)
 def test_conv2d_grad_weight_pooled_fast_equals_reference(c, strides, pads, pool_size, pool_pads):
     """The weight gradient of a convolution whose output was max-pooled, from the pooled
     gradient: the one-channel kernel (never writing the pool's gradient) and the dense
@@ -538,7 +558,8 @@ def test_dropout_fast_equals_reference(shape, rate):
 
 
 KERNELS = {conv: ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv2d_and_grad_weight",
-                  "conv2d_maxpool", "conv2d_grad_weight_pooled", "bias_relu", "bias_relu_grad", "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
+                  "conv2d_maxpool", "conv2d_grad_weight_pooled", "conv2d_affine_maxpool", "bias_relu", "bias_relu_grad",
+                  "bias_relu_affine"), pool: ("maxpool", "maxpool_grad", "global_average_pool", "global_average_pool_grad"),
            norm: ("batchnorm_forward", "batchnorm_backward", "batchnorm_inference", "batchnorm_relu_forward",
                   "batchnorm_relu_backward", "bias_relu_batchnorm_forward", "bias_relu_batchnorm_backward"),
            dropout: ("dropout", "dropout_grad"), activation: ("relu_grad",), optim: ("adam_update",)}

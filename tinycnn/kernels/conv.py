@@ -807,6 +807,74 @@ def conv2d_grad_weight_pooled_fast(g, argmax, saved, z_shape, pool_size, pool_st
 conv2d_grad_weight_pooled = dispatch(conv2d_grad_weight_pooled_reference, conv2d_grad_weight_pooled_fast)
 
 
+# -- inference: a ReLU convolution, the BatchNormalization after it and a max pool -------------
+def conv2d_affine_maxpool_reference(x, w, b, scale, shift, strides, pads, pool_size, pool_strides, pool_pads,
+                                    pool_hw):
+    """y (N, PH, PW, O) = maxpool(max(conv(x, w) + b, 0) * scale + shift): in inference, a
+    Conv2D(activation="relu"), the BatchNormalization after it (its affine map, ``scale``
+    and ``shift`` per channel) and a MaxPooling2D (``pool_size``, ``pool_strides``,
+    ``pool_pads``, pooled size ``pool_hw``). The pool comes last: a negative scale reverses
+    the order of a window's values, so the affine map cannot move after the max as the
+    bias and ReLU can (``conv2d_maxpool``)."""
+    y = bias_relu_affine_reference(conv2d_reference(x, w, strides, pads), b, scale, shift)
+    return pool.maxpool_reference(y, pool_size, pool_strides, pool_pads, pool_hw)[0]
+
+
+@njit(parallel=PARALLEL, cache=True, fastmath=_NO_NAN_ASSUMED)
+def _conv3x3_one_channel_affine_maxpool2x2(xp, w9, b, scale, shift, y):
+    """y (N, PH, PW, O): the 2x2, stride-2 max pool of max(z + b, 0) * scale + shift, z the
+    stride-1 convolution of a padded plane xp with w9 (9, O); z itself is never stored.
+    A window's four pixels read one 4x4 patch of xp, loaded once (as
+    ``_conv3x3_one_channel_maxpool2x2``)."""
+    n_img, gh, gw, o = y.shape
+    for r in prange(n_img * gh):  # one (image, pooled row) per iteration
+        n, py = r // gh, r % gh
+        iy = 2 * py
+        for px in range(gw):
+            ix = 2 * px
+            p00, p01, p02, p03 = xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2], xp[n, iy, ix + 3]
+            p10, p11, p12, p13 = xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2], xp[n, iy + 1, ix + 3]
+            p20, p21, p22, p23 = xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2], xp[n, iy + 2, ix + 3]
+            p30, p31, p32, p33 = xp[n, iy + 3, ix], xp[n, iy + 3, ix + 1], xp[n, iy + 3, ix + 2], xp[n, iy + 3, ix + 3]
+            out = y[n, py, px]
+            for k in range(o):
+                bk, sk, tk = b[k], scale[k], shift[k]
+                best = max(_taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k) + bk, 0.0) * sk + tk
+                v = max(_taps3x3(p01, p02, p03, p11, p12, p13, p21, p22, p23, w9, k) + bk, 0.0) * sk + tk
+                best = v if v > best else best
+                v = max(_taps3x3(p10, p11, p12, p20, p21, p22, p30, p31, p32, w9, k) + bk, 0.0) * sk + tk
+                best = v if v > best else best
+                v = max(_taps3x3(p11, p12, p13, p21, p22, p23, p31, p32, p33, w9, k) + bk, 0.0) * sk + tk
+                out[k] = v if v > best else best
+
+
+@threads_by_size
+def conv2d_affine_maxpool_fast(x, w, b, scale, shift, strides, pads, pool_size, pool_strides, pool_pads, pool_hw):
+    """As the reference. A one-channel input, a 3x3 kernel at stride 1 and 2x2 windows
+    (gap4's first layer) take one kernel that writes only the pooled map; the
+    convolution's output (256 channels of 46x46 a face there) never goes to memory and
+    back (bench/README.md, "Inference plan"). Otherwise the chosen convolution, its
+    epilogue and the pool, one after another."""
+    check_shapes("conv2d_affine_maxpool", x.shape, w.shape, strides, pads)
+    n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
+    expected = tuple(conv_output_size((zh, zw)[i], pool_size[i], pool_strides[i], *pool_pads[i]) for i in range(2))
+    if tuple(pool_hw) != expected:
+        raise ValueError(f"conv2d_affine_maxpool: pooled size {tuple(pool_hw)}, the pool of a {zh}x{zw} map "
+                         f"gives {expected}")
+    b, scale, shift = (np.asarray(v, np.float32) for v in (b, scale, shift))
+    if x.shape[3] == 1 and _is_3x3_stride_1(w.shape, strides) and tuple(pool_size) == tuple(pool_strides) == (2, 2) \
+            and not any(map(any, pool_pads)):
+        y = memory.empty((n,) + expected + (o,))
+        _conv3x3_one_channel_affine_maxpool2x2(_padded_plane(x, pads), np.ascontiguousarray(w, np.float32).reshape(9, o),
+                                               b, scale, shift, y)
+        return y
+    y = bias_relu_affine_fast(conv2d(x, w, strides, pads), b, scale, shift)
+    return pool.maxpool_fast(y, pool_size, pool_strides, pool_pads, pool_hw)[0]
+
+
+conv2d_affine_maxpool = dispatch(conv2d_affine_maxpool_reference, conv2d_affine_maxpool_fast)
+
+
 # the direct (im2col) kernels themselves, as every dispatched kernel exposes them
 for _public, _kernel in ((conv2d, _direct), (conv2d_grad_input, _direct_grad_input),
                          (conv2d_grad_weight, _direct_grad_weight)):

@@ -5,9 +5,10 @@
 (``fold.inference_copy``: BatchNorm folded, Dropout left out) through one of these. A
 plan is made once per input shape (height, width, channels; any batch size) and holds:
 
-- one *step* per layer, or per pair of layers computed as one (Conv2D + MaxPooling2D,
+- one *step* per layer, or per group of layers computed as one (Conv2D + MaxPooling2D,
   the pool first and the bias and ReLU after it on the pooled map; Conv2D(relu) +
-  BatchNormalization, the normalisation in the convolution's epilogue). A step is a plain
+  BatchNormalization, the normalisation in the convolution's epilogue, and a
+  MaxPooling2D after those two in the same kernel call). A step is a plain
   function of NumPy arrays that calls the kernels of ``tinycnn/kernels`` directly: no
   Tensor, no graph, no Function context, no input checks or shape arithmetic at each
   call (the geometry, paddings included, is computed when the plan is made);
@@ -128,7 +129,12 @@ def _compile(layers, shape):
     layers = [layer for layer in layers if not isinstance(layer, Dropout)]   # the identity in inference
     while i < len(layers):
         layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-        if type(layer) is Conv2D and isinstance(following, MaxPooling2D):
+        after = layers[i + 2] if i + 2 < len(layers) else None
+        if type(layer) is Conv2D and layer.relu and isinstance(following, BatchNormalization) \
+                and isinstance(after, MaxPooling2D):
+            step = _conv_relu_batchnorm_pool(layer, following, after, shape)
+            i += 3
+        elif type(layer) is Conv2D and isinstance(following, MaxPooling2D):
             step = _conv_then_pool(layer, following, shape)
             i += 2
         elif type(layer) is Conv2D and layer.relu and isinstance(following, BatchNormalization):
@@ -217,6 +223,19 @@ def _conv_relu_batchnorm(layer, bn, shape):
     s, t = _batchnorm_affine(bn)
     return Step(lambda x: K.bias_relu_affine(K.conv2d(x, w, strides, pads), b, s, t), [layer, bn], shape, out,
                 layer.multiply_adds(shape))
+
+
+def _conv_relu_batchnorm_pool(layer, bn, pool, shape):
+    """pool(bn(relu(conv + b))) as one kernel call (``K.conv2d_affine_maxpool``: on a
+    one-channel input the convolution's output is never stored)."""
+    step = _conv_relu_batchnorm(layer, bn, shape)
+    pool.ensure_built(step.output_shape)
+    out = pool.compute_output_shape(step.output_shape)
+    w, b, strides, pads = layer.kernel.data, layer.bias.data, layer.strides, layer._pads(*shape[:2])
+    s, t = _batchnorm_affine(bn)
+    geometry = (pool.pool_size, pool.strides, pool._pads(*step.output_shape[:2]), out[:2])
+    return Step(lambda x: K.conv2d_affine_maxpool(x, w, b, s, t, strides, pads, *geometry), [layer, bn, pool], shape,
+                out, step.multiply_adds)
 
 
 def _conv_transpose(layer, shape):
