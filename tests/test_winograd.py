@@ -162,7 +162,11 @@ def test_choose_algorithm_follows_the_setting():
         same, valid = ((1, 1), (1, 1)), ((0, 0), (0, 0))
         assert conv.choose_algorithm((128, 6, 6, 128), (3, 3, 128, 256), (1, 1), same) == "winograd"
         assert conv.choose_algorithm((128, 6, 6, 128), (3, 3, 128, 256), (1, 1), valid) == "im2col"
-        assert conv.choose_algorithm((128, 7, 7, 256), (3, 3, 256, 256), (1, 1), valid) == "im2col"  # 5x5 out
+        # a 5x5 output: one F(6x6) tile per image, 64 products against 225, in a batch
+        assert conv.choose_algorithm((128, 7, 7, 256), (3, 3, 256, 256), (1, 1), valid) == "winograd"
+        assert conv.choose_algorithm((8, 7, 7, 256), (3, 3, 256, 256), (1, 1), valid) == "im2col"
+        assert conv.choose_algorithm((128, 8, 8, 256), (3, 3, 256, 256), (1, 1), valid) == "winograd"  # 6x6 out
+        assert conv.choose_algorithm((128, 5, 5, 256), (3, 3, 256, 256), (1, 1), valid) == "im2col"  # 3x3 out
         assert conv.choose_algorithm((128, 6, 6, 32), (3, 3, 32, 64), (1, 1), same) == "im2col"
     with tc.use_conv_algorithm("winograd"):
         assert conv.choose_algorithm(first, k3_first, (1, 1)) == "winograd"
@@ -340,3 +344,24 @@ def test_an_inference_copy_freezes_its_kernels():
     assert not any(W.is_frozen(layer.kernel.data) for layer in model.all_layers() if isinstance(layer, tc.layers.Conv2D))
     with tc.no_grad():
         assert_close("vggbn inference copy, one face", "output", copy(x).numpy(), expected, RTOL, ATOL)
+
+
+@pytest.mark.parametrize("m", [4, 6])
+@pytest.mark.parametrize("size, pads", [(23, ((0, 0), (0, 0))), (12, ((1, 1), (1, 1))), (9, ((0, 1), (1, 0)))])
+def test_winograd_conv2d_maxpool_is_the_pool_of_the_convolution(m, size, pads):
+    """Each block's output pooled in cache (2x2 windows, an odd output's last row and column
+    left out as a valid pool leaves them): the pooled map of the reference convolution,
+    and winning taps holding the window's maximum (ties are broken by rounding here)."""
+    from tinycnn.kernels import pool
+    rng = np.random.default_rng(size + m)
+    x, w = rng.standard_normal((5, size, size + 1, 6)).astype(np.float32), rng.standard_normal((3, 3, 6, 4)).astype(np.float32)
+    z = conv.conv2d_reference(x, w, (1, 1), pads)
+    pool_hw = (z.shape[1] // 2, z.shape[2] // 2)
+    y_ref, _ = pool.maxpool_reference(z, (2, 2), (2, 2), ((0, 0), (0, 0)), pool_hw)
+    y, argmax = W.winograd_conv2d_maxpool(x, w, (1, 1), pads, pool_hw, m=m)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    taps = np.stack([z[:, a:2 * pool_hw[0]:2, b:2 * pool_hw[1]:2] for a in (0, 1) for b in (0, 1)])
+    chosen = np.take_along_axis(taps, argmax[None].astype(np.int64), axis=0)[0]
+    np.testing.assert_allclose(chosen, y_ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="pooled size"):
+        W.winograd_conv2d_maxpool(x, w, (1, 1), pads, (pool_hw[0] + 1, pool_hw[1]), m=m)

@@ -709,7 +709,9 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
     stride 1 and 2x2 windows (every first layer here), the spelt-out kernel, against
     that one kernel: O = 32: 15.3 vs 2.4 ms, O = 64 (same): 25.3 vs 5.6, O = 128 (batch
     128): 19.5 vs 4.3; for one face too (one thread, O = 32: 0.13 vs 0.055 ms, O = 256:
-    0.41 vs 0.18). Otherwise the chosen convolution (``conv2d``) and ``pool.maxpool``."""
+    0.41 vs 0.18). A convolution computed by Winograd under 2x2 windows pools each block
+    of images while its output is in cache (``winograd.winograd_conv2d_maxpool``).
+    Otherwise the chosen convolution (``conv2d``) and ``pool.maxpool``."""
     check_shapes("conv2d_maxpool", x.shape, w.shape, strides, pads)
     n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
     expected = tuple(conv_output_size((zh, zw)[i], pool_size[i], pool_strides[i], *pool_pads[i]) for i in range(2))
@@ -728,6 +730,9 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
         _conv_one_channel_maxpool(np.ascontiguousarray(x), np.ascontiguousarray(w), strides[0], strides[1],
                                   pads[0][0], pads[1][0], zh, zw, ph, pw, pool_pads[0][0], pool_pads[1][0], y, argmax)
         return y, argmax
+    if tuple(pool_size) == tuple(pool_strides) == (2, 2) and not any(map(any, pool_pads)) \
+            and choose_algorithm(x.shape, w.shape, strides, pads, winograd.is_frozen(w)) == "winograd":
+        return winograd.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw)
     return pool.maxpool_fast(conv2d(x, w, strides, pads), pool_size, pool_strides, pool_pads, pool_hw)
 
 

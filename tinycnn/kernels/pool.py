@@ -39,30 +39,44 @@ def maxpool_grad_reference(dy, argmax, x_shape, pool, strides, pads):
     return dxp[:, pt:pt + h, pl:pl + w, :]
 
 
+@njit(nogil=True, cache=True)
+def _maxpool_row(x, n, oy, ph, pw, sh, sw, pt, pl, wo, y, argmax):
+    """Output row oy of image n: y, argmax[n, oy] over the windows of x[n]."""
+    _, h, w, c = x.shape
+    for ox in range(wo):
+        for ch in range(c):
+            y[n, oy, ox, ch] = -np.inf
+            argmax[n, oy, ox, ch] = 0
+        for a in range(ph):  # taps outside, channels inside: reads stay contiguous
+            iy = oy * sh + a - pt
+            if iy < 0 or iy >= h:
+                continue
+            for b in range(pw):
+                ix = ox * sw + b - pl
+                if ix < 0 or ix >= w:
+                    continue
+                for ch in range(c):
+                    v = x[n, iy, ix, ch]
+                    best = y[n, oy, ox, ch]
+                    # strict: the first tap wins a tie; a NaN wins as in np.argmax (the first one)
+                    if v > best or (v != v and best == best):
+                        y[n, oy, ox, ch] = v
+                        argmax[n, oy, ox, ch] = a * pw + b
+
+
 @njit(parallel=PARALLEL, cache=True)
 def _maxpool_numba(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
-    n_img, h, w, c = x.shape
-    for r in prange(n_img * ho):
-        n, oy = r // ho, r % ho
-        for ox in range(wo):
-            for ch in range(c):
-                y[n, oy, ox, ch] = -np.inf
-                argmax[n, oy, ox, ch] = 0
-            for a in range(ph):  # taps outside, channels inside: reads stay contiguous
-                iy = oy * sh + a - pt
-                if iy < 0 or iy >= h:
-                    continue
-                for b in range(pw):
-                    ix = ox * sw + b - pl
-                    if ix < 0 or ix >= w:
-                        continue
-                    for ch in range(c):
-                        v = x[n, iy, ix, ch]
-                        best = y[n, oy, ox, ch]
-                        # strict: the first tap wins a tie; a NaN wins as in np.argmax (the first one)
-                        if v > best or (v != v and best == best):
-                            y[n, oy, ox, ch] = v
-                            argmax[n, oy, ox, ch] = a * pw + b
+    for r in prange(x.shape[0] * ho):
+        _maxpool_row(x, r // ho, r % ho, ph, pw, sh, sw, pt, pl, wo, y, argmax)
+
+
+@njit(nogil=True, cache=True)
+def maxpool_serial(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
+    """``_maxpool_numba`` in the calling thread alone, the GIL released: for a block of
+    images inside one of tinycnn's own threads (``winograd.winograd_conv2d_maxpool``)."""
+    for n in range(x.shape[0]):
+        for oy in range(ho):
+            _maxpool_row(x, n, oy, ph, pw, sh, sw, pt, pl, wo, y, argmax)
 
 
 @njit(parallel=PARALLEL, cache=True)

@@ -64,6 +64,7 @@ from numba import njit
 
 from .. import backend, memory
 from ..backend import PARALLEL, dispatch, threads_by_size
+from . import pool
 
 # F(2x2, 3x3): points 0, 1, -1, infinity.
 BT_2 = np.array([[1, 0, -1, 0],
@@ -961,6 +962,45 @@ def winograd_conv2d_fast(x, w, strides, pads, m=None):
 
     _in_blocks(nb, k, work)
     return y
+
+
+def winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, m=None):
+    """(y, argmax) (N, PH, PW, O) = the 2x2, stride-2 max pool (no padding, ``pool_hw`` the
+    pooled size) of ``winograd_conv2d_fast``'s output z, with the pool's winning taps as
+    ``pool.maxpool`` numbers them. Each block's z goes to a scratch array the size of the
+    block and is pooled while it is still in cache: the whole z (four times y) is never
+    written out and read back. A fast kernel alone: ``conv.conv2d_maxpool`` takes it for
+    such layers, and its reference is that kernel's."""
+    check_winograd_shapes(x.shape, w.shape, strides, pads)
+    m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
+    BT, _, AT = matrices(m)
+    nb, _, _, c = x.shape
+    o, n = w.shape[3], m + 2
+    ho, wo = _output_hw(x.shape, pads)
+    if tuple(pool_hw) != (ho // 2, wo // 2):
+        raise ValueError(f"winograd_conv2d_maxpool: pooled size {tuple(pool_hw)}, a 2x2 pool of a {ho}x{wo} map "
+                         f"gives {(ho // 2, wo // 2)}")
+    th, tw = tile_grid(ho, wo, m)
+    x = np.ascontiguousarray(x, np.float32)
+    U = _kernel_transform_fast(w, m)
+    y = memory.empty((nb,) + tuple(pool_hw) + (o,))
+    argmax = memory.empty(y.shape, np.int32)
+    k = _block_images(nb, th * tw)
+
+    def work(starts):
+        vbuf, mbuf = memory.empty((n * n * k * th * tw * c,)), memory.empty((n * n * k * th * tw * o,))
+        z = memory.empty((k, ho, wo, o))
+        for s in starts:
+            images = min(k, nb - s)
+            t = images * th * tw
+            V, M = _buffer(vbuf, (n * n, t, c)), _buffer(mbuf, (n * n, t, o))
+            _to_tiles(x[s:s + k], pads, th, tw, BT, V)
+            np.matmul(V, U, out=M)
+            _from_tiles(M, AT, z[:images])
+            pool.maxpool_serial(z[:images], 2, 2, 2, 2, 0, 0, pool_hw[0], pool_hw[1], y[s:s + k], argmax[s:s + k])
+
+    _in_blocks(nb, k, work)
+    return y, argmax
 
 
 def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
