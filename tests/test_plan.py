@@ -11,7 +11,7 @@ import fer_models
 import tinycnn as tc
 from helpers import assert_close
 from tinycnn.layers import (Activation, BatchNormalization, Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D, Dropout,
-                            Flatten, GlobalAveragePooling2D, MaxPool2D, Residual, SeparableConv2D)
+                            GlobalAveragePooling2D, MaxPool2D, Residual, SeparableConv2D)
 from tinycnn.plan.inference import InferencePlan
 
 RTOL, ATOL = 1e-4, 1e-5
