@@ -28,9 +28,10 @@ class Conv2DMaxPoolFn(Function):
     Given the same convolution kernel, the output is the unfused layers' to the bit; a
     gradient differs only where two taps of a window tie after adding the bias but not
     before (the unfused pair sends it to the first, this to the larger).
-    When no gradient will be asked of x (inference, or a first layer), z is not kept:
-    ``K.conv2d_maxpool`` pools as it convolves, and backward takes the weight gradient
-    from the pooled gradient and x (``K.conv2d_grad_weight_pooled``).
+    When no gradient will be asked of x (inference, or a first layer), or the convolution
+    runs by Winograd (which keeps nothing of its own for backward), z is not kept:
+    ``K.conv2d_maxpool`` pools as it convolves, and backward takes the gradients from the
+    pooled gradient, x and w (``K.conv2d_grad_weight_pooled`` for a first layer).
     ``Sequential`` runs each Conv2D followed by a MaxPooling2D this way
     (``tinycnn.plan.fold``).
     Saved: ``conv`` (as in Conv2DFn), argmax, z's shape, the pool's geometry, y and relu.
@@ -39,10 +40,11 @@ class Conv2DMaxPoolFn(Function):
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, relu, pool, pool_strides, pool_pads, pool_hw):
         z_shape = K.conv2d_output_shape(x.shape, w.shape, strides, pads)
-        if is_grad_enabled() and ctx.needs_input_grad[0]:
-            z, conv = K.conv2d_forward(x, w, strides, pads)
+        by_winograd = K.choose_algorithm(x.shape, w.shape, strides, pads) == "winograd"
+        if is_grad_enabled() and ctx.needs_input_grad[0] and not by_winograd:
+            z, conv = K.conv2d_forward(x, w, strides, pads)   # im2col's columns may be kept for backward
             y, argmax = P.maxpool(z, pool, pool_strides, pool_pads, pool_hw)
-        else:  # inference, or a first layer: backward will need only x and the pool's argmax
+        else:  # backward will need only x, w and the pool's argmax: z need not be kept
             y, argmax = K.conv2d_maxpool(x, w, strides, pads, pool, pool_strides, pool_pads, pool_hw)
             conv = K.ConvSaved(x, w, strides, pads, None) if is_grad_enabled() else None
         K.bias_relu(y, b, relu)
