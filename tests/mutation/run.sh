@@ -2,6 +2,7 @@
 # Mutation testing of one module with mutmut 3 (pip install -e ".[mutation]"):
 #
 #     tests/mutation/run.sh fer_models/metrics.py       # any module listed in modules.txt
+#     tests/mutation/run.sh fer_models/metrics.py NAME...   # only these mutants (mutmut's names)
 #
 # mutmut rewrites each function of the module into its mutants (one small change each:
 # an operator, a constant, an argument dropped) and runs the module's targeted tests,
@@ -16,10 +17,13 @@
 #
 # MUTATION_BASELINE=1 leaves out the tests written for mutation testing
 # (tests/test_mutants_*.py): the score before them. MUTATION_JOBS=N runs N mutants at once.
+# Given mutant names (the survivors of an earlier run), only those run: a quick check that
+# new tests kill them.
 set -euo pipefail
 
 main() {
-module=${1:?usage: tests/mutation/run.sh MODULE (one of the modules in tests/mutation/modules.txt)}
+module=${1:?usage: tests/mutation/run.sh MODULE [MUTANT...] (MODULE one of those in tests/mutation/modules.txt)}
+shift
 root=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 tests=$(awk -v m="$module" '$1 == m { $1 = ""; print }' "$root/tests/mutation/modules.txt")
 if ! command -v mutmut > /dev/null; then
@@ -80,7 +84,7 @@ export TINYCNN_NUMBA_PARALLEL=0
 export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
 cd "$work"
 start=$(date +%s)
-nice -n 19 mutmut run --max-children "${MUTATION_JOBS:-1}"
+nice -n 19 mutmut run --max-children "${MUTATION_JOBS:-1}" "$@"
 echo "mutmut: $module against$tests, $(( $(date +%s) - start )) s"
 mutmut results --all true | awk '{ print $NF }' | sort | uniq -c
 echo "not killed (mutmut show NAME, in $work):"
