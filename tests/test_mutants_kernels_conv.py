@@ -1,0 +1,144 @@
+"""Checks of tinycnn/kernels/conv.py that its mutation run (tests/mutation/run.sh) showed
+missing: the reference kernels compute in their inputs' common precision; the batch chunk
+of the im2col kernels (one chunk's column matrix about 16 MiB); ``choose_algorithm`` at
+each edge of the rule its docstring gives; which forward keeps im2col's columns for the
+weight gradient; the direct convolution on each backend."""
+import numpy as np
+import pytest
+
+import tinycnn as tc
+from tinycnn.kernels import conv
+
+F32, F64 = np.float32, np.float64
+
+
+@pytest.mark.parametrize("first, second", [(F32, F32), (F64, F32), (F32, F64), (F64, F64)])
+def test_reference_kernels_compute_in_their_inputs_precision(first, second):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 5, 6, 3)), rng.standard_normal((3, 2, 3, 4))
+    strides, pads = (1, 2), ((1, 1), (0, 1))
+    dy = rng.standard_normal(conv.conv2d_output_shape(x.shape, w.shape, strides, pads))
+    calls = {"conv2d": (lambda a, b: conv.conv2d_reference(a, b, strides, pads), x, w),
+             "conv2d_grad_input": (lambda a, b: conv.conv2d_grad_input_reference(a, b, x.shape, strides, pads), dy, w),
+             "conv2d_grad_weight": (lambda a, b: conv.conv2d_grad_weight_reference(a, b, w.shape, strides, pads),
+                                    x, dy)}
+    for name, (call, a, b) in calls.items():
+        got = call(a.astype(first), b.astype(second))
+        assert got.dtype == np.result_type(first, second), f"{name}({first.__name__}, {second.__name__}): {got.dtype}"
+        np.testing.assert_allclose(got, call(a, b), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_one_chunk_of_columns_is_about_16_mib():
+    per_image = 46 * 46 * 288 * 4                     # vggbn's 46x46 output, K = 288: 2.4 MB of columns
+    assert conv._CHUNK_BYTES == 16 << 20
+    assert conv._chunk_size(256, 46, 46, 288) == (16 << 20) // per_image == 6
+    assert conv._chunk_size(3, 46, 46, 288) == 3      # never more than the batch
+    assert conv._chunk_size(256, 32, 32, 1024) == 4   # 4 MiB an image: exactly four
+    assert conv._chunk_size(256, 100, 100, 1000) == 1  # 40 MB an image: still one at a time
+    assert conv._chunk_size(1, 100, 100, 1000) == 1
+    assert conv._chunk_size(5, 0, 7, 9) == 5          # an empty output: the whole batch
+
+
+def choose(x_shape, w_shape, pads=((0, 0), (0, 0)), frozen=False):
+    with tc.use_conv_algorithm("auto"):
+        return conv.choose_algorithm(x_shape, w_shape, (1, 1), pads, frozen)
+
+
+def test_choose_algorithm_at_the_edges_of_its_rule():
+    """Winograd with at least 64 channels on at least 9x9, or 32 on at least 20x20, and
+    at least 2048 input pixels in the batch; or 64+ channels on whole F(6x6) tiles."""
+    k = lambda c, o=64: (3, 3, c, o)  # noqa: E731
+    assert choose((1, 32, 64, 64), k(64)) == "winograd"          # 2048 pixels
+    assert choose((1, 23, 89, 64), k(64)) == "im2col"            # 2047
+    assert choose((64, 9, 9, 64), k(64)) == "winograd"
+    assert choose((64, 9, 9, 63), k(63)) == "im2col"
+    assert choose((64, 8, 9, 64), k(64)) == "im2col"             # 6x7 out: no whole F(6x6) tiles
+    assert choose((64, 9, 8, 64), k(64)) == "im2col"
+    assert choose((8, 20, 20, 32), k(32)) == "winograd"
+    assert choose((8, 20, 20, 31), k(31)) == "im2col"
+    assert choose((8, 19, 20, 32), k(32)) == "im2col"
+    assert choose((8, 20, 19, 32), k(32)) == "im2col"
+    # small maps of 64+ channels: only on whole F(6x6) tiles
+    assert choose((128, 8, 14, 64), k(64)) == "winograd"         # 6x12 out
+    assert choose((128, 8, 14, 63), k(63)) == "im2col"
+    assert choose((128, 8, 13, 64), k(64)) == "im2col"           # 6x11
+    assert choose((128, 7, 14, 64), k(64)) == "im2col"           # 5x12
+    assert choose((128, 2, 14, 64), k(64)) == "im2col"           # no output rows at all
+    assert choose((128, 14, 2, 64), k(64)) == "im2col"
+    assert choose((128, 6, 6, 64), k(64), ((1, 1), (1, 1))) == "winograd"   # 'same': 6x6 out
+    assert choose((128, 6, 6, 64), k(64), ((1, 1), (0, 0))) == "im2col"     # 6x4 out
+    assert choose((128, 6, 6, 64), k(64), ((0, 0), (1, 1))) == "im2col"     # 4x6 out
+
+
+def test_a_frozen_kernel_chooses_winograd_at_the_edges_of_its_rule():
+    """At any batch: 32+ input channels, an output of at least 8x8, C x O up to 128 x 256."""
+    assert choose((1, 10, 10, 32), (3, 3, 32, 64), frozen=True) == "winograd"
+    assert choose((1, 10, 10, 32), (3, 3, 32, 64)) == "im2col"                # not frozen: one image is too few
+    assert choose((1, 10, 10, 31), (3, 3, 31, 64), frozen=True) == "im2col"
+    assert choose((1, 9, 10, 32), (3, 3, 32, 64), frozen=True) == "im2col"     # 7x8 out
+    assert choose((1, 10, 9, 32), (3, 3, 32, 64), frozen=True) == "im2col"
+    assert choose((1, 8, 10, 32), (3, 3, 32, 64), ((1, 1), (0, 0)), frozen=True) == "winograd"  # padded to 8x8 out
+    assert choose((1, 10, 8, 32), (3, 3, 32, 64), ((0, 0), (1, 1)), frozen=True) == "winograd"
+    assert choose((1, 8, 10, 32), (3, 3, 32, 64), ((0, 0), (1, 1)), frozen=True) == "im2col"    # 6x10 out
+    assert choose((1, 10, 10, 128), (3, 3, 128, 256), frozen=True) == "winograd"
+    assert choose((1, 10, 10, 128), (3, 3, 128, 257), frozen=True) == "im2col"
+
+
+@pytest.mark.parametrize("c, strides, kept", [(16, (1, 1), True), (17, (1, 1), False), (1, (1, 1), False),
+                                              (1, (2, 2), True)])
+def test_the_forward_keeps_the_columns_while_they_are_narrow(c, strides, kept):
+    """im2col's columns (K = 3 x 3 x C wide) are kept up to K = 144, except for a one-channel
+    3x3 stride-1 layer, which has kernels of its own both ways."""
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 7, 7, c)).astype(F32), rng.standard_normal((3, 3, c, 4)).astype(F32)
+    pads = ((0, 0), (0, 0))
+    with tc.use_backend("numba"), tc.use_conv_algorithm("im2col"):
+        y, saved = conv.conv2d_forward(x, w, strides, pads)
+    assert (saved.cols is not None) == kept
+    assert saved.x is x and saved.w is w and saved.strides == strides and saved.pads == pads
+    np.testing.assert_allclose(y, conv.conv2d_reference(x, w, strides, pads), rtol=1e-4, atol=1e-5)
+    with tc.use_backend("numba"), tc.use_conv_algorithm("winograd"):
+        _, saved = conv.conv2d_forward(x, w, (1, 1), pads)
+    assert saved.cols is None                                  # Winograd keeps nothing
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_the_direct_convolution_hands_back_columns_only_from_the_fast_kernel(name):
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((2, 6, 6, 2)).astype(F32), rng.standard_normal((2, 2, 2, 3)).astype(F32)
+    pads = ((0, 1), (1, 0))
+    expected = conv.conv2d_reference(x, w, (1, 1), pads)
+    with tc.use_backend(name):
+        y, cols = conv._direct(x, w, (1, 1), pads, keep_cols=True)
+        np.testing.assert_allclose(conv._direct(x, w, (1, 1), pads), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    assert (cols is None) == (name == "numpy")
+    if cols is not None:
+        assert cols.shape == (2 * 6 * 6, 2 * 2 * 2)
+
+
+def refusal(*args):
+    with pytest.raises(ValueError) as e:
+        conv.check_shapes("conv2d_grad_input", *args)
+    return str(e.value)
+
+
+def test_the_gate_names_each_problem_in_full():
+    none, one = ((0, 0), (0, 0)), ((1, 1), (1, 1))
+    tail = " (input {}, kernel {})"
+    assert refusal((1, 5, 5), (3, 3, 1, 1), (1, 1), none) == "conv2d_grad_input: input and kernel must be 4-D " \
+        "(N, H, W, C) and (KH, KW, C, O)" + tail.format((1, 5, 5), (3, 3, 1, 1))
+    assert refusal((1, 5, 5, 1), (3, 3, 1), (1, 1), none).startswith("conv2d_grad_input: input and kernel must be 4-D")
+    assert refusal((2, 5, 5, 64), (3, 3, 8, 8), (1, 1), one) == "conv2d_grad_input: input has 64 channels, the " \
+        "kernel expects 8" + tail.format((2, 5, 5, 64), (3, 3, 8, 8))
+    for strides, pads in [((0, 1), none), ((1, 0), none), ((1, 1), ((0, 0), (0, -1))), ((1, 1), ((-1, 0), (0, 0)))]:
+        assert refusal((1, 5, 5, 1), (3, 3, 1, 1), strides, pads) == "conv2d_grad_input: strides must be >= 1 and " \
+            f"paddings >= 0, got strides {strides} pads {pads}" + tail.format((1, 5, 5, 1), (3, 3, 1, 1))
+    assert refusal((1, 2, 3, 1), (3, 3, 1, 1), (1, 1), none) == "conv2d_grad_input: the kernel is larger than the " \
+        "padded input" + tail.format((1, 2, 3, 1), (3, 3, 1, 1))
+    assert refusal((1, 3, 2, 1), (3, 3, 1, 1), (1, 1), none).startswith("conv2d_grad_input: the kernel is larger")
+    assert refusal((1, 9, 9, 1), (3, 3, 1, 2), (1, 1), none, (1, 5, 5, 1)) == "conv2d_grad_input: output gradient " \
+        "has shape (1, 5, 5, 1), the convolution gives (1, 7, 7, 2)" + tail.format((1, 9, 9, 1), (3, 3, 1, 2))
+    # at the edges, accepted: a kernel the size of the padded input, stride 1, no padding, a matching gradient
+    conv.check_shapes("conv2d", (1, 3, 3, 1), (3, 3, 1, 2), (1, 1), none, (1, 1, 1, 2))
+    conv.check_shapes("conv2d", (1, 1, 1, 1), (3, 3, 1, 2), (1, 1), one)
