@@ -1,0 +1,94 @@
+"""Checks of tinycnn/kernels/winograd.py that its mutation run (tests/mutation/run.sh)
+showed missing: the matrices and the reference kernels in the precision asked for; the
+gate's messages in full; F(6x6) only from ``F6_MIN_TILES`` tiles in the batch; the fast
+path taking the spelt-out F(4x4) and F(6x6) transforms, the loops otherwise."""
+import numpy as np
+import pytest
+
+from tinycnn.kernels import conv, winograd as W
+
+F32, F64 = np.float32, np.float64
+
+
+@pytest.mark.parametrize("m", sorted(W.MATRICES))
+def test_the_matrices_come_in_the_dtype_asked_for(m):
+    for got, exact in zip(W.matrices(m), W.MATRICES[m]):
+        assert got.dtype == F32 and np.array_equal(got, exact.astype(F32))
+    for got, exact in zip(W.matrices(m, F64), W.MATRICES[m]):
+        assert got.dtype == F64 and np.array_equal(got, exact)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("m", sorted(W.MATRICES))
+def test_reference_kernels_compute_in_their_inputs_precision(dtype, m):
+    rng = np.random.default_rng(m)
+    x, w = rng.standard_normal((2, 7, 8, 3)), rng.standard_normal((3, 3, 3, 2))
+    pads = ((1, 0), (0, 1))
+    dy = rng.standard_normal(conv.conv2d_output_shape(x.shape, w.shape, (1, 1), pads))
+    direct = (conv.conv2d_reference(x, w, (1, 1), pads), conv.conv2d_grad_input_reference(dy, w, x.shape, (1, 1), pads),
+              conv.conv2d_grad_weight_reference(x, dy, w.shape, (1, 1), pads))          # float64
+    got = (W.winograd_conv2d_reference(x.astype(dtype), w.astype(dtype), (1, 1), pads, m),
+           W.winograd_conv2d_grad_input_reference(dy.astype(dtype), w.astype(dtype), x.shape, (1, 1), pads, m),
+           W.winograd_conv2d_grad_weight_reference(x.astype(dtype), dy.astype(dtype), w.shape, (1, 1), pads, m))
+    tol = 1e-4 if dtype == F32 else 1e-9
+    for name, g, d in zip(("forward", "input gradient", "weight gradient"), got, direct):
+        assert g.dtype == dtype, f"F({m}x{m}) {name}: {g.dtype}"
+        np.testing.assert_allclose(g, d, rtol=tol, atol=tol, err_msg=f"F({m}x{m}) {name}")
+    assert W.kernel_transform(w.astype(dtype), m).dtype == dtype
+
+
+def refusal(*args, **kwargs):
+    with pytest.raises(ValueError) as e:
+        W.check_winograd_shapes(*args, **kwargs)
+    return str(e.value)
+
+
+def test_the_gate_names_each_problem_in_full():
+    none = ((0, 0), (0, 0))
+    assert refusal((1, 5, 5, 2), (3, 3, 2, 1), (2, 1), none, who="conv2d") == "conv2d: Winograd F(m, 3x3) needs a " \
+        "3x3 kernel and strides (1, 1), got kernel (3, 3) and strides (2, 1)"
+    assert refusal((1, 5, 5, 2), (3, 5, 2, 1), (1, 1), none).startswith("winograd: Winograd F(m, 3x3) needs a 3x3")
+    assert refusal((1, 5, 5, 2), (5, 3, 2, 1), (1, 1), none).startswith("winograd: Winograd F(m, 3x3) needs a 3x3")
+    assert refusal((1, 5, 5, 2), (3, 3, 2), (1, 1), none).startswith("winograd: Winograd F(m, 3x3) needs a 3x3")
+    assert refusal((1, 5, 5, 2), (3, 3, 4, 1), (1, 1), none) == "winograd: input (1, 5, 5, 2) has 2 channels, " \
+        "kernel (3, 3, 4, 1) expects 4"
+    assert refusal((5, 5, 2), (3, 3, 2, 1), (1, 1), none).startswith("winograd: input (5, 5, 2) has 2 channels")
+    assert refusal((1, 2, 5, 2), (3, 3, 2, 1), (1, 1), none) == "winograd: paddings ((0, 0), (0, 0)) on input " \
+        "(1, 2, 5, 2) leave no output"
+    assert refusal((1, 5, 2, 2), (3, 3, 2, 1), (1, 1), none).endswith("leave no output")
+    assert refusal((1, 5, 5, 2), (3, 3, 2, 1), (1, 1), ((0, -1), (0, 0))).endswith("leave no output")
+    assert refusal((1, 5, 5, 2), (3, 3, 2, 1), (1, 1), ((0, 0), (-1, 0))).endswith("leave no output")
+    assert refusal((1, 5, 5, 2), (3, 3, 2, 1), (1, 1), none, (1, 3, 3, 2)) == "winograd: output gradient has shape " \
+        "(1, 3, 3, 2), the convolution of input (1, 5, 5, 2) gives (1, 3, 3, 1)"
+    # at the edges, accepted: an output of one pixel, a matching gradient
+    W.check_winograd_shapes((1, 3, 3, 2), (3, 3, 2, 1), (1, 1), none, (1, 1, 1, 1))
+    W.check_winograd_shapes((1, 1, 1, 2), (3, 3, 2, 1), (1, 1), ((1, 1), (1, 1)))
+
+
+def test_f6_takes_at_least_f6_min_tiles():
+    assert W.F6_MIN_TILES == 64
+    assert W.tile_grid(12, 12, 6) == (2, 2)                                 # 4 tiles an image
+    assert [W.choose_tile(12, 12, n) for n in (15, 16)] == [4, 6]
+    assert W.tile_grid(13, 7, 4) == (4, 2) and W.tile_grid(12, 8, 4) == (3, 2)
+
+
+@pytest.mark.parametrize("m, spelt_out", [(2, False), (4, True), (6, True)])
+def test_the_fast_path_takes_the_spelt_out_transforms_for_f4_and_f6(monkeypatch, m, spelt_out):
+    calls = []
+    names = ["_input_transform", "_output_transform", "_output_transform_adjoint", "_input_transform_adjoint"]
+    for name in names + [f"{n}_{m}" for n in names if m in (4, 6)]:
+        kernel = getattr(W, name)
+        monkeypatch.setattr(W, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 9, 9, 3)).astype(F32), rng.standard_normal((3, 3, 3, 2)).astype(F32)
+    dy = rng.standard_normal((2, 9, 9, 2)).astype(F32)
+    pads = ((1, 1), (1, 1))
+    y = W.winograd_conv2d_fast(x, w, (1, 1), pads, m)
+    dx, dw = W.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads, m=m)
+    suffix = f"_{m}" if spelt_out else ""
+    assert set(calls) == {n + suffix for n in names}, calls
+    np.testing.assert_allclose(y, conv.conv2d_reference(x, w, (1, 1), pads), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, conv.conv2d_grad_input_reference(dy, w, x.shape, (1, 1), pads), rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_allclose(dw, conv.conv2d_grad_weight_reference(x, dy, w.shape, (1, 1), pads), rtol=1e-4,
+                               atol=1e-3)
