@@ -93,14 +93,11 @@ def run_notebook(code):
     nb = nbformat.v4.new_notebook()
     nb.cells.append(nbformat.v4.new_code_cell(code))
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(clean_env())   # the kernel inherits this process's environment
-    try:
-        NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    # the kernel gets the environment a JupyterLab started from the user's shell passes on
+    # (nbclient alone starts it with almost none: without this machine's
+    # OPENBLAS_CORETYPE, OpenBLAS would pick other kernels than the script's)
+    NotebookClient(nb, timeout=1800, kernel_name="python3",
+                   resources={"metadata": {"path": ROOT}}).execute(env=clean_env())
     out = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.get("output_type") == "stream")
     return parse(out)
 
