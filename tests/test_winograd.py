@@ -365,3 +365,25 @@ def test_winograd_conv2d_maxpool_is_the_pool_of_the_convolution(m, size, pads):
     np.testing.assert_allclose(chosen, y_ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="pooled size"):
         W.winograd_conv2d_maxpool(x, w, (1, 1), pads, (pool_hw[0] + 1, pool_hw[1]), m=m)
+
+
+@pytest.mark.parametrize("m", [4, 6])
+def test_winograd_conv2d_maxpool_with_the_batchnorm_epilogue(m):
+    """With ``affine`` (a ReLU convolution's bias, then an inference BatchNorm's scale of
+    both signs and shift) each block's output is mapped before it is pooled: the pool of
+    the mapped reference convolution, and ``conv2d_affine_maxpool`` takes this route for
+    a Winograd layer."""
+    from tinycnn.kernels import pool
+    rng = np.random.default_rng(40 + m)
+    x, w = rng.standard_normal((5, 14, 13, 6)).astype(np.float32), rng.standard_normal((3, 3, 6, 4)).astype(np.float32)
+    b, shift = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    scale = np.array([0.7, -1.3, 1.1, -0.4], np.float32)
+    pads = ((0, 0), (0, 0))
+    z = conv.bias_relu_affine_reference(conv.conv2d_reference(x, w, (1, 1), pads), b, scale, shift)
+    pool_hw = (z.shape[1] // 2, z.shape[2] // 2)
+    y_ref, _ = pool.maxpool_reference(z, (2, 2), (2, 2), pads, pool_hw)
+    y, _ = W.winograd_conv2d_maxpool(x, w, (1, 1), pads, pool_hw, m=m, affine=(b, scale, shift))
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    with tc.use_conv_algorithm("winograd"):
+        got = conv.conv2d_affine_maxpool.fast(x, w, b, scale, shift, (1, 1), pads, (2, 2), (2, 2), pads, pool_hw)
+    np.testing.assert_allclose(got, y_ref, rtol=1e-4, atol=1e-4)

@@ -858,7 +858,9 @@ def conv2d_affine_maxpool_fast(x, w, b, scale, shift, strides, pads, pool_size, 
     """As the reference. A one-channel input, a 3x3 kernel at stride 1 and 2x2 windows
     (gap4's first layer) take one kernel that writes only the pooled map; the
     convolution's output (256 channels of 46x46 a face there) never goes to memory and
-    back (bench/README.md, "Inference plan"). Otherwise the chosen convolution, its
+    back (bench/README.md, "The inference plan"). A convolution by Winograd under 2x2
+    windows applies the epilogue and pools each block of images while its output is in
+    cache (``winograd.winograd_conv2d_maxpool``). Otherwise the chosen convolution, its
     epilogue and the pool, one after another."""
     check_shapes("conv2d_affine_maxpool", x.shape, w.shape, strides, pads)
     n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
@@ -873,6 +875,9 @@ def conv2d_affine_maxpool_fast(x, w, b, scale, shift, strides, pads, pool_size, 
         _conv3x3_one_channel_affine_maxpool2x2(_padded_plane(x, pads), np.ascontiguousarray(w, np.float32).reshape(9, o),
                                                b, scale, shift, y)
         return y
+    if tuple(pool_size) == tuple(pool_strides) == (2, 2) and not any(map(any, pool_pads)) \
+            and choose_algorithm(x.shape, w.shape, strides, pads, winograd.is_frozen(w)) == "winograd":
+        return winograd.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, affine=(b, scale, shift))[0]
     y = bias_relu_affine_fast(conv2d(x, w, strides, pads), b, scale, shift)
     return pool.maxpool_fast(y, pool_size, pool_strides, pool_pads, pool_hw)[0]
 

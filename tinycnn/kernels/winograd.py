@@ -964,13 +964,25 @@ def winograd_conv2d_fast(x, w, strides, pads, m=None):
     return y
 
 
-def winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, m=None):
+@njit(nogil=True, cache=True, fastmath=True)
+def _relu_affine_in_place(z, b, scale, shift):
+    """z = max(z + b, 0) * scale + shift per channel (last axis), in the calling thread:
+    a ReLU convolution's epilogue with the inference BatchNormalization after it."""
+    z2 = z.reshape(-1, z.shape[-1])
+    for i in range(z2.shape[0]):
+        for j in range(z2.shape[1]):
+            z2[i, j] = max(z2[i, j] + b[j], 0.0) * scale[j] + shift[j]
+
+
+def winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, m=None, affine=None):
     """(y, argmax) (N, PH, PW, O) = the 2x2, stride-2 max pool (no padding, ``pool_hw`` the
     pooled size) of ``winograd_conv2d_fast``'s output z, with the pool's winning taps as
-    ``pool.maxpool`` numbers them. Each block's z goes to a scratch array the size of the
-    block and is pooled while it is still in cache: the whole z (four times y) is never
-    written out and read back. A fast kernel alone: ``conv.conv2d_maxpool`` takes it for
-    such layers, and its reference is that kernel's."""
+    ``pool.maxpool`` numbers them; with ``affine`` = (b, scale, shift), of
+    max(z + b, 0) * scale + shift instead (a ReLU convolution and the inference BatchNorm
+    after it). Each block's z goes to a scratch array the size of the block and is pooled
+    while it is still in cache: the whole z (four times y) is never written out and read
+    back. A fast kernel alone: ``conv.conv2d_maxpool`` and ``conv.conv2d_affine_maxpool``
+    take it for such layers, and its references are theirs."""
     check_winograd_shapes(x.shape, w.shape, strides, pads)
     m = m or choose_tile(*_output_hw(x.shape, pads), x.shape[0])
     BT, _, AT = matrices(m)
@@ -997,6 +1009,8 @@ def winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, m=None):
             _to_tiles(x[s:s + k], pads, th, tw, BT, V)
             np.matmul(V, U, out=M)
             _from_tiles(M, AT, z[:images])
+            if affine is not None:
+                _relu_affine_in_place(z[:images], *affine)
             pool.maxpool_serial(z[:images], 2, 2, 2, 2, 0, 0, pool_hw[0], pool_hw[1], y[s:s + k], argmax[s:s + k])
 
     _in_blocks(nb, k, work)
