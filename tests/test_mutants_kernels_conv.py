@@ -142,3 +142,83 @@ def test_the_gate_names_each_problem_in_full():
     # at the edges, accepted: a kernel the size of the padded input, stride 1, no padding, a matching gradient
     conv.check_shapes("conv2d", (1, 3, 3, 1), (3, 3, 1, 2), (1, 1), none, (1, 1, 1, 2))
     conv.check_shapes("conv2d", (1, 1, 1, 1), (3, 3, 1, 2), (1, 1), one)
+
+
+def problem(c=2, o=3, seed=3):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((2, 7, 6, c)).astype(F32), rng.standard_normal((3, 3, c, o)).astype(F32)
+    dy = rng.standard_normal((2, 7, 6, o)).astype(F32)
+    return x, w, dy, (1, 1), ((1, 1), (1, 1))
+
+
+def test_the_weight_gradient_reads_the_columns_it_is_handed():
+    """The columns kept by the forward are what the weight gradient multiplies (it does not
+    gather x again): handed another input's columns, it gives that input's gradient."""
+    x, w, dy, strides, pads = problem()
+    other = np.random.default_rng(9).standard_normal(x.shape).astype(F32)
+    with tc.use_backend("numba"), tc.use_conv_algorithm("im2col"):
+        _, cols = conv.conv2d(other, w, strides, pads, keep_cols=True)
+        expected = conv.conv2d_grad_weight_reference(other, dy, w.shape, strides, pads)
+        for dw in (conv._direct_grad_weight(x, dy, w.shape, strides, pads, cols=cols),
+                   conv.conv2d_grad_weight(x, dy, w.shape, strides, pads, cols=cols),
+                   conv.conv2d_grads(x, dy, w, strides, pads, need_input=False, cols=cols)[1],
+                   conv.conv2d_backward(conv.ConvSaved(x, w, strides, pads, cols), dy)[1]):
+            np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_the_direct_weight_gradient_runs_the_selected_kernel(monkeypatch, name):
+    x, w, dy, strides, pads = problem()
+    called = []
+    for kernel in ("conv2d_grad_weight_reference", "conv2d_grad_weight_fast"):
+        original = getattr(conv, kernel)
+        monkeypatch.setattr(conv, kernel, lambda *a, _o=original, _k=kernel, **k: called.append(_k) or _o(*a, **k))
+    with tc.use_backend(name):
+        dw = conv._direct_grad_weight(x, dy, w.shape, strides, pads)
+    assert called == ["conv2d_grad_weight_" + ("reference" if name == "numpy" else "fast")]
+    np.testing.assert_allclose(dw, conv.conv2d_grad_weight_reference(x, dy, w.shape, strides, pads), rtol=1e-4,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+def test_the_gradients_run_the_chosen_algorithm_and_only_those_asked_for(monkeypatch, algorithm):
+    x, w, dy, strides, pads = problem()
+    called = []
+    for kernel in ("winograd_conv2d_grad_input", "winograd_conv2d_grad_weight", "winograd_conv2d_grads"):
+        original = getattr(conv.winograd, kernel)
+        monkeypatch.setattr(conv.winograd, kernel, lambda *a, _o=original, _k=kernel: called.append(_k) or _o(*a))
+    dx_ref = conv.conv2d_grad_input_reference(dy, w, x.shape, strides, pads)
+    dw_ref = conv.conv2d_grad_weight_reference(x, dy, w.shape, strides, pads)
+    with tc.use_conv_algorithm(algorithm):
+        np.testing.assert_allclose(conv.conv2d_grad_input(dy, w, x.shape, strides, pads), dx_ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(conv.conv2d_grad_weight(x, dy, w.shape, strides, pads), dw_ref, rtol=1e-4, atol=1e-4)
+        for need_input, need_weight in [(True, True), (True, False), (False, True)]:
+            dx, dw = conv.conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
+            saved = conv.conv2d_forward(x, w, strides, pads)[1]
+            for got_dx, got_dw in [(dx, dw), conv.conv2d_backward(saved, dy, need_input, need_weight)]:
+                assert (got_dx is None) == (not need_input) and (got_dw is None) == (not need_weight)
+                if need_input:
+                    np.testing.assert_allclose(got_dx, dx_ref, rtol=1e-4, atol=1e-4)
+                if need_weight:
+                    np.testing.assert_allclose(got_dw, dw_ref, rtol=1e-4, atol=1e-4)
+    winograd_calls = {"winograd_conv2d_grad_input", "winograd_conv2d_grad_weight", "winograd_conv2d_grads"}
+    assert set(called) == (winograd_calls if algorithm == "winograd" else set()), called
+
+
+def test_the_gradients_choose_as_the_forward_does_with_the_paddings(monkeypatch):
+    """resfer's 6x6x64 'same' layer: one whole F(6x6) tile per image, so Winograd, both ways;
+    the same map without padding (a 4x4 output) is not."""
+    called = []
+    for kernel in ("winograd_conv2d", "winograd_conv2d_grad_input", "winograd_conv2d_grad_weight",
+                   "winograd_conv2d_grads"):
+        monkeypatch.setattr(conv.winograd, kernel, lambda *a, _k=kernel: called.append(_k) or "winograd's")
+    x, w, dy = np.zeros((128, 6, 6, 64), F32), np.zeros((3, 3, 64, 64), F32), np.zeros((128, 6, 6, 64), F32)
+    same = ((1, 1), (1, 1))
+    with tc.use_conv_algorithm("auto"):
+        assert conv.conv2d(x, w, (1, 1), same) == "winograd's"
+        assert conv.conv2d_grad_input(dy, w, x.shape, (1, 1), same) == "winograd's"
+        assert conv.conv2d_grad_weight(x, dy, w.shape, (1, 1), same) == "winograd's"
+        assert conv.conv2d_grads(x, dy, w, (1, 1), same) == "winograd's"
+        assert conv.choose_algorithm(x.shape, w.shape, (1, 1)) == "im2col"
+    assert called == ["winograd_conv2d", "winograd_conv2d_grad_input", "winograd_conv2d_grad_weight",
+                      "winograd_conv2d_grads"]
