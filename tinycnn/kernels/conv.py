@@ -188,6 +188,16 @@ def _patch3x3(xp, n, iy, ix):
 
 
 @njit(inline="always")
+def _patch4x4(xp, n, iy, ix):
+    """The 4x4 patch of plane xp[n] whose top-left pixel is (iy, ix), row by row: what a
+    2x2 pool window of a 3x3 convolution's outputs reads."""
+    return (xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2], xp[n, iy, ix + 3],
+            xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2], xp[n, iy + 1, ix + 3],
+            xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2], xp[n, iy + 2, ix + 3],
+            xp[n, iy + 3, ix], xp[n, iy + 3, ix + 1], xp[n, iy + 3, ix + 2], xp[n, iy + 3, ix + 3])
+
+
+@njit(inline="always")
 def _taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k):
     """The 3x3 correlation of a patch (p_ab, row a, column b) with w9[3 a + b, k]."""
     return (p00 * w9[0, k] + p01 * w9[1, k] + p02 * w9[2, k] + p10 * w9[3, k] + p11 * w9[4, k]
@@ -219,10 +229,8 @@ def _conv3x3_one_channel_maxpool2x2(xp, w9, y, argmax):
         iy = 2 * py
         for px in range(gw):
             ix = 2 * px
-            p00, p01, p02, p03 = xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2], xp[n, iy, ix + 3]
-            p10, p11, p12, p13 = xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2], xp[n, iy + 1, ix + 3]
-            p20, p21, p22, p23 = xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2], xp[n, iy + 2, ix + 3]
-            p30, p31, p32, p33 = xp[n, iy + 3, ix], xp[n, iy + 3, ix + 1], xp[n, iy + 3, ix + 2], xp[n, iy + 3, ix + 3]
+            (p00, p01, p02, p03, p10, p11, p12, p13,
+             p20, p21, p22, p23, p30, p31, p32, p33) = _patch4x4(xp, n, iy, ix)
             out, arg = y[n, py, px], argmax[n, py, px]
             for k in range(o):
                 best, t = _taps3x3(p00, p01, p02, p10, p11, p12, p20, p21, p22, w9, k), 0  # window tap 0: z[iy, ix]
@@ -837,10 +845,8 @@ def _conv3x3_one_channel_affine_maxpool2x2(xp, w9, b, scale, shift, y):
         iy = 2 * py
         for px in range(gw):
             ix = 2 * px
-            p00, p01, p02, p03 = xp[n, iy, ix], xp[n, iy, ix + 1], xp[n, iy, ix + 2], xp[n, iy, ix + 3]
-            p10, p11, p12, p13 = xp[n, iy + 1, ix], xp[n, iy + 1, ix + 1], xp[n, iy + 1, ix + 2], xp[n, iy + 1, ix + 3]
-            p20, p21, p22, p23 = xp[n, iy + 2, ix], xp[n, iy + 2, ix + 1], xp[n, iy + 2, ix + 2], xp[n, iy + 2, ix + 3]
-            p30, p31, p32, p33 = xp[n, iy + 3, ix], xp[n, iy + 3, ix + 1], xp[n, iy + 3, ix + 2], xp[n, iy + 3, ix + 3]
+            (p00, p01, p02, p03, p10, p11, p12, p13,
+             p20, p21, p22, p23, p30, p31, p32, p33) = _patch4x4(xp, n, iy, ix)
             out = y[n, py, px]
             for k in range(o):
                 bk, sk, tk = b[k], scale[k], shift[k]
