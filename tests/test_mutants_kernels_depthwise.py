@@ -33,3 +33,26 @@ def test_reference_kernels_compute_in_their_inputs_precision(first, second):
         got = call(a.astype(first), b.astype(second))
         assert got.dtype == expected, f"{name}({first.__name__}, {second.__name__}) gave {got.dtype}"
         np.testing.assert_allclose(got, call(a, b), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def refusal(*args, **arrays):
+    with pytest.raises(ValueError) as e:
+        D.check_arrays("depthwise_conv2d", *args, **arrays)
+    return str(e.value)
+
+
+def test_the_gate_names_each_problem_in_full():
+    none = ((0, 0), (0, 0))
+    tail = " (input {}, depthwise kernel {})"
+    assert refusal((5, 5, 1), (3, 3, 1, 1), (1, 1), none) == "depthwise_conv2d: input and depthwise kernel must be " \
+        "4-D (N, H, W, C) and (KH, KW, C, M)" + tail.format((5, 5, 1), (3, 3, 1, 1))
+    assert refusal((1, 5, 5, 2), (3, 3, 2, 0), (1, 1), none) == "depthwise_conv2d: the depthwise kernel has an empty " \
+        "axis" + tail.format((1, 5, 5, 2), (3, 3, 2, 0))
+    for x_shape in [(1, 2, 5, 1), (1, 5, 2, 1)]:          # too short, too narrow
+        assert refusal(x_shape, (3, 3, 1, 1), (1, 1), none) == "depthwise_conv2d: the kernel is larger than the " \
+            "padded input" + tail.format(x_shape, (3, 3, 1, 1))
+    x64, w64 = np.zeros((1, 5, 5, 1)), np.zeros((3, 3, 1, 1))
+    assert refusal(x64.shape, w64.shape, (1, 1), none, x=x64, w=w64) == "depthwise_conv2d: the compiled kernel " \
+        "takes float32 arrays, got x float64, w float64" + tail.format((1, 5, 5, 1), (3, 3, 1, 1))
+    D.check_arrays("depthwise_conv2d", (1, 3, 3, 1), (3, 3, 1, 2), (1, 1), none, (1, 1, 1, 2),
+                   x=x64.astype(F32), w=w64.astype(F32))   # a kernel the size of the input: accepted
