@@ -222,3 +222,24 @@ def test_the_gradients_choose_as_the_forward_does_with_the_paddings(monkeypatch)
         assert conv.choose_algorithm(x.shape, w.shape, (1, 1)) == "im2col"
     assert called == ["winograd_conv2d", "winograd_conv2d_grad_input", "winograd_conv2d_grad_weight",
                       "winograd_conv2d_grads"]
+
+
+def test_a_frozen_kernel_takes_winograd_from_one_image(monkeypatch):
+    called = []
+    monkeypatch.setattr(conv.winograd, "winograd_conv2d", lambda *a: called.append(a[1]) or "winograd's")
+    x = np.zeros((1, 10, 10, 32), F32)
+    frozen, loose = np.zeros((3, 3, 32, 64), F32), np.zeros((3, 3, 32, 64), F32)
+    conv.winograd.freeze_kernel(frozen)
+    with tc.use_conv_algorithm("auto"):
+        assert conv.conv2d(x, frozen, (1, 1), ((0, 0), (0, 0))) == "winograd's"
+        assert conv.conv2d(x, loose, (1, 1), ((0, 0), (0, 0))).shape == (1, 8, 8, 64)     # im2col
+    assert len(called) == 1 and called[0] is frozen
+
+
+def test_winograd_hands_back_no_columns():
+    x, w, _, strides, pads = problem()
+    with tc.use_conv_algorithm("winograd"):
+        y, cols = conv.conv2d(x, w, strides, pads, keep_cols=True)
+        assert conv.conv2d(x, w, strides, pads).shape == y.shape == (2, 7, 6, 3)
+    assert cols is None
+    np.testing.assert_allclose(y, conv.conv2d_reference(x, w, strides, pads), rtol=1e-4, atol=1e-4)
