@@ -243,3 +243,26 @@ def test_winograd_hands_back_no_columns():
         assert conv.conv2d(x, w, strides, pads).shape == y.shape == (2, 7, 6, 3)
     assert cols is None
     np.testing.assert_allclose(y, conv.conv2d_reference(x, w, strides, pads), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [9, 63, 64, 100])
+@pytest.mark.parametrize("m", [0, 1, 10, 11])
+def test_the_sum_of_products_over_a_long_axis(monkeypatch, k, m):
+    """cols.T @ dy2 (float32): from 64 columns by ``backend.matmul``; with fewer, as sums of
+    products of ``rows``-row blocks shared between threads: one a block, up to
+    ``core_count()``, and one for an empty batch."""
+    rng = np.random.default_rng(k + m)
+    cols, dy2 = rng.standard_normal((m, k)).astype(F32), rng.standard_normal((m, 5)).astype(F32)
+    jobs, products = [], []
+    on_cores, matmul = conv.backend.on_cores, conv.backend.matmul
+    monkeypatch.setattr(conv.backend, "core_count", lambda: 8)
+    monkeypatch.setattr(conv.backend, "on_cores", lambda js: jobs.append(len(js)) or on_cores(js))
+    monkeypatch.setattr(conv.backend, "matmul", lambda a, b: products.append(a.shape) or matmul(a, b))
+    got = conv._sum_of_products(cols, dy2, rows=3)
+    assert got.dtype == F32 and got.shape == (k, 5)
+    np.testing.assert_allclose(got, cols.astype(F64).T @ dy2, rtol=1e-5, atol=1e-5)
+    if k >= 64:
+        assert products == [(k, m)] and jobs == []
+    else:
+        assert products == [] and jobs == [max(1, min(8, -(-m // 3)))]      # 0, 1, 4 and 4 blocks of 3 rows
+    np.testing.assert_allclose(conv._sum_of_products(cols, dy2), cols.astype(F64).T @ dy2, rtol=1e-5, atol=1e-5)
