@@ -63,6 +63,8 @@ def test_choose_algorithm_at_the_edges_of_its_rule():
     assert choose((128, 8, 14, 63), k(63)) == "im2col"
     assert choose((128, 8, 13, 64), k(64)) == "im2col"           # 6x11
     assert choose((128, 7, 14, 64), k(64)) == "im2col"           # 5x12
+    assert choose((128, 7, 8, 64), k(64)) == "winograd"          # 5x6: one F(6x6) tile, 30 of its 36 outputs used
+    assert choose((128, 8, 7, 64), k(64)) == "winograd"          # 6x5
     assert choose((128, 2, 14, 64), k(64)) == "im2col"           # no output rows at all
     assert choose((128, 14, 2, 64), k(64)) == "im2col"
     assert choose((128, 6, 6, 64), k(64), ((1, 1), (1, 1))) == "winograd"   # 'same': 6x6 out
