@@ -133,8 +133,8 @@ def test_the_gate_names_each_problem_in_full():
     assert refusal((1, 5, 5), (3, 3, 1, 1), (1, 1), none) == "conv2d_grad_input: input and kernel must be 4-D " \
         "(N, H, W, C) and (KH, KW, C, O)" + tail.format((1, 5, 5), (3, 3, 1, 1))
     assert refusal((1, 5, 5, 1), (3, 3, 1), (1, 1), none).startswith("conv2d_grad_input: input and kernel must be 4-D")
-    assert refusal((2, 5, 5, 64), (3, 3, 8, 8), (1, 1), one) == "conv2d_grad_input: input has 64 channels, the " \
-        "kernel expects 8" + tail.format((2, 5, 5, 64), (3, 3, 8, 8))
+    assert refusal((2, 5, 5, 64), (3, 3, 8, 5), (1, 1), one) == "conv2d_grad_input: input has 64 channels, the " \
+        "kernel expects 8" + tail.format((2, 5, 5, 64), (3, 3, 8, 5))
     for strides, pads in [((0, 1), none), ((1, 0), none), ((1, 1), ((0, 0), (0, -1))), ((1, 1), ((-1, 0), (0, 0)))]:
         assert refusal((1, 5, 5, 1), (3, 3, 1, 1), strides, pads) == "conv2d_grad_input: strides must be >= 1 and " \
             f"paddings >= 0, got strides {strides} pads {pads}" + tail.format((1, 5, 5, 1), (3, 3, 1, 1))
@@ -274,3 +274,14 @@ def test_the_sum_of_products_over_a_long_axis(monkeypatch, k, m):
     else:
         assert products == [] and jobs == [max(1, min(8, -(-m // 3)))]      # 0, 1, 4 and 4 blocks of 3 rows
     np.testing.assert_allclose(conv._sum_of_products(cols, dy2), cols.astype(F64).T @ dy2, rtol=1e-5, atol=1e-5)
+
+
+def test_a_kernel_with_no_filters_gives_an_empty_output_on_both_paths():
+    """The gate judges the kernel's size by the output's height and width only: zero output
+    channels are no reason to refuse (the reference gives an empty array, and so does the fast path)."""
+    x, w, pads = np.ones((1, 5, 5, 2), F32), np.zeros((3, 3, 2, 0), F32), ((0, 0), (0, 0))
+    conv.check_shapes("conv2d", x.shape, w.shape, (1, 1), pads, (1, 3, 3, 0))
+    for kernel in (conv.conv2d.reference, conv.conv2d.fast):
+        assert kernel(x, w, (1, 1), pads).shape == (1, 3, 3, 0)
+    dy = np.zeros((1, 3, 3, 0), F32)
+    np.testing.assert_array_equal(conv.conv2d_grad_input.fast(dy, w, x.shape, (1, 1), pads), np.zeros(x.shape))
