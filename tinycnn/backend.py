@@ -36,8 +36,8 @@ BACKENDS = ("numba", "numpy")
 PARALLEL = os.environ.get("TINYCNN_NUMBA_PARALLEL", "1") == "1"
 
 # Below this many elements in its first array a fast kernel runs on one thread: waking
-# the other threads costs more than they save (a one-face call: 0.45 ms for small3 on
-# one thread, 0.94 ms on two).
+# the other threads costs more than they save (measured on one face: bench/README.md,
+# "Measurements behind the kernels' choices").
 SMALL_WORK = 1 << 17
 
 

@@ -317,13 +317,9 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
     y = memory.empty((n, ho, wo, o))
     if c == 1 and not keep_cols and (x.size >= backend.SMALL_WORK or (_is_3x3_stride_1(w.shape, strides) and o <= 64)):
         # One input channel (a first layer on gray faces): im2col's matrix would be KH*KW
-        # columns wide, too narrow for BLAS to run near its peak, and a pass of its own.
-        # Measured at batch 256, 48x48 -> 3x3 -> O (ms, im2col + product vs direct):
-        # O = 32: 11.5 vs 9.4, O = 128: 36.1 vs 27.8, O = 256: 72.9 vs 36.8; the spelt-out
-        # 3x3 kernel then halved the direct times again (O = 32: 17.5 vs 8.7 ms, O = 256 at
-        # batch 128: 45.0 vs 30.1, against the loop kernel). One face runs on one thread,
-        # where the product's two BLAS threads win from O = 128 (O = 256: 0.19 vs 0.24 ms
-        # for the 3x3 kernel) and lose below (O = 32: 0.095 vs 0.071, O = 64: 0.29 vs 0.09).
+        # columns wide, too narrow for BLAS to run near its peak, and a pass of its own; the
+        # direct kernels measured faster, at one face only up to 64 output channels
+        # (bench/README.md, "Measurements behind the kernels' choices").
         if _is_3x3_stride_1(w.shape, strides):
             _conv3x3_one_channel(_padded_plane(x, pads), np.ascontiguousarray(w, np.float32).reshape(9, o), y)
         else:
@@ -556,30 +552,22 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0)), frozen=Fa
     """``"winograd"`` or ``"im2col"`` for a convolution of x (N, H, W, C) with w (KH, KW, C, O).
 
     Winograd applies to 3x3 kernels with stride 1. Under ``set_conv_algorithm("auto")``
-    it is used where it measured faster on this project's layers (``bench/conv_layers.py``):
-    with at least 64 input channels and an input of at least 9x9, or at least 32 channels
-    on a map of at least 20x20, and at least 2048 input pixels in the batch. With fewer
-    channels the (tiles, C) x (C, O) products are too thin to pay for the transforms (a
-    first layer on gray faces, C = 1, is many times slower); 32 channels pay on the
-    models' large maps now that the transforms run on all cores (batch 128, forward +
-    gradients: 46x46x32 -> 64, 137.4 ms against im2col's 188.3; 23x23x32 -> 64, 35.0
-    against 39.8); on smaller maps most of each 4x4 output tile falls past the edge; in
-    a small batch (one face) transforming the kernel costs more than the products save.
-    A map of 6x6 outputs (``pads`` give the output's size; 'valid' when not given) with at
-    least 64 channels is one F(6x6, 3x3) tile per image (``winograd.choose_tile``) with
-    nothing past the edge: resfer's 6x6x128 -> 256 'same', 18.7 ms against im2col's 32.7.
-    A 5x5 output (vggbn's 7x7x256 'valid') leaves a third of its one tile unused and still
-    takes 64 products against im2col's 225 (bench/README.md, "Winograd on a 5x5 output").
+    it is used where it measured faster on this project's layers (bench/README.md,
+    "Measurements behind the kernels' choices"): with at least 64 input channels and an
+    input of at least 9x9, or at least 32 channels on a map of at least 20x20, and at
+    least 2048 input pixels in the batch. With fewer channels the (tiles, C) x (C, O)
+    products are too thin to pay for the transforms; on smaller maps most of each 4x4
+    output tile falls past the edge; in a small batch (one face) transforming the kernel
+    costs more than the products save. A map of 6x6 outputs (``pads`` give the output's
+    size; 'valid' when not given) with at least 64 channels is one F(6x6, 3x3) tile per
+    image (``winograd.choose_tile``) with nothing past the edge; a 5x5 output (vggbn's
+    7x7x256 'valid') leaves a third of its one tile unused and still takes 64 products
+    against im2col's 225.
 
     A ``frozen`` kernel (``winograd.freeze_kernel``: an inference copy's) keeps its
     transform, and then F(4x4) pays at any batch on an output of at least 8x8 with 32+
-    input channels and C x O up to 128 x 256. One image, one Numba thread, ms, im2col
-    against F(4x4) with the transform kept: vggbn's 46x46x32 -> 64 0.545 / 0.238,
-    22x22x64 -> 128 0.291 / 0.165, 20x20x128 -> 128 0.485 / 0.374; gap4's 23x23x256 ->
-    128 1.142 / 0.849, 10x10x128 -> 128 0.124 / 0.107; updown's 24x24x64 -> 128 'same'
-    0.431 / 0.216; resfer's 12x12x128 -> 128 'same' 0.196 / 0.152; small3's 10x10x64 ->
-    128 0.076 / 0.027. Not on vggbn's 9x9x128 -> 256 (7x7 out: 0.188 / 0.241), deep4's
-    10x10x256 -> 512 (0.767 / 0.804) or resfer's 6x6x128 -> 256 (0.155 / 0.225).
+    input channels and C x O up to 128 x 256: with no kernel transform to pay for at
+    each call, Winograd measured faster there from one image on.
     """
     mode = backend.get_conv_algorithm()
     applies = tuple(w_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
@@ -648,9 +636,7 @@ class ConvSaved(NamedTuple):
 # Narrow (few input channels: a first layer, K = 9) it is cheap to keep and dear to gather
 # again, since the gather is most of the work there; wide, writing it all out and reading
 # it back costs more memory traffic than gathering it again chunk by chunk in the
-# backward. Measured at batch 128 (forward + weight gradient, kept vs gathered again):
-# K = 9: 15.8 vs 21.3 ms, K = 27: 31.3 vs 42.3, K = 144: 22.3 vs 23.7, K = 288: 44.1 vs 37.4
-# (24x24x32 -> 64), K = 576: 27.1 vs 25.9.
+# backward (bench/README.md, "Measurements behind the kernels' choices").
 KEEP_COLS_MAX_WIDTH = 144
 
 
@@ -660,9 +646,9 @@ def conv2d_forward(x, w, strides, pads):
     if choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
         return conv2d(x, w, strides, pads), ConvSaved(x, w, strides, pads, None)
     if w.shape[2] == 1 and _is_3x3_stride_1(w.shape, strides):
-        # A first layer, 3x3: the spelt-out kernels both ways, no columns kept. Batch 128,
-        # 48x48x1 -> O, forward + weight gradient, im2col with kept columns vs these, one
-        # thread: O = 32: 53.5 vs 34.7 ms, O = 256: 265.1 vs 179.0.
+        # A first layer, 3x3: the spelt-out kernels both ways, no columns kept, which
+        # measured faster than im2col with kept columns (bench/README.md, "Measurements
+        # behind the kernels' choices").
         return conv2d(x, w, strides, pads), ConvSaved(x, w, strides, pads, None)
     keep = w.shape[0] * w.shape[1] * w.shape[2] <= KEEP_COLS_MAX_WIDTH
     y, cols = conv2d(x, w, strides, pads, keep_cols=True) if keep else (conv2d(x, w, strides, pads), None)
@@ -711,14 +697,11 @@ def _conv_one_channel_maxpool(x, w, sh, sw, pt, pl, zh, zw, ph, pw, ppt, ppl, y,
 @threads_by_size
 def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads, pool_hw):
     """As the reference. A one-channel input (a first layer on gray faces) under tiling
-    windows takes one kernel that never writes z: measured at batch 256, 48x48 -> 3x3 ->
-    O -> 2x2 pool, against the direct convolution and the pool: O = 32: 15.6 vs 11.4 ms,
-    O = 64 (same padding): 28.9 vs 18.3, O = 128: 52.1 vs 28.5. With a 3x3 kernel at
-    stride 1 and 2x2 windows (every first layer here), the spelt-out kernel, against
-    that one kernel: O = 32: 15.3 vs 2.4 ms, O = 64 (same): 25.3 vs 5.6, O = 128 (batch
-    128): 19.5 vs 4.3; for one face too (one thread, O = 32: 0.13 vs 0.055 ms, O = 256:
-    0.41 vs 0.18). A convolution computed by Winograd under 2x2 windows pools each block
-    of images while its output is in cache (``winograd.winograd_conv2d_maxpool``).
+    windows takes one kernel that never writes z, and with a 3x3 kernel at stride 1 and
+    2x2 windows (every first layer here) a spelt-out one, both measured faster than the
+    convolution and the pool apart (bench/README.md, "Measurements behind the kernels'
+    choices"). A convolution computed by Winograd under 2x2 windows pools each block of
+    images while its output is in cache (``winograd.winograd_conv2d_maxpool``).
     Otherwise the chosen convolution (``conv2d``) and ``pool.maxpool``."""
     check_shapes("conv2d_maxpool", x.shape, w.shape, strides, pads)
     n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
@@ -794,10 +777,9 @@ def _grad_weight_pooled_one_channel(x, g, argmax, kh, kw, sh, sw, pt, pl, ph, pw
 def conv2d_grad_weight_pooled_fast(g, argmax, saved, z_shape, pool_size, pool_strides, pool_pads):
     """As the reference. For a one-channel input (a first layer on gray faces) under
     tiling windows, one pass over the pooled gradient, without writing the pool's
-    gradient (z's size) and reading it back: measured at batch 128, 48x48 -> 3x3 -> O
-    -> 2x2 pool, against the pool's gradient + the weight gradient from the kept
-    columns: O = 32: 4.8 vs 6.9 ms, O = 64: 6.7 vs 15.7, O = 128: 11.3 vs 25.0.
-    Otherwise those two fast kernels."""
+    gradient (z's size) and reading it back, which measured faster than the pool's
+    gradient and the weight gradient from the kept columns (bench/README.md,
+    "Measurements behind the kernels' choices"). Otherwise those two fast kernels."""
     x, w = saved.x, saved.w
     check_shapes("conv2d_grad_weight_pooled", x.shape, w.shape, saved.strides, saved.pads, z_shape)
     pooled = (z_shape[0],) + tuple(conv_output_size(z_shape[1 + i], pool_size[i], pool_strides[i], *pool_pads[i])

@@ -127,13 +127,8 @@ TILE = 4  # F(4x4, 3x3) unless the output's size favours F(6x6) (``choose_tile``
 
 # F(6x6, 3x3) when its products cost at most this fraction of F(4x4, 3x3)'s. Its transforms
 # cost more per tile (8x8 values, larger constants), so the products must shrink enough to
-# pay. Measured at batch 128, forward + gradients, ms F(4x4) / F(6x6) (bench/conv_layers.py):
-# 0.64 of F(4x4)'s products (vggbn's 20x20x128 -> 128, 18x18 out): 77.0 / 65.3. At 0.79
-# (12x12, 21x21, 24x24 outputs) it depends on the layer: resfer's 12x12x64 -> 128 and
-# 12x12x128 -> 128 'same' 17.3 / 15.4 and 31.3 / 28.4, updown's 24x24x64 -> 128 'same'
-# 67.9 / 61.7; level on resfer's 24x24x32 -> 64, updown's 12x12x128 -> 256, small3's
-# 23x23x32 -> 64; behind on gap4's 23x23x256 -> 128 (198.0 / 205.1) and deep4's
-# 23x23x128 -> 256 (182.8 / 186.6). At 0.94 (vggbn's 46x46x32 -> 64): 85.9 / 100.6.
+# pay: at 0.64 F(6x6) measured faster, at 0.79 faster, level or behind by layer, at 0.94
+# slower (bench/README.md, "Measurements behind the kernels' choices").
 F6_MAX_PRODUCTS = 0.8
 F6_MIN_TILES = 64
 
@@ -144,10 +139,8 @@ def choose_tile(ho, wo, n_img=None):
     ``F6_MAX_PRODUCTS`` of F(4x4)'s (an 18x18 output: 9 tiles x 64 against 25 x 36, the
     last F(4x4) row and column of tiles mostly past the edge; a 12x12 one: 4 x 64 against
     9 x 36) and the batch has at least ``F6_MIN_TILES`` of its tiles. Fewer tiles make
-    64 products too thin to pay for the larger transforms: at one image, the kernel's
-    transform cached (``freeze_kernel``), F(4x4) against F(6x6), ms: 20x20x128 -> 128
-    0.374 / 0.376, updown's 24x24x64 -> 128 'same' 0.216 / 0.256, resfer's 12x12x64 ->
-    128 'same' 0.057 / 0.084."""
+    64 products too thin to pay for the larger transforms (measured at one image:
+    bench/README.md, "Measurements behind the kernels' choices")."""
     (th4, tw4), (th6, tw6) = tile_grid(ho, wo, 4), tile_grid(ho, wo, 6)
     enough = n_img is None or n_img * th6 * tw6 >= F6_MIN_TILES
     return 6 if enough and 64 * th6 * tw6 <= F6_MAX_PRODUCTS * 36 * th4 * tw4 else TILE
@@ -439,8 +432,8 @@ def _input_transform_adjoint(dV, BT, pt, pl, th, tw, dx):
 
 # -- F(4x4, 3x3) spelt out: the same four transforms with B^T and A^T's entries as constants -----
 # The loops above read the matrices' entries at run time and skip their zeros one test at a
-# time, which costs as much as the arithmetic when a tile holds few channels (C = 32: the
-# transforms took 60% of such a layer). Here each 1-D transform is written as its rows,
+# time, which costs as much as the arithmetic when a tile holds few channels (bench/README.md,
+# "Measurements behind the kernels' choices"). Here each 1-D transform is written as its rows,
 # applied along a tile's rows and then its columns with the channels innermost, where the
 # compiler vectorises them. Same maths as ``BT_4`` and ``AT_4``, and the same tests.
 
@@ -618,10 +611,10 @@ def _input_transform_adjoint_4(dV, pt, pl, th, tw, dx):
 
 # -- F(6x6, 3x3) spelt out, as F(4x4) above: 8x8 tiles, 6x6 output blocks ---------------------
 # The four kernels repeat F(4x4)'s loops with eight values per tile row instead of six. One
-# kernel per transform for both sizes was measured and dropped: taking the 1-D transform as
-# a function argument made the input transform 3-4x slower (vggbn's 46x46x32: 8.0 -> 22.1
-# ms, batch 128), building it in a factory around a closure 30% slower (8.0 -> 10.5): the
-# compiler then no longer unrolls the tile's values or vectorises over the channels.
+# kernel per transform for both sizes (the 1-D transform passed in as an argument, or built
+# by a factory around a closure) measured slower and was dropped: the compiler then no
+# longer unrolls the tile's values or vectorises over the channels (bench/README.md,
+# "Measurements behind the kernels' choices").
 # Constants as float32, for the reason given above _bt4.
 _h, _q = np.float32(0.5), np.float32(0.25)
 _16, _32, _5q, _5h = np.float32(16), np.float32(32), np.float32(1.25), np.float32(2.5)
@@ -805,39 +798,48 @@ def _input_transform_adjoint_6(dV, pt, pl, th, tw, dx):
                                 out[ch] += dd[b, ch]
 
 
-def _to_tiles(x, pads, th, tw, BT, V):
-    """V = B^T d B for every tile of x: the spelt-out kernels for F(4x4) and F(6x6), else the loops."""
-    if BT.shape[0] == 6:
-        _input_transform_4(x, pads[0][0], pads[1][0], th, tw, V)
-    elif BT.shape[0] == 8:
-        _input_transform_6(x, pads[0][0], pads[1][0], th, tw, V)
+# -- which kernels: the spelt-out ones for F(4x4) and F(6x6), the loops for any other m ---------
+def _spelt_out(m):
+    """(input, output, output adjoint, input adjoint) transforms spelt out for F(m x m, 3x3),
+    or None for a tile size without them. The table is made at each call from the module's
+    names, so that a kernel replaced there (a test wrapping it) is the one called."""
+    return {4: (_input_transform_4, _output_transform_4, _output_transform_adjoint_4, _input_transform_adjoint_4),
+            6: (_input_transform_6, _output_transform_6, _output_transform_adjoint_6, _input_transform_adjoint_6),
+            }.get(m)
+
+
+def _to_tiles(x, pads, th, tw, m, BT, V):
+    """V = B^T d B for every tile of x."""
+    spelt = _spelt_out(m)
+    if spelt:
+        spelt[0](x, pads[0][0], pads[1][0], th, tw, V)
     else:
         _input_transform(x, pads[0][0], pads[1][0], th, tw, BT, V)
 
 
-def _from_tiles(M, AT, y):
-    if AT.shape[0] == 4:
-        _output_transform_4(M, y)
-    elif AT.shape[0] == 6:
-        _output_transform_6(M, y)
+def _from_tiles(M, m, AT, y):
+    """y = A^T M A for every tile, inside y only."""
+    spelt = _spelt_out(m)
+    if spelt:
+        spelt[1](M, y)
     else:
         _output_transform(M, AT, y)
 
 
-def _to_tiles_adjoint(dy, AT, th, tw, dM):
-    if AT.shape[0] == 4:
-        _output_transform_adjoint_4(dy, th, tw, dM)
-    elif AT.shape[0] == 6:
-        _output_transform_adjoint_6(dy, th, tw, dM)
+def _to_tiles_adjoint(dy, m, AT, th, tw, dM):
+    """dM = A dY A^T for every m x m block dY of dy."""
+    spelt = _spelt_out(m)
+    if spelt:
+        spelt[2](dy, th, tw, dM)
     else:
         _output_transform_adjoint(dy, AT, th, tw, dM)
 
 
-def _from_tiles_adjoint(dV, BT, pads, th, tw, dx):
-    if BT.shape[0] == 6:
-        _input_transform_adjoint_4(dV, pads[0][0], pads[1][0], th, tw, dx)
-    elif BT.shape[0] == 8:
-        _input_transform_adjoint_6(dV, pads[0][0], pads[1][0], th, tw, dx)
+def _from_tiles_adjoint(dV, m, BT, pads, th, tw, dx):
+    """dx = sum over tiles of B dV B^T, each added at its tile's place."""
+    spelt = _spelt_out(m)
+    if spelt:
+        spelt[3](dV, pads[0][0], pads[1][0], th, tw, dx)
     else:
         _input_transform_adjoint(dV, BT, pads[0][0], pads[1][0], th, tw, dx)
 
@@ -845,18 +847,11 @@ def _from_tiles_adjoint(dV, BT, pads, th, tw, dx):
 # The fast path works through the batch in blocks of about ``BLOCK_TILES`` tiles (whole
 # images), each block from start to end on one core: transform it, multiply it, transform
 # back, while its V and M are still in that core's cache (2 MiB of L2 here), the products
-# on one BLAS thread; the cores take blocks in turn. Measured with bench/conv_layers.py at
-# batch 128, forward + gradients, F(4x4), two runs alternating with the previous code
-# (chunks of 16 MiB, each step spread over both cores: the transforms in Numba's threads,
-# the products in OpenBLAS's, the weight gradient's products split by position), ms:
-# vggbn's 46x46x32 -> 64: 100.8 / 103.9 -> 75.5 / 74.7; 22x22x64 -> 128: 55.2 / 56.7 ->
-# 41.6 / 43.0; 20x20x128 -> 128: 83.2 / 86.6 -> 71.5 / 73.0 (63.0 / 67.0 by F(6x6));
-# 9x9x128 -> 256: 27.3 / 26.5 -> 24.2 / 24.6. The products gain most: (T, 32) @ (32, 64)
-# on one thread ran at 166 GFLOP/s with T = 128 rows, in cache, and at 67 with T = 4000
-# (the peak is about 190 a core). Blocks of 64 to 256 tiles measured the same within
-# noise. The backward transforms x again block by block rather than keep the forward's
-# V, which is 2.25x (F(4x4)) to 1.78x (F(6x6)) the size of x and would go out of cache and
-# back; keeping it was not measured in this scheme (in the previous one it saved 4-6%).
+# on one BLAS thread; the cores take blocks in turn. This measured faster than spreading
+# each step of the whole batch over the cores, the products gaining most, in cache
+# (bench/README.md, "Measurements behind the kernels' choices"). The backward transforms x
+# again block by block rather than keep the forward's V, which is 2.25x (F(4x4)) to 1.78x
+# (F(6x6)) the size of x and would go out of cache and back.
 BLOCK_TILES = 128
 
 
@@ -956,9 +951,9 @@ def winograd_conv2d_fast(x, w, strides, pads, m=None):
         for s in starts:
             t = min(k, nb - s) * th * tw
             V, M = _buffer(vbuf, (n * n, t, c)), _buffer(mbuf, (n * n, t, o))
-            _to_tiles(x[s:s + k], pads, th, tw, BT, V)
+            _to_tiles(x[s:s + k], pads, th, tw, m, BT, V)
             np.matmul(V, U, out=M)
-            _from_tiles(M, AT, y[s:s + k])
+            _from_tiles(M, m, AT, y[s:s + k])
 
     _in_blocks(nb, k, work)
     return y
@@ -1006,9 +1001,9 @@ def winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, m=None, affine=None):
             images = min(k, nb - s)
             t = images * th * tw
             V, M = _buffer(vbuf, (n * n, t, c)), _buffer(mbuf, (n * n, t, o))
-            _to_tiles(x[s:s + k], pads, th, tw, BT, V)
+            _to_tiles(x[s:s + k], pads, th, tw, m, BT, V)
             np.matmul(V, U, out=M)
-            _from_tiles(M, AT, z[:images])
+            _from_tiles(M, m, AT, z[:images])
             if affine is not None:
                 _relu_affine_in_place(z[:images], *affine)
             pool.maxpool_serial(z[:images], 2, 2, 2, 2, 0, 0, pool_hw[0], pool_hw[1], y[s:s + k], argmax[s:s + k])
@@ -1044,14 +1039,14 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
             t = min(k, nb - s) * th * tw
             dM = _buffer(mbuf, (n * n, t, o))
             V = _buffer(vbuf, (n * n, t, c))  # V for the weight gradient, then dV
-            _to_tiles_adjoint(dy[s:s + k], AT, th, tw, dM)
+            _to_tiles_adjoint(dy[s:s + k], m, AT, th, tw, dM)
             if x is not None:
-                _to_tiles(x[s:s + k], pads, th, tw, BT, V)
+                _to_tiles(x[s:s + k], pads, th, tw, m, BT, V)
                 np.matmul(V.transpose(0, 2, 1), dM, out=part)
                 dU += part
             if w is not None:
                 np.matmul(dM, Ut, out=V)
-                _from_tiles_adjoint(V, BT, pads, th, tw, dx[s:s + k])
+                _from_tiles_adjoint(V, m, BT, pads, th, tw, dx[s:s + k])
         return dU
 
     shares = _in_blocks(nb, k, work)

@@ -24,8 +24,8 @@ since the folded weights are not the parameters a gradient would be asked for.
 webcam, a server): a copy with every Conv2D/Dense -> BatchNormalization (-> ReLU) made
 one layer holding the folded weights, and its Dropout layers left out. It is a snapshot:
 it does not follow later changes to the model's weights. At one face per call, where
-folding at every call would cost more than it saves, it takes a seventh off ``resfer``
-(2.40 -> 2.08 ms on one thread) and ``resdeep`` (4.18 -> 3.65 ms).
+folding at every call would cost more than it saves, it measured a seventh faster on
+``resfer`` and ``resdeep`` (bench/README.md, "Measurements behind the kernels' choices").
 
 One fusion holds in training too: a Conv2D followed by a MaxPooling2D runs as one
 ``Conv2DMaxPoolFn``, which pools the convolution's output before adding the bias and
@@ -114,13 +114,9 @@ def _run_layers_on_one_blas_thread(layers, x, training):
     if inference and np.shape(x)[0] == 1:
         # One image: nearly every kernel is below ``backend.SMALL_WORK`` and would run on
         # one Numba thread anyway; setting that once for the call spares switching around
-        # each kernel. One face through each model's inference copy, 2 threads, ms per
-        # call, switching around each kernel -> once: updown 1.77 -> 1.71, vggbn 2.39 ->
-        # 2.28, deep4 3.05 -> 2.87, small3 0.54 -> 0.52, gap4 2.26 -> 2.26, resfer 1.65 ->
-        # 1.52. The exceptions, updown's and gap4's first layers (48x48x64 and 46x46x256
-        # outputs), lose their second thread; four alternating processes each measured
-        # those two models level (gap4 2.08-2.31 -> 1.97-2.09 ms, updown 1.70-1.84 ->
-        # 1.68-1.80).
+        # each kernel. The exceptions, updown's and gap4's first layers, lose their second
+        # thread; each model measured faster or level (bench/README.md, "Measurements
+        # behind the kernels' choices").
         with backend.one_numba_thread():
             return _run_layers(layers, x, training, inference, False)
     return _run_layers(layers, x, training, inference, inference and np.shape(x)[0] >= FOLD_MIN_BATCH)
