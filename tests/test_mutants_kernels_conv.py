@@ -254,7 +254,7 @@ def test_winograd_hands_back_no_columns():
 
 
 @pytest.mark.parametrize("k", [9, 63, 64, 100])
-@pytest.mark.parametrize("m", [0, 1, 10, 11])
+@pytest.mark.parametrize("m", [0, 1, 10, 11, 40])
 def test_the_sum_of_products_over_a_long_axis(monkeypatch, k, m):
     """cols.T @ dy2 (float32): from 64 columns by ``backend.matmul``; with fewer, as sums of
     products of ``rows``-row blocks shared between threads: one a block, up to
@@ -272,7 +272,7 @@ def test_the_sum_of_products_over_a_long_axis(monkeypatch, k, m):
     if k >= 64:
         assert products == [(k, m)] and jobs == []
     else:
-        assert products == [] and jobs == [max(1, min(8, -(-m // 3)))]      # 0, 1, 4 and 4 blocks of 3 rows
+        assert products == [] and jobs == [max(1, min(8, -(-m // 3)))]      # 0, 1, 4, 4 and 14 blocks of 3 rows
     np.testing.assert_allclose(conv._sum_of_products(cols, dy2), cols.astype(F64).T @ dy2, rtol=1e-5, atol=1e-5)
 
 
