@@ -92,3 +92,22 @@ def test_the_fast_path_takes_the_spelt_out_transforms_for_f4_and_f6(monkeypatch,
                                atol=1e-4)
     np.testing.assert_allclose(dw, conv.conv2d_grad_weight_reference(x, dy, w.shape, (1, 1), pads), rtol=1e-4,
                                atol=1e-3)
+
+
+def test_both_reference_gradients_take_the_tile_of_the_separate_entries():
+    """``winograd_conv2d_grads_reference`` computes each gradient with the tile its own entry
+    would take (``choose_tile`` of the output and the batch: F(4x4) for one 18x18 map),
+    or with the m it is given: the same arrays, to the bit, as those entries."""
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((1, 20, 20, 2)).astype(F32), rng.standard_normal((3, 3, 2, 3)).astype(F32)
+    dy, pads = rng.standard_normal((1, 18, 18, 3)).astype(F32), ((0, 0), (0, 0))
+    assert W.choose_tile(18, 18, 1) == 4 and W.choose_tile(18, 18) == 6
+    results = {}
+    for m in (None, 2, 6):
+        dx, dw = W.winograd_conv2d_grads_reference(x, dy, w, (1, 1), pads, m=m)
+        np.testing.assert_array_equal(dx, W.winograd_conv2d_grad_input_reference(dy, w, x.shape, (1, 1), pads, m))
+        np.testing.assert_array_equal(dw, W.winograd_conv2d_grad_weight_reference(x, dy, w.shape, (1, 1), pads, m))
+        results[m] = dx
+    assert not np.array_equal(results[None], results[2]) and not np.array_equal(results[None], results[6])
+    assert W.winograd_conv2d_grads_reference(x, dy, w, (1, 1), pads, need_input=False)[0] is None
+    assert W.winograd_conv2d_grads_reference(x, dy, w, (1, 1), pads, need_weight=False)[1] is None
