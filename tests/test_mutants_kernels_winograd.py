@@ -1,7 +1,8 @@
 """Checks of tinycnn/kernels/winograd.py that its mutation run (tests/mutation/run.sh)
 showed missing: the matrices and the reference kernels in the precision asked for; the
 gate's messages in full; F(6x6) only from ``F6_MIN_TILES`` tiles in the batch; the fast
-path taking the spelt-out F(4x4) and F(6x6) transforms, the loops otherwise."""
+path taking the spelt-out F(4x4) and F(6x6) transforms, the loops otherwise; each reference
+entry's tile chosen for its own batch; the output transform's adjoint as its transpose."""
 import numpy as np
 import pytest
 
@@ -111,3 +112,42 @@ def test_both_reference_gradients_take_the_tile_of_the_separate_entries():
     assert not np.array_equal(results[None], results[2]) and not np.array_equal(results[None], results[6])
     assert W.winograd_conv2d_grads_reference(x, dy, w, (1, 1), pads, need_input=False)[0] is None
     assert W.winograd_conv2d_grads_reference(x, dy, w, (1, 1), pads, need_weight=False)[1] is None
+
+
+def test_each_reference_entry_takes_the_tile_for_its_own_batch():
+    """One image of an 18x18 output is 9 tiles, under ``F6_MIN_TILES``: F(4x4), to the bit."""
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((1, 20, 20, 2)).astype(F32), rng.standard_normal((3, 3, 2, 3)).astype(F32)
+    dy, pads = rng.standard_normal((1, 18, 18, 3)).astype(F32), ((0, 0), (0, 0))
+    calls = {"forward": lambda m: W.winograd_conv2d_reference(x, w, (1, 1), pads, m),
+             "input gradient": lambda m: W.winograd_conv2d_grad_input_reference(dy, w, x.shape, (1, 1), pads, m),
+             "weight gradient": lambda m: W.winograd_conv2d_grad_weight_reference(x, dy, w.shape, (1, 1), pads, m)}
+    for name, call in calls.items():
+        chosen = call(None)
+        np.testing.assert_array_equal(chosen, call(4), err_msg=name)
+        assert not np.array_equal(chosen, call(6)), name
+
+
+def test_the_reference_gradients_refuse_a_gradient_of_another_shape():
+    x, w, pads = np.zeros((1, 6, 6, 2), F32), np.zeros((3, 3, 2, 3), F32), ((0, 0), (0, 0))
+    dy = np.zeros((1, 4, 5, 3), F32)                                  # the convolution gives (1, 4, 4, 3)
+    with pytest.raises(ValueError, match=r"^winograd: output gradient has shape \(1, 4, 5, 3\)"):
+        W.winograd_conv2d_grad_input_reference(dy, w, x.shape, (1, 1), pads)
+    with pytest.raises(ValueError, match=r"^winograd: output gradient has shape \(1, 4, 5, 3\)"):
+        W.winograd_conv2d_grad_weight_reference(x, dy, w.shape, (1, 1), pads)
+
+
+@pytest.mark.parametrize("m", sorted(W.MATRICES))
+def test_the_output_transform_adjoint_is_its_transpose_in_float32(m):
+    """<A^T M A laid out, dy> = <M, A dY A^T> for any M and dy (float64 sums of float32 arrays)."""
+    rng = np.random.default_rng(m)
+    th, tw, n = 2, 3, m + 2
+    ho, wo = 2 * m - 1, 3 * m - 2                                     # the last blocks cut by the edge
+    M = rng.standard_normal((2, th, tw, n, n, 4)).astype(F32)
+    dy = rng.standard_normal((2, ho, wo, 4)).astype(F32)
+    dM = W.output_transform_adjoint(dy, th, tw, m)
+    assert dM.dtype == F32 and dM.shape == M.shape
+    y = W.output_transform(M, ho, wo, m)
+    assert y.dtype == F32 and y.shape == dy.shape
+    lhs, rhs = (y.astype(F64) * dy).sum(), (M.astype(F64) * dM).sum()
+    assert abs(lhs - rhs) <= 1e-4 * (np.abs(y.astype(F64) * dy).sum() + 1), (lhs, rhs)
