@@ -151,3 +151,28 @@ def test_the_output_transform_adjoint_is_its_transpose_in_float32(m):
     assert y.dtype == F32 and y.shape == dy.shape
     lhs, rhs = (y.astype(F64) * dy).sum(), (M.astype(F64) * dM).sum()
     assert abs(lhs - rhs) <= 1e-4 * (np.abs(y.astype(F64) * dy).sum() + 1), (lhs, rhs)
+
+
+def test_f6_only_where_its_products_are_at_most_0_8_of_f4s():
+    # a 9x49 output: 2 x 9 F(6x6) tiles, 64 x 18 = 1152 products, against 0.8 x 36 x (3 x 13) = 1123.2
+    assert W.choose_tile(9, 49) == 4
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_blocks_of_about_block_tiles_tiles_and_no_fewer_than_threads(monkeypatch, parallel):
+    monkeypatch.setattr(W, "PARALLEL", parallel)
+    monkeypatch.setattr(W.numba, "get_num_threads", lambda: 4)
+    threads = 4 if parallel else 1
+    for n_img, tiles in [(5, 9), (5, 64), (1, 200), (40, 1), (300, 1)]:
+        expected = max(1, min(round(W.BLOCK_TILES / tiles), -(-n_img // threads)))
+        assert W._block_images(n_img, tiles) == expected, (n_img, tiles)
+    assert W._block_images(1, 200) == 1 and W._block_images(5, 64) == 2
+
+
+def test_freezing_a_kernel_twice_keeps_its_transforms():
+    w = np.random.default_rng(8).standard_normal((3, 3, 2, 4)).astype(F32)
+    W.freeze_kernel(w)
+    U = W._kernel_transform_fast(w, 4)
+    W.freeze_kernel(w)
+    assert W.is_frozen(w) and not w.flags.writeable
+    assert W._kernel_transform_fast(w, 4) is U and not U.flags.writeable
