@@ -59,7 +59,7 @@ def time_shape(n, h, w, c, o, padding, first, repeats, rng):
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     k = (rng.standard_normal((3, 3, c, o)) * 0.1).astype(np.float32)
     pads = ((1, 1), (1, 1)) if padding == "same" else ((0, 0), (0, 0))
-    dy = rng.standard_normal(conv._output_shape(x.shape, k.shape, (1, 1), pads)).astype(np.float32)
+    dy = rng.standard_normal(conv.conv2d_output_shape(x.shape, k.shape, (1, 1), pads)).astype(np.float32)
     row = {}
 
     def im2col_train():

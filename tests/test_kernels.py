@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import tinycnn as tc
 from helpers import assert_close, distinct_values, random_array
 from tinycnn import backend as B
-from tinycnn.kernels import activation, conv, dropout, norm, optim, pool
+from tinycnn.kernels import activation, conv, conv_fast, dropout, norm, optim, pool
 from tinycnn.kernels.shapes import conv_output_size, tap_slice
 
 RTOL, ATOL = 1e-5, 1e-5
@@ -36,7 +36,7 @@ def conv_problems(draw):
     w = draw(st.integers(max(1, kw - sum(pads[1])), 9))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x, k = random_array(rng, (n, h, w, c)), random_array(rng, (kh, kw, c, o))
-    out = conv._output_shape(x.shape, k.shape, strides, pads)
+    out = conv.conv2d_output_shape(x.shape, k.shape, strides, pads)
     return x, k, strides, pads, out, f"conv x {x.shape} w {k.shape} strides {strides} pads {pads}"
 
 
@@ -112,9 +112,9 @@ def test_conv2d_fast_in_chunks(monkeypatch):
     rng = np.random.default_rng(0)
     x, w = random_array(rng, (5, 6, 7, 3)), random_array(rng, (3, 3, 3, 4))
     strides, pads = (2, 1), ((1, 1), (1, 0))
-    dy = random_array(rng, conv._output_shape(x.shape, w.shape, strides, pads))
-    monkeypatch.setattr(conv, "_CHUNK_BYTES", 2 * 1024)  # a few images per chunk
-    assert conv._chunk_size(5, *dy.shape[1:3], 27) < 5
+    dy = random_array(rng, conv.conv2d_output_shape(x.shape, w.shape, strides, pads))
+    monkeypatch.setattr(conv_fast, "_CHUNK_BYTES", 2 * 1024)  # a few images per chunk
+    assert conv_fast._chunk_size(5, *dy.shape[1:3], 27) < 5
     label = f"conv in chunks, x {x.shape}"
     assert_close(label, "conv2d", conv.conv2d.fast(x, w, strides, pads), conv.conv2d.reference(x, w, strides, pads),
                  RTOL, ATOL)
@@ -259,7 +259,7 @@ def pool_problems(draw, ties=False):
         pads = (conv.same_padding(h, pool_hw[0], strides[0]), conv.same_padding(w, pool_hw[1], strides[1]))
     else:
         pads = ((0, 0), (0, 0))
-    out_hw = conv._output_shape((n, h, w, c), pool_hw + (c, c), strides, pads)[1:3]
+    out_hw = conv.conv2d_output_shape((n, h, w, c), pool_hw + (c, c), strides, pads)[1:3]
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x = rng.integers(0, 3, (n, h, w, c)).astype(np.float32) if ties else distinct_values(rng, (n, h, w, c))
     label = f"maxpool x {x.shape} pool {pool_hw} strides {strides} pads {pads}" + (" with ties" if ties else "")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinycnn as tc
-from tinycnn.kernels import conv
+from tinycnn.kernels import conv, conv_fast
 
 F32, F64 = np.float32, np.float64
 
@@ -30,13 +30,13 @@ def test_reference_kernels_compute_in_their_inputs_precision(first, second):
 
 def test_one_chunk_of_columns_is_about_16_mib():
     per_image = 46 * 46 * 288 * 4                     # vggbn's 46x46 output, K = 288: 2.4 MB of columns
-    assert conv._CHUNK_BYTES == 16 << 20
-    assert conv._chunk_size(256, 46, 46, 288) == (16 << 20) // per_image == 6
-    assert conv._chunk_size(3, 46, 46, 288) == 3      # never more than the batch
-    assert conv._chunk_size(256, 32, 32, 1024) == 4   # 4 MiB an image: exactly four
-    assert conv._chunk_size(256, 100, 100, 1000) == 1  # 40 MB an image: still one at a time
-    assert conv._chunk_size(1, 100, 100, 1000) == 1
-    assert conv._chunk_size(5, 0, 7, 9) == 5          # an empty output: the whole batch
+    assert conv_fast._CHUNK_BYTES == 16 << 20
+    assert conv_fast._chunk_size(256, 46, 46, 288) == (16 << 20) // per_image == 6
+    assert conv_fast._chunk_size(3, 46, 46, 288) == 3      # never more than the batch
+    assert conv_fast._chunk_size(256, 32, 32, 1024) == 4   # 4 MiB an image: exactly four
+    assert conv_fast._chunk_size(256, 100, 100, 1000) == 1  # 40 MB an image: still one at a time
+    assert conv_fast._chunk_size(1, 100, 100, 1000) == 1
+    assert conv_fast._chunk_size(5, 0, 7, 9) == 5          # an empty output: the whole batch
 
 
 def choose(x_shape, w_shape, pads=((0, 0), (0, 0)), frozen=False):
@@ -123,7 +123,7 @@ def test_the_direct_convolution_hands_back_columns_only_from_the_fast_kernel(nam
 
 def refusal(*args):
     with pytest.raises(ValueError) as e:
-        conv.check_shapes("conv2d_grad_input", *args)
+        conv_fast.check_shapes("conv2d_grad_input", *args)
     return str(e.value)
 
 
@@ -144,8 +144,8 @@ def test_the_gate_names_each_problem_in_full():
     assert refusal((1, 9, 9, 1), (3, 3, 1, 2), (1, 1), none, (1, 5, 5, 1)) == "conv2d_grad_input: output gradient " \
         "has shape (1, 5, 5, 1), the convolution gives (1, 7, 7, 2)" + tail.format((1, 9, 9, 1), (3, 3, 1, 2))
     # at the edges, accepted: a kernel the size of the padded input, stride 1, no padding, a matching gradient
-    conv.check_shapes("conv2d", (1, 3, 3, 1), (3, 3, 1, 2), (1, 1), none, (1, 1, 1, 2))
-    conv.check_shapes("conv2d", (1, 1, 1, 1), (3, 3, 1, 2), (1, 1), one)
+    conv_fast.check_shapes("conv2d", (1, 3, 3, 1), (3, 3, 1, 2), (1, 1), none, (1, 1, 1, 2))
+    conv_fast.check_shapes("conv2d", (1, 1, 1, 1), (3, 3, 1, 2), (1, 1), one)
 
 
 def problem(c=2, o=3, seed=3):
@@ -262,25 +262,25 @@ def test_the_sum_of_products_over_a_long_axis(monkeypatch, k, m):
     rng = np.random.default_rng(k + m)
     cols, dy2 = rng.standard_normal((m, k)).astype(F32), rng.standard_normal((m, 5)).astype(F32)
     jobs, products = [], []
-    on_cores, matmul = conv.backend.on_cores, conv.backend.matmul
-    monkeypatch.setattr(conv.backend, "core_count", lambda: 8)
-    monkeypatch.setattr(conv.backend, "on_cores", lambda js: jobs.append(len(js)) or on_cores(js))
-    monkeypatch.setattr(conv.backend, "matmul", lambda a, b: products.append(a.shape) or matmul(a, b))
-    got = conv._sum_of_products(cols, dy2, rows=3)
+    on_cores, matmul = conv_fast.backend.on_cores, conv_fast.backend.matmul
+    monkeypatch.setattr(conv_fast.backend, "core_count", lambda: 8)
+    monkeypatch.setattr(conv_fast.backend, "on_cores", lambda js: jobs.append(len(js)) or on_cores(js))
+    monkeypatch.setattr(conv_fast.backend, "matmul", lambda a, b: products.append(a.shape) or matmul(a, b))
+    got = conv_fast._sum_of_products(cols, dy2, rows=3)
     assert got.dtype == F32 and got.shape == (k, 5)
     np.testing.assert_allclose(got, cols.astype(F64).T @ dy2, rtol=1e-5, atol=1e-5)
     if k >= 64:
         assert products == [(k, m)] and jobs == []
     else:
         assert products == [] and jobs == [max(1, min(8, -(-m // 3)))]      # 0, 1, 4, 4 and 14 blocks of 3 rows
-    np.testing.assert_allclose(conv._sum_of_products(cols, dy2), cols.astype(F64).T @ dy2, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv_fast._sum_of_products(cols, dy2), cols.astype(F64).T @ dy2, rtol=1e-5, atol=1e-5)
 
 
 def test_a_kernel_with_no_filters_gives_an_empty_output_on_both_paths():
     """The gate judges the kernel's size by the output's height and width only: zero output
     channels are no reason to refuse (the reference gives an empty array, and so does the fast path)."""
     x, w, pads = np.ones((1, 5, 5, 2), F32), np.zeros((3, 3, 2, 0), F32), ((0, 0), (0, 0))
-    conv.check_shapes("conv2d", x.shape, w.shape, (1, 1), pads, (1, 3, 3, 0))
+    conv_fast.check_shapes("conv2d", x.shape, w.shape, (1, 1), pads, (1, 3, 3, 0))
     for kernel in (conv.conv2d.reference, conv.conv2d.fast):
         assert kernel(x, w, (1, 1), pads).shape == (1, 3, 3, 0)
     dy = np.zeros((1, 3, 3, 0), F32)

@@ -8,6 +8,15 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_a
     return (size + pad_before + pad_after - kernel) // stride + 1
 
 
+def conv2d_output_shape(x_shape, w_shape, strides, pads):
+    """(N, HO, WO, O) of the convolution of x (N, H, W, C) with w (KH, KW, C, O)."""
+    n, h, w, _ = x_shape
+    kh, kw, _, o = w_shape
+    ho = conv_output_size(h, kh, strides[0], *pads[0])
+    wo = conv_output_size(w, kw, strides[1], *pads[1])
+    return n, ho, wo, o
+
+
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """Keras/TensorFlow ``same`` padding: output ``ceil(size / stride)``; an odd
     total goes to the bottom/right (asymmetric, unlike PyTorch)."""
