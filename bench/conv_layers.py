@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 import fer_models  # noqa: E402
 import tinycnn as tc  # noqa: E402
-from tinycnn.kernels import conv, winograd  # noqa: E402
+from tinycnn.kernels import conv, winograd, winograd_fast  # noqa: E402
 
 
 def best_ms(fn, repeats):
@@ -71,9 +71,9 @@ def time_shape(n, h, w, c, o, padding, first, repeats, rng):
     row["im2col"] = (best_ms(lambda: conv.conv2d_fast(x, k, (1, 1), pads), repeats), best_ms(im2col_train, repeats))
     for m in sorted(winograd.MATRICES):
         def train(m=m):  # as the layers run it
-            winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m)
-            winograd.winograd_conv2d_grads_fast(x, dy, k, (1, 1), pads, not first, True, m=m)
-        row[f"F({m}x{m})"] = (best_ms(lambda m=m: winograd.winograd_conv2d_fast(x, k, (1, 1), pads, m=m), repeats),
+            winograd_fast.winograd_conv2d_fast(x, k, (1, 1), pads, m=m)
+            winograd_fast.winograd_conv2d_grads_fast(x, dy, k, (1, 1), pads, not first, True, m=m)
+        row[f"F({m}x{m})"] = (best_ms(lambda m=m: winograd_fast.winograd_conv2d_fast(x, k, (1, 1), pads, m=m), repeats),
                               best_ms(train, repeats))
     with tc.use_conv_algorithm("auto"):
         chosen = conv.choose_algorithm(x.shape, k.shape, (1, 1), pads)

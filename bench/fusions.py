@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 import tinycnn as tc  # noqa: E402
 from conv_layers import best_ms  # noqa: E402  (bench/ is on the path when run as a script)
-from tinycnn.kernels import activation, conv, norm, pool, winograd  # noqa: E402
+from tinycnn.kernels import activation, conv, norm, pool, winograd, winograd_fast  # noqa: E402
 
 VALID, SAME, NO_PAD = ((0, 0), (0, 0)), ((1, 1), (1, 1)), ((0, 0), (0, 0))
 # (model, C -> O, padding) of the first layers followed by a 2x2 max pool, on 48x48x1 faces
@@ -88,26 +88,26 @@ def rows(n, repeats, rng):
                best_ms(lambda: (conv.conv2d_fast(g, w, (2, 2), pads),
                                 conv.conv2d_grad_weight_fast(g, x, w.shape, (2, 2), pads)), repeats),
                best_ms(lambda: conv.conv2d_and_grad_weight_fast(g, w, x, (2, 2), pads), repeats))
-    spelt = {4: (winograd._input_transform_4, winograd._output_transform_4, winograd._output_transform_adjoint_4,
-                 winograd._input_transform_adjoint_4),
-             6: (winograd._input_transform_6, winograd._output_transform_6, winograd._output_transform_adjoint_6,
-                 winograd._input_transform_adjoint_6)}
+    spelt = {4: (winograd_fast._input_transform_4, winograd_fast._output_transform_4,
+                 winograd_fast._output_transform_adjoint_4, winograd_fast._input_transform_adjoint_4),
+             6: (winograd_fast._input_transform_6, winograd_fast._output_transform_6,
+                 winograd_fast._output_transform_adjoint_6, winograd_fast._input_transform_adjoint_6)}
     for name, h, c, o, pads in WINOGRAD_LAYERS:
         x = data(n, h, h, c)
         ho, wo = winograd._output_hw(x.shape, pads)
         m, nn = winograd.choose_tile(ho, wo), (winograd.choose_tile(ho, wo) + 2) ** 2
         th, tw = winograd.tile_grid(ho, wo, m)
-        k = winograd._block_images(n, th * tw)
+        k = winograd_fast._block_images(n, th * tw)
         BT, _, AT = winograd.matrices(m)
         V, M = data(nn, k * th * tw, c), data(nn, k * th * tw, o)
         y, dy, dx = data(k, ho, wo, o), data(k, ho, wo, o), data(k, h, h, c)
         blocks = n / k   # one block timed (as each core runs its blocks), scaled to the batch
 
         def loops():
-            winograd._input_transform(x[:k], pads[0][0], pads[1][0], th, tw, BT, V)
-            winograd._output_transform(M, AT, y)
-            winograd._output_transform_adjoint(dy, AT, th, tw, M)
-            winograd._input_transform_adjoint(V, BT, pads[0][0], pads[1][0], th, tw, dx)
+            winograd_fast._input_transform(x[:k], pads[0][0], pads[1][0], th, tw, BT, V)
+            winograd_fast._output_transform(M, AT, y)
+            winograd_fast._output_transform_adjoint(dy, AT, th, tw, M)
+            winograd_fast._input_transform_adjoint(V, BT, pads[0][0], pads[1][0], th, tw, dx)
 
         def spelt_out(into=spelt[m]):
             into[0](x[:k], pads[0][0], pads[1][0], th, tw, V)

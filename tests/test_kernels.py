@@ -643,10 +643,10 @@ MISMATCHES = [
     ("dy shape (weight)", lambda: conv.conv2d_grad_weight.fast(np.zeros((1, 5, 5, 1), np.float32),
                                                                np.zeros((1, 9, 9, 2), np.float32), (3, 3, 1, 2), (1, 1),
                                                                ((0, 0), (0, 0))), "output gradient has shape"),
-    ("winograd channels", lambda: conv.winograd.winograd_conv2d.fast(np.zeros((2, 9, 9, 64), np.float32),
+    ("winograd channels", lambda: conv.winograd_conv2d.fast(np.zeros((2, 9, 9, 64), np.float32),
                                                                      np.zeros((3, 3, 8, 8), np.float32), (1, 1),
                                                                      ((1, 1), (1, 1))), "has 64 channels"),
-    ("winograd dy shape", lambda: conv.winograd.winograd_conv2d_grads.fast(
+    ("winograd dy shape", lambda: conv.winograd_conv2d_grads.fast(
         np.zeros((1, 9, 9, 4), np.float32), np.zeros((1, 3, 3, 4), np.float32), np.zeros((3, 3, 4, 4), np.float32),
         (1, 1), ((0, 0), (0, 0))), "output gradient has shape"),
 ]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinycnn as tc
-from tinycnn.kernels import conv, conv_fast
+from tinycnn.kernels import conv, conv_fast, winograd_fast
 
 F32, F64 = np.float32, np.float64
 
@@ -189,8 +189,8 @@ def test_the_gradients_run_the_chosen_algorithm_and_only_those_asked_for(monkeyp
     x, w, dy, strides, pads = problem()
     called = []
     for kernel in ("winograd_conv2d_grad_input", "winograd_conv2d_grad_weight", "winograd_conv2d_grads"):
-        original = getattr(conv.winograd, kernel)
-        monkeypatch.setattr(conv.winograd, kernel, lambda *a, _o=original, _k=kernel: called.append(_k) or _o(*a))
+        original = getattr(conv, kernel)
+        monkeypatch.setattr(conv, kernel, lambda *a, _o=original, _k=kernel: called.append(_k) or _o(*a))
     dx_ref = conv.conv2d_grad_input_reference(dy, w, x.shape, strides, pads)
     dw_ref = conv.conv2d_grad_weight_reference(x, dy, w.shape, strides, pads)
     with tc.use_conv_algorithm(algorithm):
@@ -219,7 +219,7 @@ def test_the_gradients_choose_as_the_forward_does_with_the_paddings(monkeypatch)
     called = []
     for kernel in ("winograd_conv2d", "winograd_conv2d_grad_input", "winograd_conv2d_grad_weight",
                    "winograd_conv2d_grads"):
-        monkeypatch.setattr(conv.winograd, kernel, lambda *a, _k=kernel: called.append(_k) or "winograd's")
+        monkeypatch.setattr(conv, kernel, lambda *a, _k=kernel: called.append(_k) or "winograd's")
     x, w, dy = np.zeros((128, 6, 6, 64), F32), np.zeros((3, 3, 64, 64), F32), np.zeros((128, 6, 6, 64), F32)
     same = ((1, 1), (1, 1))
     with tc.use_conv_algorithm("auto"):
@@ -234,10 +234,10 @@ def test_the_gradients_choose_as_the_forward_does_with_the_paddings(monkeypatch)
 
 def test_a_frozen_kernel_takes_winograd_from_one_image(monkeypatch):
     called = []
-    monkeypatch.setattr(conv.winograd, "winograd_conv2d", lambda *a: called.append(a[1]) or "winograd's")
+    monkeypatch.setattr(conv, "winograd_conv2d", lambda *a: called.append(a[1]) or "winograd's")
     x = np.zeros((1, 10, 10, 32), F32)
     frozen, loose = np.zeros((3, 3, 32, 64), F32), np.zeros((3, 3, 32, 64), F32)
-    conv.winograd.freeze_kernel(frozen)
+    winograd_fast.freeze_kernel(frozen)
     with tc.use_conv_algorithm("auto"):
         assert conv.conv2d(x, frozen, (1, 1), ((0, 0), (0, 0))) == "winograd's"
         assert conv.conv2d(x, loose, (1, 1), ((0, 0), (0, 0))).shape == (1, 8, 8, 64)     # im2col

@@ -6,7 +6,7 @@ entry's tile chosen for its own batch; the output transform's adjoint as its tra
 import numpy as np
 import pytest
 
-from tinycnn.kernels import conv, winograd as W
+from tinycnn.kernels import conv, winograd as W, winograd_fast as WF
 
 F32, F64 = np.float32, np.float64
 
@@ -78,14 +78,14 @@ def test_the_fast_path_takes_the_spelt_out_transforms_for_f4_and_f6(monkeypatch,
     calls = []
     names = ["_input_transform", "_output_transform", "_output_transform_adjoint", "_input_transform_adjoint"]
     for name in names + [f"{n}_{m}" for n in names if m in (4, 6)]:
-        kernel = getattr(W, name)
-        monkeypatch.setattr(W, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+        kernel = getattr(WF, name)
+        monkeypatch.setattr(WF, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 9, 9, 3)).astype(F32), rng.standard_normal((3, 3, 3, 2)).astype(F32)
     dy = rng.standard_normal((2, 9, 9, 2)).astype(F32)
     pads = ((1, 1), (1, 1))
-    y = W.winograd_conv2d_fast(x, w, (1, 1), pads, m)
-    dx, dw = W.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads, m=m)
+    y = WF.winograd_conv2d_fast(x, w, (1, 1), pads, m)
+    dx, dw = WF.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads, m=m)
     suffix = f"_{m}" if spelt_out else ""
     assert set(calls) == {n + suffix for n in names}, calls
     np.testing.assert_allclose(y, conv.conv2d_reference(x, w, (1, 1), pads), rtol=1e-4, atol=1e-4)
@@ -160,19 +160,19 @@ def test_f6_only_where_its_products_are_at_most_0_8_of_f4s():
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_blocks_of_about_block_tiles_tiles_and_no_fewer_than_threads(monkeypatch, parallel):
-    monkeypatch.setattr(W, "PARALLEL", parallel)
-    monkeypatch.setattr(W.numba, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(WF, "PARALLEL", parallel)
+    monkeypatch.setattr(WF.numba, "get_num_threads", lambda: 4)
     threads = 4 if parallel else 1
     for n_img, tiles in [(5, 9), (5, 64), (1, 200), (40, 1), (300, 1)]:
-        expected = max(1, min(round(W.BLOCK_TILES / tiles), -(-n_img // threads)))
-        assert W._block_images(n_img, tiles) == expected, (n_img, tiles)
-    assert W._block_images(1, 200) == 1 and W._block_images(5, 64) == 2
+        expected = max(1, min(round(WF.BLOCK_TILES / tiles), -(-n_img // threads)))
+        assert WF._block_images(n_img, tiles) == expected, (n_img, tiles)
+    assert WF._block_images(1, 200) == 1 and WF._block_images(5, 64) == 2
 
 
 def test_freezing_a_kernel_twice_keeps_its_transforms():
     w = np.random.default_rng(8).standard_normal((3, 3, 2, 4)).astype(F32)
-    W.freeze_kernel(w)
-    U = W._kernel_transform_fast(w, 4)
-    W.freeze_kernel(w)
-    assert W.is_frozen(w) and not w.flags.writeable
-    assert W._kernel_transform_fast(w, 4) is U and not U.flags.writeable
+    WF.freeze_kernel(w)
+    U = WF._kernel_transform_fast(w, 4)
+    WF.freeze_kernel(w)
+    assert WF.is_frozen(w) and not w.flags.writeable
+    assert WF._kernel_transform_fast(w, 4) is U and not U.flags.writeable

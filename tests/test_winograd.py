@@ -18,7 +18,7 @@ import fer_models
 import tinycnn as tc
 from helpers import RTOL, ATOL, assert_close, random_array
 from tinycnn import backend as B
-from tinycnn.kernels import conv, winograd as W
+from tinycnn.kernels import conv, winograd as W, winograd_fast as WF
 
 SOME = settings(max_examples=20, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
@@ -57,16 +57,16 @@ def check_all(impl, m, x, w, pads, dy, label):
     expected_dx = conv.conv2d_grad_input_reference(f64(dy), f64(w), x.shape, (1, 1), pads)
     expected_dw = conv.conv2d_grad_weight_reference(f64(x), f64(dy), w.shape, (1, 1), pads)
     label = f"{label} F({m}x{m},3x3) {impl}"
-    assert_close(label, "forward", getattr(W.winograd_conv2d, impl)(x, w, (1, 1), pads, m=m), expected_y)
+    assert_close(label, "forward", getattr(conv.winograd_conv2d, impl)(x, w, (1, 1), pads, m=m), expected_y)
     assert_close(label, "input grad",
-                 getattr(W.winograd_conv2d_grad_input, impl)(dy, w, x.shape, (1, 1), pads, m=m), expected_dx)
+                 getattr(conv.winograd_conv2d_grad_input, impl)(dy, w, x.shape, (1, 1), pads, m=m), expected_dx)
     assert_close(label, "weight grad",
-                 getattr(W.winograd_conv2d_grad_weight, impl)(x, dy, w.shape, (1, 1), pads, m=m), expected_dw)
-    both = getattr(W.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, m=m)
+                 getattr(conv.winograd_conv2d_grad_weight, impl)(x, dy, w.shape, (1, 1), pads, m=m), expected_dw)
+    both = getattr(conv.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, m=m)
     assert_close(label, "input grad (both at once)", both[0], expected_dx)
     assert_close(label, "weight grad (both at once)", both[1], expected_dw)
-    assert getattr(W.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_input=False, m=m)[0] is None
-    assert getattr(W.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_weight=False, m=m)[1] is None
+    assert getattr(conv.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_input=False, m=m)[0] is None
+    assert getattr(conv.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_weight=False, m=m)[1] is None
 
 
 @pytest.mark.parametrize("m", sorted(W.MATRICES))
@@ -89,10 +89,10 @@ def test_winograd_on_a_seed_layer_shape(impl):
 
 
 def test_fast_kernel_in_several_blocks(monkeypatch):
-    monkeypatch.setattr(W, "BLOCK_TILES", 20)  # two images of 3 x 3 tiles per block
+    monkeypatch.setattr(WF, "BLOCK_TILES", 20)  # two images of 3 x 3 tiles per block
     rng = np.random.default_rng(3)
     x, w = random_array(rng, (5, 9, 11, 4)), random_array(rng, (3, 3, 4, 3))
-    assert W._block_images(5, 3 * 3) == 2
+    assert WF._block_images(5, 3 * 3) == 2
     check_all("fast", 4, x, w, ((1, 1), (1, 1)), random_array(rng, (5, 9, 11, 3)), "in blocks")
 
 
@@ -119,7 +119,7 @@ def spelt_out(transform, size):
     return np.array([transform(*np.eye(size)[k]) for k in range(size)], np.float64).T
 
 
-@pytest.mark.parametrize("m, bt, b, at, a", [(4, W._bt4, W._b4, W._at4, W._a4), (6, W._bt6, W._b6, W._at6, W._a6)])
+@pytest.mark.parametrize("m, bt, b, at, a", [(4, WF._bt4, WF._b4, WF._at4, WF._a4), (6, WF._bt6, WF._b6, WF._at6, WF._a6)])
 def test_spelt_out_transforms_are_the_matrices(m, bt, b, at, a):
     """The fast F(4x4, 3x3) and F(6x6, 3x3) kernels write B^T, B, A^T and A as arithmetic;
     each must be exactly its matrix (entries of a few bits: quarters, powers of two, so
@@ -135,11 +135,11 @@ def test_spelt_out_transforms_are_the_matrices(m, bt, b, at, a):
 def test_winograd_needs_3x3_stride_1():
     x, w = np.zeros((1, 5, 5, 2), np.float32), np.zeros((3, 3, 2, 1), np.float32)
     with pytest.raises(ValueError, match="3x3 kernel and strides"):
-        W.winograd_conv2d(x, w, (2, 2), ((0, 0), (0, 0)))
+        conv.winograd_conv2d(x, w, (2, 2), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match="3x3 kernel and strides"):
-        W.winograd_conv2d(x, np.zeros((5, 5, 2, 1), np.float32), (1, 1), ((0, 0), (0, 0)))
+        conv.winograd_conv2d(x, np.zeros((5, 5, 2, 1), np.float32), (1, 1), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match="has 2 channels"):
-        W.winograd_conv2d(x, np.zeros((3, 3, 4, 1), np.float32), (1, 1), ((0, 0), (0, 0)))
+        conv.winograd_conv2d(x, np.zeros((3, 3, 4, 1), np.float32), (1, 1), ((0, 0), (0, 0)))
     with pytest.raises(ValueError, match="tile size"):
         W.matrices(3)
 
@@ -196,15 +196,15 @@ def test_the_tile_is_chosen_from_the_output_size(impl, monkeypatch):
     rng = np.random.default_rng(3)
     x, w = random_array(rng, (8, 20, 20, 3)), random_array(rng, (3, 3, 3, 4))  # 18x18 output, 72 tiles: F(6x6)
     dy, pads = random_array(rng, (8, 18, 18, 4)), ((0, 0), (0, 0))
-    for f, args in [(W.winograd_conv2d, (x, w, (1, 1), pads)),
-                    (W.winograd_conv2d_grad_input, (dy, w, x.shape, (1, 1), pads)),
-                    (W.winograd_conv2d_grad_weight, (x, dy, w.shape, (1, 1), pads))]:
+    for f, args in [(conv.winograd_conv2d, (x, w, (1, 1), pads)),
+                    (conv.winograd_conv2d_grad_input, (dy, w, x.shape, (1, 1), pads)),
+                    (conv.winograd_conv2d_grad_weight, (x, dy, w.shape, (1, 1), pads))]:
         chosen = getattr(f, impl)(*args)
         np.testing.assert_array_equal(chosen, getattr(f, impl)(*args, m=6))
         assert not np.array_equal(chosen, getattr(f, impl)(*args, m=4))  # rounding differs between tile sizes
     monkeypatch.setattr(W, "F6_MAX_PRODUCTS", 0.6)
-    np.testing.assert_array_equal(getattr(W.winograd_conv2d, impl)(x, w, (1, 1), pads),
-                                  getattr(W.winograd_conv2d, impl)(x, w, (1, 1), pads, m=4))
+    np.testing.assert_array_equal(getattr(conv.winograd_conv2d, impl)(x, w, (1, 1), pads),
+                                  getattr(conv.winograd_conv2d, impl)(x, w, (1, 1), pads, m=4))
 
 
 def test_the_layer_calls_winograd_when_chosen(monkeypatch):
@@ -216,8 +216,8 @@ def test_the_layer_calls_winograd_when_chosen(monkeypatch):
         return lambda *a, **k: calls.append(name) or fn(*a, **k)
 
     for name in ("winograd_conv2d", "winograd_conv2d_grads"):
-        original = getattr(W, name)
-        monkeypatch.setattr(W, name, B.dispatch(recording(original.reference, name), recording(original.fast, name)))
+        original = getattr(conv, name)
+        monkeypatch.setattr(conv, name, B.dispatch(recording(original.reference, name), recording(original.fast, name)))
     rng = np.random.default_rng(0)
     x = random_array(rng, (2, 10, 10, 8))
     g = random_array(rng, (2, 10, 10, 16))
@@ -243,7 +243,7 @@ def test_blocks_shared_between_threads(m, threads, shape, pads, monkeypatch):
     an uneven share), give the float64 direct results; the forward and the input gradient
     (each image on its own) are the same bits either way."""
     import numba
-    monkeypatch.setattr(W, "BLOCK_TILES", 1)          # one image per block
+    monkeypatch.setattr(WF, "BLOCK_TILES", 1)          # one image per block
     rng = np.random.default_rng(m)
     x, w = random_array(rng, shape), random_array(rng, (3, 3, shape[3], 6))
     dy = random_array(rng, conv.conv2d_output_shape(x.shape, w.shape, (1, 1), pads))
@@ -253,8 +253,8 @@ def test_blocks_shared_between_threads(m, threads, shape, pads, monkeypatch):
         for t in sorted({1, threads}):
             numba.set_num_threads(min(t, numba.config.NUMBA_NUM_THREADS))
             check_all("fast", m, x, w, pads, dy, f"{t} thread(s), blocks of one image")
-            results[t] = (W.winograd_conv2d.fast(x, w, (1, 1), pads, m=m),
-                          W.winograd_conv2d_grad_input.fast(dy, w, x.shape, (1, 1), pads, m=m))
+            results[t] = (conv.winograd_conv2d.fast(x, w, (1, 1), pads, m=m),
+                          conv.winograd_conv2d_grad_input.fast(dy, w, x.shape, (1, 1), pads, m=m))
     finally:
         numba.set_num_threads(previous)
     for a, b in zip(results[1], results[threads]):
@@ -268,24 +268,24 @@ def test_blocks_run_on_every_thread(monkeypatch):
     import threading
 
     import numba
-    if numba.config.NUMBA_NUM_THREADS < 2 or not W.PARALLEL:
+    if numba.config.NUMBA_NUM_THREADS < 2 or not WF.PARALLEL:
         pytest.skip("needs two Numba threads")
     seen = []
     work = lambda starts: seen.append((threading.get_ident(), starts)) or len(starts)  # noqa: E731
     previous = numba.get_num_threads()
     try:
         numba.set_num_threads(2)
-        assert W._in_blocks(10, 2, work) == [3, 2]
+        assert WF._in_blocks(10, 2, work) == [3, 2]
         assert sorted(starts for _, starts in seen) == [[0, 4, 8], [2, 6]]
         assert dict((tuple(starts), ident) for ident, starts in seen)[(0, 4, 8)] == threading.get_ident()
         assert len({ident for ident, _ in seen}) == 2
         seen.clear()
-        assert W._in_blocks(3, 4, work) == [1] and seen == [(threading.get_ident(), [0])]
+        assert WF._in_blocks(3, 4, work) == [1] and seen == [(threading.get_ident(), [0])]
         # a map of one tile per image: about BLOCK_TILES images a block, but a block for each thread
-        assert W._block_images(128, 1) == 64 and W._block_images(1000, 1) == W.BLOCK_TILES
+        assert WF._block_images(128, 1) == 64 and WF._block_images(1000, 1) == WF.BLOCK_TILES
         numba.set_num_threads(1)
         seen.clear()
-        assert W._in_blocks(10, 2, work) == [5] and seen[0][0] == threading.get_ident()
+        assert WF._in_blocks(10, 2, work) == [5] and seen[0][0] == threading.get_ident()
     finally:
         numba.set_num_threads(previous)
 
@@ -296,22 +296,22 @@ def test_a_frozen_kernel_keeps_its_transform(monkeypatch):
     import gc
     rng = np.random.default_rng(9)
     w = random_array(rng, (3, 3, 4, 5))
-    W.freeze_kernel(w)
-    assert W.is_frozen(w) and not w.flags.writeable and not W.is_frozen(w.copy())
+    WF.freeze_kernel(w)
+    assert WF.is_frozen(w) and not w.flags.writeable and not WF.is_frozen(w.copy())
     computed = []
     original = np.kron
-    monkeypatch.setattr(W.np, "kron", lambda *a: computed.append(1) or original(*a))
-    u4 = W._kernel_transform_fast(w, 4)
-    assert W._kernel_transform_fast(w, 4) is u4 and not u4.flags.writeable
-    W._kernel_transform_fast(w, 6)
+    monkeypatch.setattr(WF.np, "kron", lambda *a: computed.append(1) or original(*a))
+    u4 = WF._kernel_transform_fast(w, 4)
+    assert WF._kernel_transform_fast(w, 4) is u4 and not u4.flags.writeable
+    WF._kernel_transform_fast(w, 6)
     assert len(computed) == 2                      # F(4x4) once, F(6x6) once
     x = random_array(rng, (1, 12, 12, 4))
-    np.testing.assert_allclose(W.winograd_conv2d.fast(x, w, (1, 1), ((1, 1), (1, 1))),
-                               W.winograd_conv2d.fast(x, w.copy(), (1, 1), ((1, 1), (1, 1))), rtol=0, atol=0)
+    np.testing.assert_allclose(conv.winograd_conv2d.fast(x, w, (1, 1), ((1, 1), (1, 1))),
+                               conv.winograd_conv2d.fast(x, w.copy(), (1, 1), ((1, 1), (1, 1))), rtol=0, atol=0)
     key = id(w)
     del w, u4
     gc.collect()
-    assert key not in W._frozen
+    assert key not in WF._frozen
 
 
 def test_a_frozen_kernel_takes_winograd_from_one_image():
@@ -340,8 +340,8 @@ def test_an_inference_copy_freezes_its_kernels():
         expected = model(x).numpy()
     copy = model.inference_copy()
     convs = [layer for layer in copy.all_layers() if isinstance(layer, tc.layers.Conv2D)]
-    assert convs and all(W.is_frozen(layer.kernel.data) for layer in convs)
-    assert not any(W.is_frozen(layer.kernel.data) for layer in model.all_layers() if isinstance(layer, tc.layers.Conv2D))
+    assert convs and all(WF.is_frozen(layer.kernel.data) for layer in convs)
+    assert not any(WF.is_frozen(layer.kernel.data) for layer in model.all_layers() if isinstance(layer, tc.layers.Conv2D))
     with tc.no_grad():
         assert_close("vggbn inference copy, one face", "output", copy(x).numpy(), expected, RTOL, ATOL)
 
@@ -358,13 +358,13 @@ def test_winograd_conv2d_maxpool_is_the_pool_of_the_convolution(m, size, pads):
     z = conv.conv2d_reference(x, w, (1, 1), pads)
     pool_hw = (z.shape[1] // 2, z.shape[2] // 2)
     y_ref, _ = pool.maxpool_reference(z, (2, 2), (2, 2), ((0, 0), (0, 0)), pool_hw)
-    y, argmax = W.winograd_conv2d_maxpool(x, w, (1, 1), pads, pool_hw, m=m)
+    y, argmax = WF.winograd_conv2d_maxpool(x, w, (1, 1), pads, pool_hw, m=m)
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
     taps = np.stack([z[:, a:2 * pool_hw[0]:2, b:2 * pool_hw[1]:2] for a in (0, 1) for b in (0, 1)])
     chosen = np.take_along_axis(taps, argmax[None].astype(np.int64), axis=0)[0]
     np.testing.assert_allclose(chosen, y_ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="pooled size"):
-        W.winograd_conv2d_maxpool(x, w, (1, 1), pads, (pool_hw[0] + 1, pool_hw[1]), m=m)
+        WF.winograd_conv2d_maxpool(x, w, (1, 1), pads, (pool_hw[0] + 1, pool_hw[1]), m=m)
 
 
 @pytest.mark.parametrize("m", [4, 6])
@@ -382,7 +382,7 @@ def test_winograd_conv2d_maxpool_with_the_batchnorm_epilogue(m):
     z = conv.bias_relu_affine_reference(conv.conv2d_reference(x, w, (1, 1), pads), b, scale, shift)
     pool_hw = (z.shape[1] // 2, z.shape[2] // 2)
     y_ref, _ = pool.maxpool_reference(z, (2, 2), (2, 2), pads, pool_hw)
-    y, _ = W.winograd_conv2d_maxpool(x, w, (1, 1), pads, pool_hw, m=m, affine=(b, scale, shift))
+    y, _ = WF.winograd_conv2d_maxpool(x, w, (1, 1), pads, pool_hw, m=m, affine=(b, scale, shift))
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
     with tc.use_conv_algorithm("winograd"):
         got = conv.conv2d_affine_maxpool.fast(x, w, b, scale, shift, (1, 1), pads, (2, 2), (2, 2), pads, pool_hw)

@@ -159,8 +159,8 @@ def conv2d(x, w, strides, pads, keep_cols=False):
     """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O), by the chosen
     algorithm and backend. ``keep_cols`` also returns im2col's column matrix (None for
     Winograd) for the weight gradient to reuse."""
-    if choose_algorithm(x.shape, w.shape, strides, pads, winograd.is_frozen(w)) == "winograd":
-        y = winograd.winograd_conv2d(x, w, strides, pads)
+    if choose_algorithm(x.shape, w.shape, strides, pads, winograd_fast.is_frozen(w)) == "winograd":
+        y = winograd_conv2d(x, w, strides, pads)
         return (y, None) if keep_cols else y
     return _direct(x, w, strides, pads, keep_cols=keep_cols)
 
@@ -168,14 +168,14 @@ def conv2d(x, w, strides, pads, keep_cols=False):
 def conv2d_grad_input(dy, w, x_shape, strides, pads):
     """dx (N, H, W, C) from dy (N, HO, WO, O), by the chosen algorithm and backend."""
     if choose_algorithm(x_shape, w.shape, strides, pads) == "winograd":
-        return winograd.winograd_conv2d_grad_input(dy, w, x_shape, strides, pads)
+        return winograd_conv2d_grad_input(dy, w, x_shape, strides, pads)
     return _direct_grad_input(dy, w, x_shape, strides, pads)
 
 
 def conv2d_grad_weight(x, dy, w_shape, strides, pads, cols=None):
     """dw (KH, KW, C, O), by the chosen algorithm and backend (``cols`` from im2col's forward)."""
     if cols is None and choose_algorithm(x.shape, w_shape, strides, pads) == "winograd":
-        return winograd.winograd_conv2d_grad_weight(x, dy, w_shape, strides, pads)
+        return winograd_conv2d_grad_weight(x, dy, w_shape, strides, pads)
     return _direct_grad_weight(x, dy, w_shape, strides, pads, cols=cols)
 
 
@@ -183,7 +183,7 @@ def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, col
     """(dx or None, dw or None): both gradients of a convolution, each when asked for,
     by the chosen algorithm (Winograd computes them in one pass over dy)."""
     if cols is None and choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
-        return winograd.winograd_conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
+        return winograd_conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
     return (conv2d_grad_input(dy, w, x.shape, strides, pads) if need_input else None,
             conv2d_grad_weight(x, dy, w.shape, strides, pads, cols=cols) if need_weight else None)
 
@@ -235,6 +235,14 @@ from .conv_fast import (  # noqa: E402
     _is_3x3_stride_1, bias_relu_affine_fast, bias_relu_fast, bias_relu_grad_fast, choose_algorithm,
     conv2d_affine_maxpool_fast, conv2d_and_grad_weight_fast, conv2d_fast, conv2d_grad_input_fast,
     conv2d_grad_weight_fast, conv2d_grad_weight_pooled_fast, conv2d_maxpool_fast)
+from . import winograd_fast  # noqa: E402
+
+winograd_conv2d = dispatch(winograd.winograd_conv2d_reference, winograd_fast.winograd_conv2d_fast)
+winograd_conv2d_grad_input = dispatch(winograd.winograd_conv2d_grad_input_reference,
+                                      winograd_fast.winograd_conv2d_grad_input_fast)
+winograd_conv2d_grad_weight = dispatch(winograd.winograd_conv2d_grad_weight_reference,
+                                       winograd_fast.winograd_conv2d_grad_weight_fast)
+winograd_conv2d_grads = dispatch(winograd.winograd_conv2d_grads_reference, winograd_fast.winograd_conv2d_grads_fast)
 
 conv2d_and_grad_weight = dispatch(conv2d_and_grad_weight_reference, conv2d_and_grad_weight_fast)
 bias_relu = dispatch(bias_relu_reference, bias_relu_fast)

@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .. import backend, memory
 from ..backend import PARALLEL, threads_by_size
-from . import pool, winograd
+from . import pool, winograd, winograd_fast
 from .shapes import conv2d_output_shape, conv_output_size
 
 _output_shape = conv2d_output_shape
@@ -438,7 +438,7 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0)), frozen=Fa
     7x7x256 'valid') leaves a third of its one tile unused and still takes 64 products
     against im2col's 225.
 
-    A ``frozen`` kernel (``winograd.freeze_kernel``: an inference copy's) keeps its
+    A ``frozen`` kernel (``winograd_fast.freeze_kernel``: an inference copy's) keeps its
     transform, and then F(4x4) pays at any batch on an output of at least 8x8 with 32+
     input channels and C x O up to 128 x 256: with no kernel transform to pay for at
     each call, Winograd measured faster there from one image on.
@@ -464,8 +464,8 @@ def choose_algorithm(x_shape, w_shape, strides, pads=((0, 0), (0, 0)), frozen=Fa
 
 def _conv2d_chosen(x, w, strides, pads):
     """The convolution by the chosen algorithm's fast kernel (``conv.conv2d`` on the fast backend)."""
-    if choose_algorithm(x.shape, w.shape, strides, pads, winograd.is_frozen(w)) == "winograd":
-        return winograd.winograd_conv2d_fast(x, w, strides, pads)
+    if choose_algorithm(x.shape, w.shape, strides, pads, winograd_fast.is_frozen(w)) == "winograd":
+        return winograd_fast.winograd_conv2d_fast(x, w, strides, pads)
     return conv2d_fast(x, w, strides, pads)
 
 
@@ -473,7 +473,7 @@ def _conv2d_grad_weight_chosen(x, dy, w_shape, strides, pads, cols=None):
     """The weight gradient by the chosen algorithm's fast kernel (``conv.conv2d_grad_weight``
     on the fast backend)."""
     if cols is None and choose_algorithm(x.shape, w_shape, strides, pads) == "winograd":
-        return winograd.winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads)
+        return winograd_fast.winograd_conv2d_grad_weight_fast(x, dy, w_shape, strides, pads)
     return conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=cols)
 
 
@@ -511,7 +511,7 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
     2x2 windows (every first layer here) a spelt-out one, both measured faster than the
     convolution and the pool apart (bench/README.md, "Measurements behind the kernels'
     choices"). A convolution computed by Winograd under 2x2 windows pools each block of
-    images while its output is in cache (``winograd.winograd_conv2d_maxpool``).
+    images while its output is in cache (``winograd_fast.winograd_conv2d_maxpool``).
     Otherwise the chosen convolution (``conv2d``) and ``pool.maxpool``."""
     check_shapes("conv2d_maxpool", x.shape, w.shape, strides, pads)
     n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
@@ -532,8 +532,8 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
                                   pads[0][0], pads[1][0], zh, zw, ph, pw, pool_pads[0][0], pool_pads[1][0], y, argmax)
         return y, argmax
     if tuple(pool_size) == tuple(pool_strides) == (2, 2) and not any(map(any, pool_pads)) \
-            and choose_algorithm(x.shape, w.shape, strides, pads, winograd.is_frozen(w)) == "winograd":
-        return winograd.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw)
+            and choose_algorithm(x.shape, w.shape, strides, pads, winograd_fast.is_frozen(w)) == "winograd":
+        return winograd_fast.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw)
     return pool.maxpool_fast(_conv2d_chosen(x, w, strides, pads), pool_size, pool_strides, pool_pads, pool_hw)
 
 
@@ -631,7 +631,7 @@ def conv2d_affine_maxpool_fast(x, w, b, scale, shift, strides, pads, pool_size, 
     convolution's output (256 channels of 46x46 a face there) never goes to memory and
     back (bench/README.md, "The inference plan"). A convolution by Winograd under 2x2
     windows applies the epilogue and pools each block of images while its output is in
-    cache (``winograd.winograd_conv2d_maxpool``). Otherwise the chosen convolution, its
+    cache (``winograd_fast.winograd_conv2d_maxpool``). Otherwise the chosen convolution, its
     epilogue and the pool, one after another."""
     check_shapes("conv2d_affine_maxpool", x.shape, w.shape, strides, pads)
     n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
@@ -647,8 +647,8 @@ def conv2d_affine_maxpool_fast(x, w, b, scale, shift, strides, pads, pool_size, 
                                                b, scale, shift, y)
         return y
     if tuple(pool_size) == tuple(pool_strides) == (2, 2) and not any(map(any, pool_pads)) \
-            and choose_algorithm(x.shape, w.shape, strides, pads, winograd.is_frozen(w)) == "winograd":
-        return winograd.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, affine=(b, scale, shift))[0]
+            and choose_algorithm(x.shape, w.shape, strides, pads, winograd_fast.is_frozen(w)) == "winograd":
+        return winograd_fast.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, affine=(b, scale, shift))[0]
     y = bias_relu_affine_fast(_conv2d_chosen(x, w, strides, pads), b, scale, shift)
     return pool.maxpool_fast(y, pool_size, pool_strides, pool_pads, pool_hw)[0]
 

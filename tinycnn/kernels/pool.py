@@ -73,7 +73,7 @@ def _maxpool_numba(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
 @njit(nogil=True, cache=True)
 def maxpool_serial(x, ph, pw, sh, sw, pt, pl, ho, wo, y, argmax):
     """``_maxpool_numba`` in the calling thread alone, the GIL released: for a block of
-    images inside one of tinycnn's own threads (``winograd.winograd_conv2d_maxpool``)."""
+    images inside one of tinycnn's own threads (``winograd_fast.winograd_conv2d_maxpool``)."""
     for n in range(x.shape[0]):
         for oy in range(ho):
             _maxpool_row(x, n, oy, ph, pw, sh, sw, pt, pl, wo, y, argmax)
