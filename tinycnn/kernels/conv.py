@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import dispatch
-from . import pool, winograd
+from . import pool, subpixel, winograd
 from .shapes import conv2d_output_shape, conv_output_size, same_padding, tap_slice  # noqa: F401 (for the notebooks)
 
 
@@ -188,6 +188,30 @@ def conv2d_grads(x, dy, w, strides, pads, need_input=True, need_weight=True, col
             conv2d_grad_weight(x, dy, w.shape, strides, pads, cols=cols) if need_weight else None)
 
 
+# -- Conv2DTranspose: the sub-pixel Winograd where it applies (``subpixel.py``) ----------------------
+def conv2d_transpose(x, w, b, out_shape, strides, pads, relu):
+    """y (N, HO, WO, O) = relu?(conv_transpose(x, w) + b), ``out_shape`` (N, HO, WO, O):
+    Conv2DTranspose's forward for x (N, H, W, C) and w (KH, KW, O, C), the input gradient
+    of the convolution from ``out_shape`` to x's shape. By the sub-pixel Winograd where
+    ``subpixel.chosen``, else as that input gradient and the epilogue after it."""
+    if subpixel.chosen(x.shape, w.shape, strides, pads, out_shape):
+        return subpixel_conv_transpose(x, w, b, relu)
+    return bias_relu(conv2d_grad_input(x, w, out_shape, strides, pads), b, relu)
+
+
+def conv2d_transpose_grads(x, g, w, strides, pads, need_input=True, need_weight=True):
+    """(dx or None, dw or None) of ``conv2d_transpose`` from g (N, HO, WO, O), the
+    gradient at its output before the epilogue. The underlying convolution's input is g
+    and its output gradient x: dx is that convolution of g, dw correlates the same
+    windows of g with x (``conv2d_and_grad_weight`` gathers them once for both)."""
+    if subpixel.chosen(x.shape, w.shape, strides, pads, g.shape):
+        return subpixel_conv_transpose_grads(x, g, w, need_input, need_weight)
+    if need_input and need_weight:
+        return conv2d_and_grad_weight(g, w, x, strides, pads)
+    return (conv2d(g, w, strides, pads) if need_input else None,
+            conv2d_grad_weight(g, x, w.shape, strides, pads) if need_weight else None)
+
+
 class ConvSaved(NamedTuple):
     """What a convolution's backward needs: its input, kernel and geometry, and what the
     fast kernel kept for the weight gradient: ``cols``, im2col's column matrix (None
@@ -244,7 +268,12 @@ winograd_conv2d_grad_weight = dispatch(winograd.winograd_conv2d_grad_weight_refe
                                        winograd_fast.winograd_conv2d_grad_weight_fast)
 winograd_conv2d_grads = dispatch(winograd.winograd_conv2d_grads_reference, winograd_fast.winograd_conv2d_grads_fast)
 
+from .subpixel_fast import subpixel_conv_transpose_fast, subpixel_conv_transpose_grads_fast  # noqa: E402
+
 conv2d_and_grad_weight = dispatch(conv2d_and_grad_weight_reference, conv2d_and_grad_weight_fast)
+subpixel_conv_transpose = dispatch(subpixel.subpixel_conv_transpose_reference, subpixel_conv_transpose_fast)
+subpixel_conv_transpose_grads = dispatch(subpixel.subpixel_conv_transpose_grads_reference,
+                                         subpixel_conv_transpose_grads_fast)
 bias_relu = dispatch(bias_relu_reference, bias_relu_fast)
 bias_relu_affine = dispatch(bias_relu_affine_reference, bias_relu_affine_fast)
 bias_relu_grad = dispatch(bias_relu_grad_reference, bias_relu_grad_fast)

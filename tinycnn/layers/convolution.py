@@ -73,14 +73,14 @@ class Conv2DTransposeFn(Function):
     where (N, HO, WO, O) is ``out_shape``. Computed as the input gradient of a
     convolution from (N, HO, WO, O) to (N, H, W, C) with the same kernel; its input
     gradient is that convolution itself, of g, and its weight gradient correlates the
-    same windows of g with x (``K.conv2d_and_grad_weight`` gathers them once for both).
+    same windows of g with x (``K.conv2d_transpose``; a 3x3 kernel with strides 2 goes
+    by the sub-pixel Winograd of ``kernels/subpixel.py``).
     Saved: x, w, strides, pads, y, relu.
     """
 
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, out_shape, relu):
-        y = K.conv2d_grad_input(x, w, out_shape, strides, pads)
-        K.bias_relu(y, b, relu)
+        y = K.conv2d_transpose(x, w, b, out_shape, strides, pads, relu)
         ctx.save(x=x, w=w, strides=strides, pads=pads, y=y, relu=relu)
         return y
 
@@ -88,12 +88,7 @@ class Conv2DTransposeFn(Function):
     def backward(ctx, g):
         g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
         need_x, need_w, need_b = ctx.needs_input_grad
-        # the "input" of the underlying convolution is g, its "output gradient" is x
-        if need_x and need_w:  # both read the windows of g: gather them once
-            dx, dw = K.conv2d_and_grad_weight(g, ctx.w, ctx.x, ctx.strides, ctx.pads)
-        else:
-            dx = K.conv2d(g, ctx.w, ctx.strides, ctx.pads) if need_x else None
-            dw = K.conv2d_grad_weight(g, ctx.x, ctx.w.shape, ctx.strides, ctx.pads) if need_w else None
+        dx, dw = K.conv2d_transpose_grads(ctx.x, g, ctx.w, ctx.strides, ctx.pads, need_x, need_w)
         return dx, dw, db if need_b else None
 
 

@@ -42,7 +42,7 @@ import numpy as np
 from .. import backend
 from ..kernels import conv as K
 from ..kernels import winograd_fast
-from ..layers import Activation, BatchNormalization, Conv2D, Dense, Dropout, MaxPooling2D, Residual
+from ..layers import Activation, BatchNormalization, Conv2D, Conv2DTranspose, Dense, Dropout, MaxPooling2D, Residual
 from ..layers.base import to_input_tensor
 from ..tensor import Tensor, is_grad_enabled, relu
 from .fused import batchnorm_then_relu, conv_then_batchnorm, conv_then_pool
@@ -175,9 +175,9 @@ def inference_copy(model):
     one layer with the folded kernel and bias (and the ReLU after them as its
     activation), and Dropout layers, the identity in inference, are left out; inside
     Residual blocks too. Each BatchNormalization left (one after a ReLU, which runs in
-    the convolution's epilogue) has its affine map computed once, and each Conv2D kernel
-    is frozen (``winograd_fast.freeze_kernel``: read-only, its Winograd transform kept, so
-    that Winograd pays from one image on). The copy is a
+    the convolution's epilogue) has its affine map computed once, and each Conv2D and
+    Conv2DTranspose kernel is frozen (``winograd_fast.freeze_kernel``: read-only, its
+    Winograd transform kept, so that Winograd pays from one image on). The copy is a
     snapshot: its weights are its own, not trainable, and later changes to ``model`` (or
     to the copy's own arrays) do not reach it. Attributes set on ``model`` (such as
     ``preprocessing``) are copied with it."""
@@ -198,7 +198,7 @@ def inference_copy(model):
             w.requires_grad = False
         if isinstance(layer, BatchNormalization):  # what is left of it (after a ReLU) maps the same every call
             layer.frozen_affine = _batchnorm_affine(layer)
-        if isinstance(layer, Conv2D):  # its Winograd transform, once (conv.choose_algorithm)
+        if isinstance(layer, (Conv2D, Conv2DTranspose)):  # its Winograd transform, once (conv.choose_algorithm)
             winograd_fast.freeze_kernel(layer.kernel.data)
     return frozen
 

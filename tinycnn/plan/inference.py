@@ -244,9 +244,7 @@ def _conv_transpose(layer, shape):
     pads = layer._pads(*out[:2])
 
     def conv_transpose(x):
-        y = K.conv2d_grad_input(x, w, (len(x),) + out, strides, pads)
-        K.bias_relu(y, b, relu)
-        return y
+        return K.conv2d_transpose(x, w, b, (len(x),) + out, strides, pads, relu)
     return Step(conv_transpose, [layer], shape, out, layer.multiply_adds(shape))
 
 
