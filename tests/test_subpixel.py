@@ -204,15 +204,18 @@ def test_where_it_applies():
 
 
 def test_chosen_follows_the_setting_and_the_size():
-    w, out = (3, 3, 5, 8), lambda n, h: (n, 2 * h, 2 * h, 5)
-    big, small = (S.MIN_PIXELS // 36 + 1, 6, 6, 8), (1, 6, 6, 8)
-    assert S.chosen(big, w, (2, 2), SAME, out(big[0], 6))
-    assert not S.chosen(small, w, (2, 2), SAME, out(1, 6))
+    w = (3, 3, 5, 8)
+    big, small = (S.MIN_TILES, 6, 6, 8), (S.MIN_TILES - 1, 6, 6, 8)   # one F(6x6) tile per image
+    out = lambda x: (x[0], 2 * x[1], 2 * x[2], 5)  # noqa: E731
+    assert S.applies(small, w, (2, 2), SAME, out(small))
+    assert S.chosen(big, w, (2, 2), SAME, out(big))
+    assert not S.chosen(small, w, (2, 2), SAME, out(small))
+    assert S.chosen((S.MIN_TILES // 4, 12, 12, 8), w, (2, 2), SAME, out((S.MIN_TILES // 4, 12, 12, 8)))  # 4 tiles each
     with tc.use_conv_algorithm("winograd"):
-        assert S.chosen(small, w, (2, 2), SAME, out(1, 6))
-        assert not S.chosen(small, w, (1, 1), SAME, out(1, 6))   # forced, but only where it applies
+        assert S.chosen(small, w, (2, 2), SAME, out(small))
+        assert not S.chosen(small, w, (1, 1), SAME, out(small))   # forced, but only where it applies
     with tc.use_conv_algorithm("im2col"):
-        assert not S.chosen(big, w, (2, 2), SAME, out(big[0], 6))
+        assert not S.chosen(big, w, (2, 2), SAME, out(big))
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -256,7 +259,7 @@ def test_an_inference_copy_keeps_the_transform_and_follows_new_weights():
     rng = np.random.default_rng(2)
     model = tc.Sequential([tc.layers.Conv2DTranspose(3, 3, strides=2, padding="same")])
     model.build((6, 6, 4))
-    x = random_array(rng, (S.MIN_PIXELS // 36 + 1, 6, 6, 4))
+    x = random_array(rng, (S.MIN_TILES, 6, 6, 4))
     first = model.predict(x)
     copy = model._current_inference_copy()
     assert WF.is_frozen(copy.layers[0].kernel.data)

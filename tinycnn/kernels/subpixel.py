@@ -66,21 +66,26 @@ def applies(x_shape, w_shape, strides, pads, out_shape) -> bool:
             and tuple(out_shape) == (n, 2 * h, 2 * w, w_shape[2]))
 
 
-# The sub-pixel Winograd pays from about this many input pixels in a call (measured on
-# updown's three layers: bench/README.md, "Measurements behind the kernels' choices").
-# Fewer (one face) and the transformed kernel, 49/9 * 4 = 21.8 times the kernel's size,
-# costs more to read than the products it saves.
-MIN_PIXELS = 2048
+# The sub-pixel Winograd pays from about this many tiles in a call. Its transformed kernel
+# U holds 49 C 4 O values, 21.8 times the kernel, and costs as much to compute and read
+# whatever the batch; each tile's products save a share of the direct sum's. Measured on
+# updown's three layers, it was level at 128 to 256 tiles and ahead from 256 (bench/README.md,
+# "Measurements behind the kernels' choices"). A face alone always takes the direct sum.
+MIN_TILES = 192
 
 
 def chosen(x_shape, w_shape, strides, pads, out_shape) -> bool:
     """Whether to compute this Conv2DTranspose here: where it ``applies``, unless
     ``set_conv_algorithm("im2col")`` asks for the direct sum, and under "auto" only on
-    at least ``MIN_PIXELS`` input pixels."""
+    at least ``MIN_TILES`` tiles."""
     if not applies(x_shape, w_shape, strides, pads, out_shape):
         return False
     setting = backend.get_conv_algorithm()
-    return setting == "winograd" or (setting == "auto" and x_shape[0] * x_shape[1] * x_shape[2] >= MIN_PIXELS)
+    if setting != "auto":
+        return setting == "winograd"
+    n, h, w = x_shape[:3]
+    th, tw = tile_grid(h, w, choose_tile(h, w))
+    return n * th * tw >= MIN_TILES
 
 
 def check_shapes(x_shape, w_shape, strides, pads, out_shape, who="subpixel"):
