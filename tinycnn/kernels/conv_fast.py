@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from .. import backend, memory
 from ..backend import PARALLEL, threads_by_size
-from . import pool, winograd, winograd_fast
+from . import pool_fast, winograd, winograd_fast
 from .shapes import conv2d_output_shape, conv_output_size
 
 _output_shape = conv2d_output_shape
@@ -512,7 +512,7 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
     convolution and the pool apart (bench/README.md, "Measurements behind the kernels'
     choices"). A convolution computed by Winograd under 2x2 windows pools each block of
     images while its output is in cache (``winograd_fast.winograd_conv2d_maxpool``).
-    Otherwise the chosen convolution (``conv2d``) and ``pool.maxpool``."""
+    Otherwise the chosen convolution (``conv.conv2d``) and ``pool.maxpool``."""
     check_shapes("conv2d_maxpool", x.shape, w.shape, strides, pads)
     n, zh, zw, o = _output_shape(x.shape, w.shape, strides, pads)
     expected = tuple(conv_output_size((zh, zw)[i], pool_size[i], pool_strides[i], *pool_pads[i]) for i in range(2))
@@ -534,7 +534,7 @@ def conv2d_maxpool_fast(x, w, strides, pads, pool_size, pool_strides, pool_pads,
     if tuple(pool_size) == tuple(pool_strides) == (2, 2) and not any(map(any, pool_pads)) \
             and choose_algorithm(x.shape, w.shape, strides, pads, winograd_fast.is_frozen(w)) == "winograd":
         return winograd_fast.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw)
-    return pool.maxpool_fast(_conv2d_chosen(x, w, strides, pads), pool_size, pool_strides, pool_pads, pool_hw)
+    return pool_fast.maxpool_fast(_conv2d_chosen(x, w, strides, pads), pool_size, pool_strides, pool_pads, pool_hw)
 
 
 # -- the weight gradient of a convolution whose output was max-pooled ------------------------------
@@ -593,7 +593,7 @@ def conv2d_grad_weight_pooled_fast(g, argmax, saved, z_shape, pool_size, pool_st
                                         pool_size[0], pool_size[1], pool_pads[0][0], pool_pads[1][0],
                                         z_shape[1], z_shape[2], parts)
         return parts.sum(axis=0, dtype=np.float64).astype(np.float32).reshape(w.shape)
-    dz = pool.maxpool_grad_fast(g, argmax, z_shape, pool_size, pool_strides, pool_pads)
+    dz = pool_fast.maxpool_grad_fast(g, argmax, z_shape, pool_size, pool_strides, pool_pads)
     return _conv2d_grad_weight_chosen(x, dz, w.shape, saved.strides, saved.pads, cols=saved.cols)
 
 
@@ -650,6 +650,6 @@ def conv2d_affine_maxpool_fast(x, w, b, scale, shift, strides, pads, pool_size, 
             and choose_algorithm(x.shape, w.shape, strides, pads, winograd_fast.is_frozen(w)) == "winograd":
         return winograd_fast.winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, affine=(b, scale, shift))[0]
     y = bias_relu_affine_fast(_conv2d_chosen(x, w, strides, pads), b, scale, shift)
-    return pool.maxpool_fast(y, pool_size, pool_strides, pool_pads, pool_hw)[0]
+    return pool_fast.maxpool_fast(y, pool_size, pool_strides, pool_pads, pool_hw)[0]
 
 

@@ -17,7 +17,7 @@ from numba import njit
 
 from .. import backend, memory
 from ..backend import PARALLEL, threads_by_size
-from . import pool
+from . import pool_fast
 from .winograd import _output_hw, check_winograd_shapes, choose_tile, matrices, tile_grid
 
 
@@ -764,7 +764,7 @@ def winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, m=None, affine=None):
             _from_tiles(M, m, AT, z[:images])
             if affine is not None:
                 _relu_affine_in_place(z[:images], *affine)
-            pool.maxpool_serial(z[:images], 2, 2, 2, 2, 0, 0, pool_hw[0], pool_hw[1], y[s:s + k], argmax[s:s + k])
+            pool_fast.maxpool_serial(z[:images], 2, 2, 2, 2, 0, 0, pool_hw[0], pool_hw[1], y[s:s + k], argmax[s:s + k])
 
     _in_blocks(nb, k, work)
     return y, argmax
