@@ -4,7 +4,7 @@ from float32, float64 as soon as one input is float64, as the float64 checks use
 import numpy as np
 import pytest
 
-from tinycnn.kernels import depthwise as D
+from tinycnn.kernels import depthwise as D, depthwise_fast as DF
 
 F32, F64 = np.float32, np.float64
 
@@ -13,7 +13,7 @@ def problem():
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((2, 5, 6, 3)), rng.standard_normal((3, 2, 3, 2))
     strides, pads = (1, 2), ((1, 1), (0, 1))
-    dy = rng.standard_normal(D._output_shape(x.shape, w.shape, strides, pads))
+    dy = rng.standard_normal(D.depthwise_conv2d_output_shape(x.shape, w.shape, strides, pads))
     return x, w, dy, strides, pads
 
 
@@ -37,7 +37,7 @@ def test_reference_kernels_compute_in_their_inputs_precision(first, second):
 
 def refusal(*args, **arrays):
     with pytest.raises(ValueError) as e:
-        D.check_arrays("depthwise_conv2d", *args, **arrays)
+        DF.check_arrays("depthwise_conv2d", *args, **arrays)
     return str(e.value)
 
 
@@ -54,5 +54,5 @@ def test_the_gate_names_each_problem_in_full():
     x64, w64 = np.zeros((1, 5, 5, 1)), np.zeros((3, 3, 1, 1))
     assert refusal(x64.shape, w64.shape, (1, 1), none, x=x64, w=w64) == "depthwise_conv2d: the compiled kernel " \
         "takes float32 arrays, got x float64, w float64" + tail.format((1, 5, 5, 1), (3, 3, 1, 1))
-    D.check_arrays("depthwise_conv2d", (1, 3, 3, 1), (3, 3, 1, 2), (1, 1), none, (1, 1, 1, 2),
+    DF.check_arrays("depthwise_conv2d", (1, 3, 3, 1), (3, 3, 1, 2), (1, 1), none, (1, 1, 1, 2),
                    x=x64.astype(F32), w=w64.astype(F32))   # a kernel the size of the input: accepted

@@ -17,6 +17,15 @@ def conv2d_output_shape(x_shape, w_shape, strides, pads):
     return n, ho, wo, o
 
 
+def depthwise_conv2d_output_shape(x_shape, w_shape, strides, pads):
+    """(N, HO, WO, C*M) of the depthwise convolution of x (N, H, W, C) with w (KH, KW, C, M)."""
+    n, h, w, c = x_shape
+    kh, kw, _, m = w_shape
+    ho = conv_output_size(h, kh, strides[0], *pads[0])
+    wo = conv_output_size(w, kw, strides[1], *pads[1])
+    return n, ho, wo, c * m
+
+
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """Keras/TensorFlow ``same`` padding: output ``ceil(size / stride)``; an odd
     total goes to the bottom/right (asymmetric, unlike PyTorch)."""
