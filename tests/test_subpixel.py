@@ -119,6 +119,9 @@ def check_all(impl, m, x, w, b, dy, label):
     near("forward", run(x, w, m=m), y)
     near("forward + bias", run(x, w, b, m=m), y + b)
     near("forward + bias + relu", run(x, w, b, True, m=m), np.maximum(y + b, 0))
+    mean = getattr(conv.subpixel_conv_transpose_mean, impl)
+    near("mean + bias", mean(x, w, b, m=m), (y + b).mean(axis=(1, 2)))
+    near("mean + bias + relu", mean(x, w, b, True, m=m), np.maximum(y + b, 0).mean(axis=(1, 2)))
     both = grads(x, dy, w, m=m)
     near("input grad", both[0], dx)
     near("weight grad", both[1], dw)
@@ -271,3 +274,24 @@ def test_an_inference_copy_keeps_the_transform_and_follows_new_weights():
     with tc.use_conv_algorithm("im2col"):
         assert_close("after new weights", "predict", again, model.predict(x))
     assert np.abs(again - first).max() > 1e-3
+
+
+@pytest.mark.parametrize("setting", ["winograd", "auto", "im2col"])
+def test_the_plan_takes_the_mean_of_a_conv_transpose_in_one_step(setting):
+    """Conv2DTranspose then GlobalAveragePooling2D is one step of the plan, whose result is
+    the two layers' called one by one, whichever algorithm runs it."""
+    rng = np.random.default_rng(4)
+    model = tc.Sequential([tc.layers.Conv2DTranspose(6, 3, strides=2, padding="same", activation="relu"),
+                           tc.layers.GlobalAveragePooling2D(), tc.layers.Dense(3)])
+    model.build((13, 7, 5))
+    model.layers[0].bias.data[:] = random_array(rng, (6,))
+    x = random_array(rng, (S.MIN_TILES // 2 + 1, 13, 7, 5))    # two F(6x6) tiles per image: chosen under "auto"
+    steps = model.inference_plan().steps
+    assert [s.label for s in steps] == ["Conv2DTranspose(relu) + GlobalAveragePooling2D", "Dense"]
+    with tc.use_conv_algorithm(setting):
+        got = model.predict(x)
+        with tc.no_grad():
+            expected = x
+            for layer in model.layers:
+                expected = layer(tc.Tensor(expected), training=False).data
+    assert_close("Conv2DTranspose + GlobalAveragePooling2D", f"predict ({setting})", got, expected)

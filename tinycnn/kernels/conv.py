@@ -268,10 +268,13 @@ winograd_conv2d_grad_weight = dispatch(winograd.winograd_conv2d_grad_weight_refe
                                        winograd_fast.winograd_conv2d_grad_weight_fast)
 winograd_conv2d_grads = dispatch(winograd.winograd_conv2d_grads_reference, winograd_fast.winograd_conv2d_grads_fast)
 
-from .subpixel_fast import subpixel_conv_transpose_fast, subpixel_conv_transpose_grads_fast  # noqa: E402
+from .subpixel_fast import (  # noqa: E402
+    subpixel_conv_transpose_fast, subpixel_conv_transpose_grads_fast, subpixel_conv_transpose_mean_fast)
 
 conv2d_and_grad_weight = dispatch(conv2d_and_grad_weight_reference, conv2d_and_grad_weight_fast)
 subpixel_conv_transpose = dispatch(subpixel.subpixel_conv_transpose_reference, subpixel_conv_transpose_fast)
+subpixel_conv_transpose_mean = dispatch(subpixel.subpixel_conv_transpose_mean_reference,
+                                        subpixel_conv_transpose_mean_fast)
 subpixel_conv_transpose_grads = dispatch(subpixel.subpixel_conv_transpose_grads_reference,
                                          subpixel_conv_transpose_grads_fast)
 bias_relu = dispatch(bias_relu_reference, bias_relu_fast)

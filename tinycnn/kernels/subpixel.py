@@ -213,6 +213,12 @@ def subpixel_conv_transpose_reference(x, w, b=None, relu=False, m=None):
     return np.maximum(y, 0) if relu else y
 
 
+def subpixel_conv_transpose_mean_reference(x, w, b=None, relu=False, m=None):
+    """(N, O): the mean over each image's pixels of ``subpixel_conv_transpose_reference``:
+    a Conv2DTranspose and the GlobalAveragePooling2D after it, in inference."""
+    return subpixel_conv_transpose_reference(x, w, b, relu, m).mean(axis=(1, 2))
+
+
 def subpixel_conv_transpose_grads_reference(x, dy, w, need_input=True, need_weight=True, m=None):
     """(dx (N, H, W, C) or None, dw (3, 3, O, C) or None) from dy (N, 2H, 2W, O): the
     adjoints above, in reverse order."""

@@ -288,9 +288,25 @@ def _input_transform_6(x, th, tw, BT, V):
 def _output_transform_6(M, AT, b, relu, y):
     """As ``_output_transform`` with F(6x6, 2x2)'s A^T (``AT`` is not read: the same
     signature)."""
-    n_img, ho, wo, o = y.shape
+    _outputs_6(M, b, relu, y.shape[1], y.shape[2], y, np.zeros((0, 0), np.float64))
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _output_sums_6(M, b, relu, ho, wo, sums):
+    """sums[img] (O,) += the sum over image img's HO x WO output pixels of relu?(y + b),
+    y = A^T M A as ``_output_transform_6`` computes it, never written out."""
+    _outputs_6(M, b, relu, ho, wo, np.zeros((0, 0, 0, 0), np.float32), sums)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _outputs_6(M, b, relu, ho, wo, y, sums):
+    """Each tile's Y = A^T M A, the epilogue applied, written to y, or, where ``sums`` has
+    rows, added into them."""
+    o = b.shape[0]
     o4 = 4 * o
+    pooled = sums.shape[0] > 0
     th, tw = -(-ho // 12), -(-wo // 12)
+    n_img = M.shape[1] // (th * tw)
     tmp = np.empty((6, 7, o4), np.float32)
     row = np.empty((6, o4), np.float32)
     for img in range(n_img):
@@ -303,8 +319,8 @@ def _output_transform_6(M, AT, b, relu, y):
                                  M[28 + j, tile, oc], M[35 + j, tile, oc], M[42 + j, tile, oc])
                         for k in range(6):
                             tmp[k, j, oc] = r[k]
-                blocks = min(6, (wo - tx * 12 + 1) // 2)
-                for k in range(min(6, (ho - ty * 12 + 1) // 2)):  # along each row: Y = tmp A
+                blocks = min(6, (wo - tx * 12) // 2)
+                for k in range(min(6, (ho - ty * 12) // 2)):  # along each row: Y = tmp A
                     for oc in range(o4):
                         r = _at7(tmp[k, 0, oc], tmp[k, 1, oc], tmp[k, 2, oc], tmp[k, 3, oc], tmp[k, 4, oc],
                                  tmp[k, 5, oc], tmp[k, 6, oc])
@@ -312,17 +328,19 @@ def _output_transform_6(M, AT, b, relu, y):
                             row[l, oc] = r[l]
                     oy = 2 * (ty * 6 + k)
                     for p in range(2):  # each phase (p, q) of each block to its pixel, the epilogue on the way
-                        out = y[img, oy + p]
                         for l in range(blocks):
                             for q in range(2):
-                                px = out[2 * (tx * 6 + l) + q]
                                 src = row[l, (2 * p + q) * o:(2 * p + q + 1) * o]
-                                if relu:
+                                if pooled:
+                                    acc = sums[img]
                                     for oc in range(o):
-                                        px[oc] = max(src[oc] + b[oc], 0.0)
+                                        v = src[oc] + b[oc]
+                                        acc[oc] += max(v, 0.0) if relu else v
                                 else:
+                                    px = y[img, oy + p, 2 * (tx * 6 + l) + q]
                                     for oc in range(o):
-                                        px[oc] = src[oc] + b[oc]
+                                        v = src[oc] + b[oc]
+                                        px[oc] = max(v, 0.0) if relu else v
 
 
 @njit(nogil=True, cache=True, fastmath=True)
@@ -425,9 +443,22 @@ def _kernel_transform(w, m):
 def subpixel_conv_transpose_fast(x, w, b=None, relu=False, m=None):
     """As subpixel_conv_transpose_reference; with ``b`` (O,), relu?(y + b) in the same
     pass (the layer's epilogue)."""
+    return _forward(x, w, b, relu, m, mean=False)
+
+
+@threads_by_size
+def subpixel_conv_transpose_mean_fast(x, w, b=None, relu=False, m=None):
+    """As subpixel_conv_transpose_mean_reference: each block's outputs are summed per
+    image and channel while in cache (F(6x6, 2x2)), y never written out."""
+    return _forward(x, w, b, relu, m, mean=True)
+
+
+def _forward(x, w, b, relu, m, mean):
+    """y (N, 2H, 2W, O), or its mean over each image (N, O)."""
     nb, h, wd, c = x.shape
     o = w.shape[2]
-    check_shapes(x.shape, w.shape, (2, 2), ((0, 1), (0, 1)), (nb, 2 * h, 2 * wd, o), "subpixel_conv_transpose")
+    who = "subpixel_conv_transpose" + ("_mean" if mean else "")
+    check_shapes(x.shape, w.shape, (2, 2), ((0, 1), (0, 1)), (nb, 2 * h, 2 * wd, o), who)
     m = m or choose_tile(h, wd)
     BT, _, AT = matrices(m)
     n = m + 1
@@ -435,21 +466,29 @@ def subpixel_conv_transpose_fast(x, w, b=None, relu=False, m=None):
     x = np.ascontiguousarray(x, np.float32)
     b = np.zeros(o, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
     U = _kernel_transform(w, m)
-    y = memory.empty((nb, 2 * h, 2 * wd, o))
+    y = np.zeros((nb, o)) if mean else memory.empty((nb, 2 * h, 2 * wd, o))
     k = W._block_images(nb, th * tw)
     to_tiles, from_tiles, _, _ = _transforms(m)
 
     def work(starts):
         vbuf, mbuf = memory.empty((n * n * k * th * tw * c,)), memory.empty((n * n * k * th * tw * 4 * o,))
+        z = memory.empty((k, 2 * h, 2 * wd, o)) if mean and m != 6 else None
         for s in starts:
-            t = min(k, nb - s) * th * tw
+            images = min(k, nb - s)
+            t = images * th * tw
             V, M = W._buffer(vbuf, (n * n, t, c)), W._buffer(mbuf, (n * n, t, 4 * o))
             to_tiles(x[s:s + k], th, tw, BT, V)
             np.matmul(V, U, out=M)
-            from_tiles(M, AT, b, relu, y[s:s + k])
+            if not mean:
+                from_tiles(M, AT, b, relu, y[s:s + k])
+            elif m == 6:
+                _output_sums_6(M, b, relu, 2 * h, 2 * wd, y[s:s + k])
+            else:   # the loops have no summing form: the block's outputs, then their sums
+                from_tiles(M, AT, b, relu, z[:images])
+                y[s:s + k] = z[:images].sum(axis=(1, 2), dtype=np.float64)
 
     W._in_blocks(nb, k, work)
-    return y
+    return (y / (4 * h * wd)).astype(np.float32) if mean else y
 
 
 @threads_by_size

@@ -8,7 +8,9 @@ plan is made once per input shape (height, width, channels; any batch size) and 
 - one *step* per layer, or per group of layers computed as one (Conv2D + MaxPooling2D,
   the pool first and the bias and ReLU after it on the pooled map; Conv2D(relu) +
   BatchNormalization, the normalisation in the convolution's epilogue, and a
-  MaxPooling2D after those two in the same kernel call). A step is a plain
+  MaxPooling2D after those two in the same kernel call; Conv2DTranspose +
+  GlobalAveragePooling2D, the mean taken while each block of the output is in cache,
+  with the sub-pixel Winograd). A step is a plain
   function of NumPy arrays that calls the kernels of ``tinycnn/kernels`` directly: no
   Tensor, no graph, no Function context, no input checks or shape arithmetic at each
   call (the geometry, paddings included, is computed when the plan is made);
@@ -34,6 +36,7 @@ import numpy as np
 from .. import backend
 from ..kernels import conv as K
 from ..kernels import pool as P
+from ..kernels import subpixel
 from ..layers import (Activation, BatchNormalization, Conv2D, Conv2DTranspose, Dense, Dropout, Flatten,
                       GlobalAveragePooling2D, MaxPooling2D, Residual)
 from ..tensor import Tensor, no_grad
@@ -139,6 +142,9 @@ def _compile(layers, shape):
             i += 2
         elif type(layer) is Conv2D and layer.relu and isinstance(following, BatchNormalization):
             step = _conv_relu_batchnorm(layer, following, shape)
+            i += 2
+        elif type(layer) is Conv2DTranspose and type(following) is GlobalAveragePooling2D:
+            step = _conv_transpose_then_mean(layer, following, shape)
             i += 2
         else:
             step = _one_layer(layer, shape)
@@ -246,6 +252,23 @@ def _conv_transpose(layer, shape):
     def conv_transpose(x):
         return K.conv2d_transpose(x, w, b, (len(x),) + out, strides, pads, relu)
     return Step(conv_transpose, [layer], shape, out, layer.multiply_adds(shape))
+
+
+def _conv_transpose_then_mean(layer, gap, shape):
+    """The mean over each image of a Conv2DTranspose's output: where the sub-pixel Winograd
+    is chosen (``kernels/subpixel.py``), each block's outputs are summed while in cache
+    and the whole output (updown's: 48 x 48 x 32 per image) is never written out."""
+    layer.ensure_built(shape)
+    w, b, strides, relu = layer.kernel.data, layer.bias.data, layer.strides, layer.relu
+    out = layer.compute_output_shape(shape)
+    pads = layer._pads(*out[:2])
+
+    def conv_transpose_then_mean(x):
+        if subpixel.chosen(x.shape, w.shape, strides, pads, (len(x),) + out):
+            return K.subpixel_conv_transpose_mean(x, w, b, relu)
+        return P.global_average_pool(K.conv2d_transpose(x, w, b, (len(x),) + out, strides, pads, relu))
+    return Step(conv_transpose_then_mean, [layer, gap], shape, gap.compute_output_shape(out),
+                layer.multiply_adds(shape))
 
 
 def _residual(layer, shape):
