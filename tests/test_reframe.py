@@ -95,14 +95,14 @@ def test_a_missed_face_counts_as_wrong_and_the_found_ones_are_classified(monkeyp
     detector = EveryOtherFace()
     real = R.random_framing
     monkeypatch.setattr(R, "random_framing", lambda rng: detector.framings.append(real(rng)) or detector.framings[-1])
-    labels = np.array([3, 3, 3, 0, 3, 1])
+    labels = np.array([3, 3, 3, 0, 3, 1])   # faces 0, 2 and 4 are found, all three happy
     faces = np.stack([pattern(i) for i in range(len(labels))])
     report = R.evaluate_reframed(Always(3), faces, labels, detector=detector, progress=False)
     assert report["detected"] == 0.5                       # faces 0, 2, 4
     assert report["predictions"]["reframed"] == [3, -1, 3, -1, 3, -1]
     assert report["direct"]["accuracy"] == pytest.approx(4 / 6)
     assert report["reframed"]["accuracy"] == pytest.approx(3 / 6)
-    assert report["reframed"]["accuracy_detected"] == 1.0
+    assert report["reframed"]["accuracy_detected"] == 1.0 and report["direct"]["accuracy_detected"] == 1.0
     assert report["reframed"]["recall"][3] == pytest.approx(3 / 4) and report["direct"]["recall"][3] == 1.0
     assert report["reframed"]["recall"][2] is None                 # no fear face
     text = R.format_reframed(report)
