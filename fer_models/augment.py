@@ -95,6 +95,42 @@ def erase_batch(x, rng, probability=0.5, area=(0.02, 0.25), aspect=(0.3, 3.3)) -
     return out
 
 
+# The camera's changes, drawn uniformly: the ranges ``reframe.RANGES`` frames test faces
+# with, the blur in the face's own pixels (2 frame pixels on a face of 100-260 px is
+# about 0.4-1 px at 48).
+CAMERA = {"brightness": (-40 / 255, 40 / 255), "contrast": (0.6, 1.4), "gamma": (0.6, 1.6), "blur": (0.0, 1.0),
+          "jpeg": (30, 95)}
+
+
+def camera_batch(x, rng, probability=0.5) -> np.ndarray:
+    """What a camera does to a face, to each image with ``probability``: gamma, contrast
+    about mid-grey, brightness, a Gaussian blur and JPEG compression, each drawn from
+    ``CAMERA`` (the ranges of ``fer_models.reframe``'s test frames).
+
+    FER-2013's faces come from the web, already compressed and lit in many ways, but a
+    webcam's are darker or brighter, softer and compressed again; a network that has seen
+    those changes in training loses less on them. x float32 (N, H, W, C) in [0, 1] -> a
+    new array in [0, 1]; seven arrays of N numbers are drawn from ``rng``.
+    """
+    x = _check_batch(x)
+    if not 0 <= probability <= 1:
+        raise ValueError(f"camera_batch: probability must be in [0, 1], got {probability}")
+    n = len(x)
+    change = rng.random(n) < probability
+    draws = {k: rng.uniform(low, high, n) for k, (low, high) in CAMERA.items()}
+    out = x.copy()
+    for i in np.flatnonzero(change):
+        v = np.clip(x[i], 0, 1) ** draws["gamma"][i]
+        v = (v - 0.5) * draws["contrast"][i] + 0.5 + draws["brightness"][i]
+        img = (np.clip(v, 0, 1) * 255).round().astype(np.uint8)
+        if draws["blur"][i] > 0.05:
+            img = cv2.GaussianBlur(img, (0, 0), draws["blur"][i])
+        ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(round(draws["jpeg"][i]))])
+        img = cv2.imdecode(jpeg, cv2.IMREAD_UNCHANGED)
+        out[i] = img.reshape(x.shape[1:]).astype(np.float32) / 255
+    return out
+
+
 def _affine_matrices(flips, angles, scales, shifts, h, w) -> np.ndarray:
     """The (N, 2, 3) float64 matrices mapping input pixel (x, y, 1) to output pixel.
 
@@ -141,8 +177,9 @@ class Augmenter:
     """The settings of ``augment_batch``, kept together: ``Augmenter(...)(x, rng)``.
 
     ``Augmenter(False, 0, 0, 0)`` (or ``Augmenter.none()``) is the identity. ``erase``:
-    the probability of random erasing (``erase_batch``) after the warp; 0 (the
-    default) draws nothing for it, so the other transforms' draws stay as they were.
+    the probability of random erasing (``erase_batch``) after the warp; ``camera``, of
+    a camera's changes (``camera_batch``) after that; 0 (their default) draws nothing
+    for them, so the other transforms' draws stay as they were.
     """
 
     flip: bool = True
@@ -150,11 +187,13 @@ class Augmenter:
     shift: float = 0.1
     zoom: float = 0.1
     erase: float = 0.0
+    camera: float = 0.0
 
     def __post_init__(self):
         _check_settings("Augmenter", self.rotation, self.shift, self.zoom)
-        if not 0 <= self.erase <= 1:
-            raise ValueError(f"Augmenter: erase must be a probability in [0, 1], got {self.erase}")
+        for name in ("erase", "camera"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"Augmenter: {name} must be a probability in [0, 1], got {getattr(self, name)}")
 
     @classmethod
     def none(cls) -> "Augmenter":
@@ -164,7 +203,8 @@ class Augmenter:
         """x float32 (N, H, W, C) -> augmented float32 (N, H, W, C); see ``augment_batch``."""
         out = augment_batch(x, rng, flip=self.flip, rotation=self.rotation, shift=self.shift,
                             zoom=self.zoom)
-        return erase_batch(out, rng, self.erase) if self.erase > 0 else out
+        out = erase_batch(out, rng, self.erase) if self.erase > 0 else out
+        return camera_batch(out, rng, self.camera) if self.camera > 0 else out
 
 
-__all__ = ["augment_batch", "erase_batch", "Augmenter"]
+__all__ = ["augment_batch", "erase_batch", "camera_batch", "Augmenter"]

@@ -62,6 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--erase", type=float, default=0.0, metavar="P",
                    help="random erasing: with probability P a rectangle of 2-25%% of each training face is "
                         "replaced by noise (Zhong et al. 2017), on top of --augment")
+    p.add_argument("--camera", type=float, default=0.0, metavar="P",
+                   help="with probability P each training face gets a camera's changes: gamma, contrast, "
+                        "brightness, blur and JPEG compression (fer_models/augment.py camera_batch; the ranges "
+                        "of --reframed's test frames), after --augment and --erase")
     p.add_argument("--preprocessing", choices=METHODS, default=None,
                    help="contrast normalisation of every face before the model (see fer_models/preprocess.py); "
                         "recorded in the weights file, so prediction and evaluation apply the same "
@@ -374,7 +378,9 @@ def training_options(args, y_labels, order) -> dict:
     weights = (tc.losses.balanced_class_weights(y_labels, fer_models.NUM_CLASSES)[order]
                if args.class_weights == "balanced" else None)
     erase = getattr(args, "erase", 0.0)    # runs from before the option: none
-    augment = Augmenter(erase=erase) if args.augment else (Augmenter(False, 0, 0, 0, erase) if erase else None)
+    camera = getattr(args, "camera", 0.0)
+    augment = (Augmenter(erase=erase, camera=camera) if args.augment else
+               Augmenter(False, 0, 0, 0, erase, camera) if erase or camera else None)
     return {"batch_size": args.batch_size, "class_weights": weights, "label_smoothing": args.label_smoothing,
             "augment": augment, "seed": args.seed}
 
@@ -733,6 +739,8 @@ def run_command(args):
         sys.exit("error: --epochs and --batch-size must be positive")
     if not 0 <= args.erase <= 1:
         sys.exit(f"error: --erase must be a probability in [0, 1], got {args.erase}")
+    if not 0 <= args.camera <= 1:
+        sys.exit(f"error: --camera must be a probability in [0, 1], got {args.camera}")
     if args.lr is not None and not args.lr > 0:
         sys.exit(f"error: --lr must be positive, got {args.lr}")
     train(args)

@@ -132,3 +132,37 @@ def test_augmenter_without_erasing_draws_as_before():
     assert (erased != plain).any(axis=(1, 2, 3)).all()             # every face erased after the same warp
     with pytest.raises(ValueError, match="erase must be a probability"):
         Augmenter(erase=-0.1)
+
+
+def test_camera_changes_are_the_formula_and_drawn_per_face(monkeypatch):
+    from fer_models import augment
+    x = faces(8)
+    fixed = {"brightness": (0.1, 0.1), "contrast": (1.0, 1.0), "gamma": (2.0, 2.0), "blur": (0.0, 0.0),
+             "jpeg": (100, 100)}
+    monkeypatch.setattr(augment, "CAMERA", fixed)
+    out = augment.camera_batch(x, np.random.default_rng(0), probability=1.0)
+    expected = np.clip(x ** 2 + 0.1, 0, 1)
+    assert np.abs(out - expected).max() < 3 / 255                 # 8-bit rounding and JPEG at 100
+    monkeypatch.setattr(augment, "CAMERA", {**fixed, "gamma": (1.0, 1.0), "brightness": (0.0, 0.0),
+                                            "contrast": (0.5, 0.5)})
+    halfway = augment.camera_batch(x, np.random.default_rng(0), probability=1.0)
+    assert np.abs(halfway - ((x - 0.5) * 0.5 + 0.5)).max() < 3 / 255   # halfway to mid-grey
+
+
+def test_camera_changes_half_the_faces_within_range_and_seeded():
+    from fer_models.augment import CAMERA, camera_batch
+    x = faces(200, seed=2)
+    out = camera_batch(x, np.random.default_rng(5), probability=0.5)
+    assert out.shape == x.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    changed = (np.abs(out - x) > 1e-6).any(axis=(1, 2, 3))
+    assert 0.35 < changed.mean() < 0.65
+    np.testing.assert_array_equal(camera_batch(x, np.random.default_rng(5), probability=0.5), out)
+    np.testing.assert_array_equal(camera_batch(x, np.random.default_rng(5), probability=0.0), x)
+    assert set(CAMERA) == {"brightness", "contrast", "gamma", "blur", "jpeg"}
+    with pytest.raises(ValueError, match="probability must be in"):
+        camera_batch(x, np.random.default_rng(0), probability=-1)
+    with pytest.raises(ValueError, match="camera must be a probability"):
+        Augmenter(camera=1.5)
+    plain = Augmenter(erase=0.5)(x, np.random.default_rng(3))
+    both = Augmenter(erase=0.5, camera=1.0)(x, np.random.default_rng(3))
+    assert (both != plain).any(axis=(1, 2, 3)).all()   # every face changed after the same warp and erasing

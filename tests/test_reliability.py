@@ -104,6 +104,12 @@ def test_train_refuses_a_zero_learning_rate():
         train.main(["--lr", "0"])
 
 
+@pytest.mark.parametrize("option", ["--erase", "--camera"])
+def test_train_refuses_a_probability_out_of_range(option):
+    with pytest.raises(SystemExit, match=f"{option} must be a probability in \\[0, 1\\], got 1.5"):
+        train.main([option, "1.5"])
+
+
 @pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
 def test_resume_from_a_damaged_checkpoint_or_missing_settings(tmp_path, good_weights):
     run = tmp_path / "run"
