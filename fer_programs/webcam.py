@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     det.add_argument("--margin", type=float, default=None, metavar="FRACTION",
                      help="added around each detected box before cropping, as a fraction of its size "
                           "(default 0.05: Haar boxes are about the size of FER-2013's crops)")
+    det.add_argument("--tilt", type=float, default=15.0, metavar="DEGREES",
+                     help="where no face is found upright, search the frame again turned by +DEGREES and "
+                          "-DEGREES (heads tilted sideways); 0: upright only")
     det.add_argument("--detect-width", type=int, default=320, metavar="PX",
                      help="the frame is scaled down to this width for detection (faster); 0: full size")
     det.add_argument("--smooth", type=int, default=0, metavar="N",
@@ -112,6 +115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--max-frames must be >= 0 (0: no limit), got {args.max_frames}")
     if args.margin is not None and not 0.0 <= args.margin <= 1.0:
         p.error(f"--margin must be between 0 and 1 (a fraction of the box), got {args.margin}")
+    if not 0.0 <= args.tilt <= 45.0:
+        p.error(f"--tilt must be between 0 and 45 degrees (0: upright only), got {args.tilt}")
     for option in ("min_face", "detect_width", "smooth", "port"):
         if getattr(args, option) < 0:
             p.error(f"--{option.replace('_', '-')} must be >= 0, got {getattr(args, option)}")
@@ -346,7 +351,8 @@ def load_pipeline(args, smooth: int = 0):
     if args.weights is not None and not Path(args.weights).exists():
         raise UserError(f"--weights {args.weights}: no such file or folder")
     try:
-        detector = FaceDetector(min_face=args.min_face, detect_width=args.detect_width)
+        detector = FaceDetector(min_face=args.min_face, detect_width=args.detect_width,
+                                tilts=(args.tilt, -args.tilt) if args.tilt else ())
         pipeline = EmotionPipeline.from_weights(args.weights, args.model, tta=args.tta, detector=detector,
                                                 contract=contract_args(args),
                                                 margin=DEFAULT_MARGIN if args.margin is None else args.margin,

@@ -71,6 +71,7 @@ def test_the_camera_changes_are_applied_in_order():
 
 class EveryOtherFace:
     """A detector stand-in: finds the pasted face's square in every other frame."""
+    min_face, detect_width, min_neighbors, tilts = 1, 0, 1, ()
 
     def __init__(self):
         self.calls, self.framings = 0, []
@@ -129,3 +130,22 @@ def test_the_detector_finds_most_re_framed_fer_faces():
 def test_the_command_line_needs_a_model_to_evaluate():
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--reframed"], capture_output=True, text=True)
     assert done.returncode != 0 and "give it with --evaluate" in done.stderr
+
+
+def test_tilted_heads_are_found_by_the_turned_search_at_their_place():
+    """FER-2013 faces the detector finds upright, tilted by 18-23 degrees: the upright
+    cascade misses about half (measured: finds 6 of 12), the turned retries find nearly
+    all (11 of 12), each box around the face."""
+    from fer_models.detect import FaceDetector, box_iou
+    faces = fer_faces(12)
+    upright, turned = FaceDetector(tilts=()), FaceDetector()
+    found = {"upright": 0, "turned": 0}
+    for i, face in enumerate(faces):
+        framing = R.Framing(size=160, centre=(320, 240), **{**PLAIN, "angle": (-1) ** i * (18.0 + i % 3 * 2.5)})
+        frame = R.frame_face(face, framing, np.full(R.FRAME, 110, np.uint8))
+        found["upright"] += any(box_iou(b, framing.box) >= R.MIN_IOU for b in upright.detect(frame))
+        boxes = turned.detect(frame)
+        found["turned"] += any(box_iou(b, framing.box) >= R.MIN_IOU for b in boxes)
+        assert len(boxes) <= 1
+    assert found["turned"] >= found["upright"] + 3 and found["turned"] >= 9, found
+    assert turned.detect(np.full(R.FRAME, 110, np.uint8)) == []       # nothing to find, turned or not

@@ -92,7 +92,8 @@ def test_webcam_with_damaged_weights_says_so_and_exits_2(tmp_path, good_weights,
 
 @pytest.mark.parametrize("args, message", [(["--max-frames", "-1"], "--max-frames must be >= 0"),
                                            (["--margin", "-0.6"], "--margin must be between 0 and 1"),
-                                           (["--min-face", "-3"], "--min-face must be >= 0")])
+                                           (["--min-face", "-3"], "--min-face must be >= 0"),
+                                           (["--tilt", "60"], "--tilt must be between 0 and 45")])
 def test_webcam_refuses_arguments_out_of_range(args, message):
     proc = subprocess.run([sys.executable, str(ROOT / "webcam.py"), *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
