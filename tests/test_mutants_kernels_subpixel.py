@@ -1,0 +1,67 @@
+"""Checks of tinycnn/kernels/subpixel.py and subpixel_fast.py that their mutation runs
+(tests/mutation/run.sh) showed missing: the reference kernels in their inputs' precision,
+the tile size asked for honoured by every entry, the gate's messages in full."""
+import numpy as np
+import pytest
+
+from helpers import ATOL, RTOL, assert_close, random_array
+from tinycnn.kernels import conv, subpixel as S, subpixel_fast as SF
+
+F32, F64 = np.float32, np.float64
+SAME = ((0, 1), (0, 1))
+
+
+def direct(x, w, dy):
+    """(y, dx, dw) of the transposed convolution, directly, in float64."""
+    out = (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], w.shape[2])
+    x, w, dy = x.astype(F64), w.astype(F64), dy.astype(F64)
+    return (conv.conv2d_grad_input_reference(x, w, out, (2, 2), SAME), conv.conv2d_reference(dy, w, (2, 2), SAME),
+            conv.conv2d_grad_weight_reference(dy, x, w.shape, (2, 2), SAME))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("m", sorted(S.MATRICES))
+def test_reference_kernels_compute_in_their_inputs_precision(dtype, m):
+    """float32 in, float32 out (the library's arrays); float64 in, float64 out and exact to 1e-9."""
+    rng = np.random.default_rng(m)
+    x, w, b = rng.standard_normal((2, 5, 7, 3)), rng.standard_normal((3, 3, 2, 3)), rng.standard_normal(2)
+    dy = rng.standard_normal((2, 10, 14, 2))
+    y, dx, dw = direct(x, w, dy)
+    x, w, b, dy = x.astype(dtype), w.astype(dtype), b.astype(dtype), dy.astype(dtype)
+    got = {"forward": (S.subpixel_conv_transpose_reference(x, w, b, m=m), y + b),
+           "mean": (S.subpixel_conv_transpose_mean_reference(x, w, b, m=m), (y + b).mean(axis=(1, 2)))}
+    got["input gradient"], got["weight gradient"] = zip(S.subpixel_conv_transpose_grads_reference(x, dy, w, m=m),
+                                                        (dx, dw))
+    tol = 1e-4 if dtype == F32 else 1e-9
+    for name, (g, d) in got.items():
+        assert g.dtype == dtype, f"F({m}x{m}) {name}: {g.dtype} from {dtype.__name__} inputs"
+        np.testing.assert_allclose(g, d, rtol=tol, atol=tol, err_msg=f"F({m}x{m}) {name}")
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+@pytest.mark.parametrize("m", sorted(S.MATRICES))
+def test_every_entry_takes_the_tile_size_asked_for(monkeypatch, impl, m):
+    """With the other tile size's matrices broken (zero), an entry given ``m`` still
+    computes the transposed convolution: it used F(m x m) and not ``choose_tile``'s."""
+    other = ({4, 6} - {m}).pop()
+    monkeypatch.setitem(S.MATRICES, other, tuple(np.zeros_like(a) for a in S.MATRICES[other]))
+    rng = np.random.default_rng(7)
+    h = 3 if other == 4 else 9                 # choose_tile(h, h) == other
+    assert S.choose_tile(h, h) == other
+    x, w, dy = random_array(rng, (2, h, h, 3)), random_array(rng, (3, 3, 2, 3)), random_array(rng, (2, 2 * h, 2 * h, 2))
+    y, dx, dw = direct(x, w, dy)
+    label, atol = f"F({m}x{m}) {impl} on {h}x{h}", ATOL * (5 if m == 6 else 1)
+    run = getattr(conv.subpixel_conv_transpose, impl)
+    mean = getattr(conv.subpixel_conv_transpose_mean, impl)
+    grads = getattr(conv.subpixel_conv_transpose_grads, impl)
+    assert_close(label, "forward", run(x, w, m=m), y, RTOL, atol)
+    assert_close(label, "mean", mean(x, w, m=m), y.mean(axis=(1, 2)), RTOL, atol)
+    got_dx, got_dw = grads(x, dy, w, m=m)
+    assert_close(label, "input gradient", got_dx, dx, RTOL, atol)
+    assert_close(label, "weight gradient", got_dw, dw, RTOL, atol)
+
+
+def test_toom_cook_says_what_it_needs():
+    with pytest.raises(ValueError, match=r"^F\(4, 3\) needs 6 distinct finite points, or 5 and infinity; "
+                                         r"got \(0, 1, -1, 2\)$"):
+        S.toom_cook(4, 3, (0, 1, -1, 2))
