@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import ATOL, RTOL, assert_close, random_array
-from tinycnn.kernels import conv, subpixel as S, subpixel_fast as SF
+from tinycnn.kernels import conv, subpixel as S, subpixel_fast as SF, winograd_fast as WF
 
 F32, F64 = np.float32, np.float64
 SAME = ((0, 1), (0, 1))
@@ -65,3 +65,40 @@ def test_toom_cook_says_what_it_needs():
     with pytest.raises(ValueError, match=r"^F\(4, 3\) needs 6 distinct finite points, or 5 and infinity; "
                                          r"got \(0, 1, -1, 2\)$"):
         S.toom_cook(4, 3, (0, 1, -1, 2))
+
+
+@pytest.mark.parametrize("who", ["subpixel_conv_transpose", "subpixel_conv_transpose_mean"])
+def test_the_fast_forward_refuses_in_full(who):
+    """The message names the entry and what it was given (the paddings of "same")."""
+    x, w = np.zeros((1, 4, 4, 2), F32), np.zeros((5, 5, 3, 2), F32)
+    with pytest.raises(ValueError) as refused:
+        getattr(SF, who + "_fast")(x, w)
+    assert str(refused.value) == (
+        f"{who}: needs a (3, 3, O, C) kernel, strides (2, 2), paddings starting at 0 and an output of twice the "
+        "input's size; got input (1, 4, 4, 2), kernel (5, 5, 3, 2), strides (2, 2), paddings ((0, 1), (0, 1)), "
+        "output (1, 8, 8, 3)")
+
+
+def test_the_fast_path_takes_the_spelt_out_transforms_for_f6_only():
+    assert SF._transforms(6) == (SF._input_transform_6, SF._output_transform_6, SF._output_transform_adjoint_6,
+                                 SF._input_transform_adjoint_6)
+    assert SF._transforms(4) == (SF._input_transform, SF._output_transform, SF._output_transform_adjoint,
+                                 SF._input_transform_adjoint)
+
+
+@pytest.mark.parametrize("m", sorted(S.MATRICES))
+def test_a_frozen_kernel_keeps_one_read_only_transform(m):
+    """The first call on a frozen kernel computes U and keeps it, read-only; later calls
+    (forward and input gradient) take that same U and give the same, right results."""
+    rng = np.random.default_rng(11)
+    x, w, dy = random_array(rng, (2, 5, 6, 3)), random_array(rng, (3, 3, 2, 3)), random_array(rng, (2, 10, 12, 2))
+    y, dx, _ = direct(x, w, dy)
+    WF.freeze_kernel(w)
+    U = SF._kernel_transform(w, m)
+    assert not U.flags.writeable
+    assert SF._kernel_transform(w, m) is U
+    label, atol = f"frozen F({m}x{m})", ATOL * (5 if m == 6 else 1)
+    for call in range(2):
+        assert_close(label, f"forward, call {call}", SF.subpixel_conv_transpose_fast(x, w, m=m), y, RTOL, atol)
+        assert_close(label, f"input gradient, call {call}",
+                     SF.subpixel_conv_transpose_grads_fast(x, dy, w, need_weight=False, m=m)[0], dx, RTOL, atol)
