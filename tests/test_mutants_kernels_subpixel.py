@@ -1,6 +1,9 @@
 """Checks of tinycnn/kernels/subpixel.py and subpixel_fast.py that their mutation runs
 (tests/mutation/run.sh) showed missing: the reference kernels in their inputs' precision,
-the tile size asked for honoured by every entry, the gate's messages in full."""
+the matrices in the dtype asked for, the tile size asked for honoured by every entry and
+``choose_tile``'s bound, the gates' messages in full (any rank but four refused by the gate
+itself), a frozen kernel's U kept read-only and reused, and the fast entries calling the
+spelt-out F(6x6) transforms (the loops for F(4x4)) with float32 results."""
 import numpy as np
 import pytest
 
@@ -102,3 +105,50 @@ def test_a_frozen_kernel_keeps_one_read_only_transform(m):
         assert_close(label, f"forward, call {call}", SF.subpixel_conv_transpose_fast(x, w, m=m), y, RTOL, atol)
         assert_close(label, f"input gradient, call {call}",
                      SF.subpixel_conv_transpose_grads_fast(x, dy, w, need_weight=False, m=m)[0], dx, RTOL, atol)
+
+
+@pytest.mark.parametrize("m", sorted(S.MATRICES))
+def test_the_matrices_come_in_the_dtype_asked_for(m):
+    for got, exact in zip(S.matrices(m), S.MATRICES[m]):
+        assert got.dtype == F32 and np.array_equal(got, exact.astype(F32))
+    for got, exact in zip(S.matrices(m, F64), S.MATRICES[m]):
+        assert got.dtype == F64 and np.array_equal(got, exact)
+
+
+def test_f4_only_where_one_tile_covers_the_map():
+    """At most 4 blocks a side on both axes: one F(4x4) tile; more on either: F(6x6)."""
+    assert [S.choose_tile(h, w) for h, w in [(1, 1), (4, 4), (3, 4), (4, 1)]] == [4, 4, 4, 4]
+    assert [S.choose_tile(h, w) for h, w in [(5, 5), (5, 1), (1, 5), (4, 12)]] == [6, 6, 6, 6]
+
+
+@pytest.mark.parametrize("x_shape, w_shape", [((4, 4, 2), (3, 3, 3, 2)), ((1, 4, 4, 2), (3, 3, 3)),
+                                              ((1, 4, 4, 2), (3, 3, 3, 2, 1))])
+def test_the_gate_refuses_any_rank_but_four_with_its_message(x_shape, w_shape):
+    """Not an IndexError from inside ``applies``: the gate's own message, named "subpixel"
+    unless the caller names itself."""
+    with pytest.raises(ValueError, match=r"^subpixel: needs a \(3, 3, O, C\) kernel"):
+        S.check_shapes(x_shape, w_shape, (2, 2), SAME, (1, 8, 8, 3))
+
+
+@pytest.mark.parametrize("m", sorted(S.MATRICES))
+def test_the_fast_entries_call_their_tile_sizes_transforms(monkeypatch, m):
+    """F(6x6) runs the spelt-out transforms (and the summing one for the mean), F(4x4)
+    the loops: each is wrapped where ``_transforms`` looks it up, and the results stay right."""
+    names = ["_input_transform", "_output_transform", "_output_transform_adjoint", "_input_transform_adjoint"]
+    names = [n + "_6" for n in names] + ["_output_sums_6"] if m == 6 else names
+    called = []
+    for name in names:
+        real = getattr(SF, name)
+        monkeypatch.setattr(SF, name, lambda *a, _real=real, _name=name: (called.append(_name), _real(*a))[1])
+    rng = np.random.default_rng(13)
+    x, w, dy = random_array(rng, (2, 7, 5, 3)), random_array(rng, (3, 3, 2, 3)), random_array(rng, (2, 14, 10, 2))
+    y, dx, dw = direct(x, w, dy)
+    label, atol = f"F({m}x{m}) fast", ATOL * (5 if m == 6 else 1)
+    got = SF.subpixel_conv_transpose_fast(x, w, m=m)
+    mean = SF.subpixel_conv_transpose_mean_fast(x, w, m=m)
+    got_dx, got_dw = SF.subpixel_conv_transpose_grads_fast(x, dy, w, m=m)
+    assert sorted(set(called)) == sorted(names)
+    for what, g, d in [("forward", got, y), ("mean", mean, y.mean(axis=(1, 2))), ("input gradient", got_dx, dx),
+                       ("weight gradient", got_dw, dw)]:
+        assert g.dtype == F32, f"{label} {what}: {g.dtype}"
+        assert_close(label, what, g, d, RTOL, atol)
