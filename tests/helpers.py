@@ -67,6 +67,17 @@ def assert_close(label, what, got, expected, rtol=RTOL, atol=ATOL):
             f"max abs error {np.nanmax(err) if not np.isnan(err).all() else np.nan:.3g}")
 
 
+def assert_close_to_magnitude(label, what, got, expected, magnitude, rtol=RTOL, atol=ATOL):
+    """``assert_close`` with ``atol`` relative to ``magnitude``, the largest sum of
+    absolute products behind any value (e.g. the convolution of |x| with |w|), not to
+    the largest value: the bound on the rounding of any order of summation. Winograd's
+    transforms add and subtract terms much larger than their result, so an output near
+    zero carries the rounding of those terms (a 3x3x5 window of N(0, 1) values: 3.6e-5 on
+    an output of 0.044 by F(6x6, 3x3), within the bound and 3.6 times the usual atol)."""
+    largest = max(1.0, float(np.abs(np.asarray(expected)).max()) if np.size(expected) else 1.0)
+    assert_close(label, what, got, expected, rtol, atol * max(1.0, float(np.max(magnitude))) / largest)
+
+
 def assert_close_in_norm(label, what, got, expected, rtol):
     """Fail unless ``||got - expected|| <= rtol * ||expected||`` (Frobenius norms), naming
     the worst index: for gradients of a whole network, see ``check_against_reference``."""

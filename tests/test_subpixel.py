@@ -2,11 +2,12 @@
 kernels (NumPy reference and Numba) against the direct transposed convolution in float64,
 when it is chosen, and the layer and the inference plan using it.
 
-Held to the library's float32 tolerance against float64 (as test_winograd.py), F(6x6, 2x2)
-to five times its ``atol``: its transforms' larger entries (A^T's 32) round more, to
-1.6e-5 of a tile's largest output with a single channel and 2.7e-5 with 128 (measured on
-the reference kernel; the same points in winograd.py's F(6x6, 3x3) give 2.0e-5 on a
-256-channel layer). A broken matrix entry is shown to fail that same tolerance.
+Held to the library's float32 tolerance against float64, as test_winograd.py, the ATOL
+relative to the largest sum of absolute products behind a value (``helpers.
+assert_close_to_magnitude``): the transforms' rounding scales with those terms, not with
+the result (measured on the reference kernel, F(6x6, 2x2): 1.6e-5 of a tile's largest
+output with a single channel, 2.7e-5 with 128, the same as winograd.py's F(6x6, 3x3)).
+A broken matrix entry is shown to fail that same tolerance.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tinycnn as tc
-from helpers import ATOL, RTOL, assert_close, random_array
+from helpers import assert_close, assert_close_to_magnitude, random_array
 from tinycnn import backend as B
 from tinycnn.kernels import conv, subpixel as S, subpixel_fast as SF, winograd_fast as WF
 from tinycnn.kernels.shapes import paddings
@@ -39,6 +40,11 @@ def direct(x, w, dy):
     return (conv.conv2d_grad_input_reference(f64(x), f64(w), out, (2, 2), pads),
             conv.conv2d_reference(f64(dy), f64(w), (2, 2), pads),
             conv.conv2d_grad_weight_reference(f64(dy), f64(x), w.shape, (2, 2), pads))
+
+
+def magnitudes(x, w, dy):
+    """The same three of |x|, |w| and |dy|: the largest sums of absolute products."""
+    return direct(np.abs(x), np.abs(w), np.abs(dy))
 
 
 @pytest.mark.parametrize("m", sorted(S.MATRICES))
@@ -111,24 +117,25 @@ def check_all(impl, m, x, w, b, dy, label):
     y, dx, dw = direct(x, w, dy)
     run, grads = getattr(conv.subpixel_conv_transpose, impl), getattr(conv.subpixel_conv_transpose_grads, impl)
     label = f"{label} F({m}x{m},2x2) {impl}"
-    atol = ATOL * (5 if m == 6 else 1)
+    size_y, size_dx, size_dw = magnitudes(x, w, dy)
+    size_b = size_y + np.abs(b)
 
-    def near(what, got, expected):
-        assert_close(label, what, got, expected, RTOL, atol)
+    def near(what, got, expected, size=None):
+        assert_close_to_magnitude(label, what, got, expected, size_b if size is None else size)
 
-    near("forward", run(x, w, m=m), y)
+    near("forward", run(x, w, m=m), y, size_y)
     near("forward + bias", run(x, w, b, m=m), y + b)
     near("forward + bias + relu", run(x, w, b, True, m=m), np.maximum(y + b, 0))
     mean = getattr(conv.subpixel_conv_transpose_mean, impl)
     near("mean + bias", mean(x, w, b, m=m), (y + b).mean(axis=(1, 2)))
     near("mean + bias + relu", mean(x, w, b, True, m=m), np.maximum(y + b, 0).mean(axis=(1, 2)))
     both = grads(x, dy, w, m=m)
-    near("input grad", both[0], dx)
-    near("weight grad", both[1], dw)
+    near("input grad", both[0], dx, size_dx)
+    near("weight grad", both[1], dw, size_dw)
     only_x, only_w = grads(x, dy, w, need_weight=False, m=m), grads(x, dy, w, need_input=False, m=m)
     assert only_x[1] is None and only_w[0] is None
-    near("input grad alone", only_x[0], dx)
-    near("weight grad alone", only_w[1], dw)
+    near("input grad alone", only_x[0], dx, size_dx)
+    near("weight grad alone", only_w[1], dw, size_dw)
 
 
 @st.composite

@@ -3,9 +3,11 @@ the direct convolution in float64, the algorithm switch, and the layer using it.
 
 The float32 error of Winograd is larger than the direct sum's (the transforms add and
 subtract terms of different sizes), so its kernels are held to the library's float32
-tolerance against a float64 direct convolution (RTOL 1e-4, ATOL 1e-5 x the largest
-value, as every layer test) and not tighter; a deliberately broken transform matrix
-is shown to fail that same tolerance by far.
+tolerance against a float64 direct convolution (RTOL 1e-4, ATOL 1e-5), the ATOL relative
+to the largest sum of absolute products behind a value (the convolution of |x| with
+|w|), which bounds the rounding of any order of summation: an output near zero still
+carries the rounding of the large terms that cancelled into it. A deliberately broken
+transform matrix is shown to fail that same tolerance by far.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 
 import fer_models
 import tinycnn as tc
-from helpers import RTOL, ATOL, assert_close, random_array
+from helpers import RTOL, ATOL, assert_close, assert_close_to_magnitude, random_array
 from tinycnn import backend as B
 from tinycnn.kernels import conv, winograd as W, winograd_fast as WF
 
@@ -51,20 +53,30 @@ def problems(draw):
 
 
 def check_all(impl, m, x, w, pads, dy, label):
-    """Forward, input gradient and weight gradient against the float64 direct kernels."""
+    """Forward, input gradient and weight gradient against the float64 direct kernels,
+    each within the tolerance relative to its largest sum of absolute products
+    (``assert_close_to_magnitude``: the transforms' rounding scales with those, not with
+    the result)."""
     f64 = lambda a: a.astype(np.float64)  # noqa: E731
     expected_y = conv.conv2d_reference(f64(x), f64(w), (1, 1), pads)
     expected_dx = conv.conv2d_grad_input_reference(f64(dy), f64(w), x.shape, (1, 1), pads)
     expected_dw = conv.conv2d_grad_weight_reference(f64(x), f64(dy), w.shape, (1, 1), pads)
+    size_y = conv.conv2d_reference(np.abs(f64(x)), np.abs(f64(w)), (1, 1), pads)
+    size_dx = conv.conv2d_grad_input_reference(np.abs(f64(dy)), np.abs(f64(w)), x.shape, (1, 1), pads)
+    size_dw = conv.conv2d_grad_weight_reference(np.abs(f64(x)), np.abs(f64(dy)), w.shape, (1, 1), pads)
     label = f"{label} F({m}x{m},3x3) {impl}"
-    assert_close(label, "forward", getattr(conv.winograd_conv2d, impl)(x, w, (1, 1), pads, m=m), expected_y)
-    assert_close(label, "input grad",
-                 getattr(conv.winograd_conv2d_grad_input, impl)(dy, w, x.shape, (1, 1), pads, m=m), expected_dx)
-    assert_close(label, "weight grad",
-                 getattr(conv.winograd_conv2d_grad_weight, impl)(x, dy, w.shape, (1, 1), pads, m=m), expected_dw)
+
+    def near(what, got, expected, size):
+        assert_close_to_magnitude(label, what, got, expected, size)
+
+    near("forward", getattr(conv.winograd_conv2d, impl)(x, w, (1, 1), pads, m=m), expected_y, size_y)
+    near("input grad", getattr(conv.winograd_conv2d_grad_input, impl)(dy, w, x.shape, (1, 1), pads, m=m),
+         expected_dx, size_dx)
+    near("weight grad", getattr(conv.winograd_conv2d_grad_weight, impl)(x, dy, w.shape, (1, 1), pads, m=m),
+         expected_dw, size_dw)
     both = getattr(conv.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, m=m)
-    assert_close(label, "input grad (both at once)", both[0], expected_dx)
-    assert_close(label, "weight grad (both at once)", both[1], expected_dw)
+    near("input grad (both at once)", both[0], expected_dx, size_dx)
+    near("weight grad (both at once)", both[1], expected_dw, size_dw)
     assert getattr(conv.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_input=False, m=m)[0] is None
     assert getattr(conv.winograd_conv2d_grads, impl)(x, dy, w, (1, 1), pads, need_weight=False, m=m)[1] is None
 
