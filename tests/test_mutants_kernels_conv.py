@@ -2,7 +2,8 @@
 missing: the reference kernels compute in their inputs' common precision; the batch chunk
 of the im2col kernels (one chunk's column matrix about 16 MiB); ``choose_algorithm`` at
 each edge of the rule its docstring gives; which forward keeps im2col's columns for the
-weight gradient; the direct convolution on each backend."""
+weight gradient; the direct convolution on each backend; Conv2DTranspose's dispatch
+(``conv2d_transpose``, ``conv2d_transpose_grads``) passing everything to the kernel chosen."""
 import numpy as np
 import pytest
 
@@ -285,3 +286,39 @@ def test_a_kernel_with_no_filters_gives_an_empty_output_on_both_paths():
         assert kernel(x, w, (1, 1), pads).shape == (1, 3, 3, 0)
     dy = np.zeros((1, 3, 3, 0), F32)
     np.testing.assert_array_equal(conv.conv2d_grad_input.fast(dy, w, x.shape, (1, 1), pads), np.zeros(x.shape))
+
+
+# -- Conv2DTranspose's dispatch: the sub-pixel Winograd where chosen, the direct kernels otherwise --
+def _transpose_direct(x, w, g):
+    """(y before the epilogue, dx, dw) of a "same" 3x3 stride-2 Conv2DTranspose, in float64."""
+    out, pads = (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], w.shape[2]), ((0, 1), (0, 1))
+    x, w, g = x.astype(np.float64), w.astype(np.float64), g.astype(np.float64)
+    return (conv.conv2d_grad_input_reference(x, w, out, (2, 2), pads), conv.conv2d_reference(g, w, (2, 2), pads),
+            conv.conv2d_grad_weight_reference(g, x, w.shape, (2, 2), pads))
+
+
+@pytest.mark.parametrize("setting", ["winograd", "im2col"])
+def test_conv2d_transpose_passes_everything_to_the_kernel_chosen(backend, setting):
+    """Forward with its bias and ReLU, and the gradients asked for (each alone, both, and
+    both by default), by the sub-pixel Winograd ("winograd") and the direct kernels ("im2col")."""
+    rng = np.random.default_rng(17)
+    x, w = rng.standard_normal((2, 5, 6, 3)).astype(np.float32), rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
+    b, g = rng.standard_normal(4).astype(np.float32), rng.standard_normal((2, 10, 12, 4)).astype(np.float32)
+    y, dx, dw = _transpose_direct(x, w, g)
+    pads, tol = ((0, 1), (0, 1)), dict(rtol=1e-4, atol=5e-5)
+    with tc.use_conv_algorithm(setting):
+        assert conv.subpixel.chosen(x.shape, w.shape, (2, 2), pads, g.shape) == (setting == "winograd")
+        for relu in (False, True):
+            expected = np.maximum(y + b, 0) if relu else y + b
+            np.testing.assert_allclose(conv.conv2d_transpose(x, w, b, g.shape, (2, 2), pads, relu), expected, **tol,
+                                       err_msg=f"{setting} forward, relu={relu}")
+        for need_input, need_weight in [(True, True), (True, False), (False, True)]:
+            got = conv.conv2d_transpose_grads(x, g, w, (2, 2), pads, need_input, need_weight)
+            for what, asked, have, want in [("dx", need_input, got[0], dx), ("dw", need_weight, got[1], dw)]:
+                if asked:
+                    np.testing.assert_allclose(have, want, **tol, err_msg=f"{setting} {what}")
+                else:
+                    assert have is None, f"{setting} {what} computed, not asked for"
+        by_default = conv.conv2d_transpose_grads(x, g, w, (2, 2), pads)
+        np.testing.assert_allclose(by_default[0], dx, **tol, err_msg=f"{setting} dx by default")
+        np.testing.assert_allclose(by_default[1], dw, **tol, err_msg=f"{setting} dw by default")
