@@ -3,7 +3,9 @@ missing: the reference kernels compute in their inputs' common precision; the ba
 of the im2col kernels (one chunk's column matrix about 16 MiB); ``choose_algorithm`` at
 each edge of the rule its docstring gives; which forward keeps im2col's columns for the
 weight gradient; the direct convolution on each backend; Conv2DTranspose's dispatch
-(``conv2d_transpose``, ``conv2d_transpose_grads``) passing everything to the kernel chosen."""
+(``conv2d_transpose``, ``conv2d_transpose_grads``) passing everything to the kernel chosen;
+the pooled fast paths (``_conv2d_chosen``, ``_conv2d_grad_weight_chosen``) running the
+convolution ``choose_algorithm`` picks, with a frozen kernel, the paddings and im2col's kept columns."""
 import numpy as np
 import pytest
 
@@ -322,3 +324,80 @@ def test_conv2d_transpose_passes_everything_to_the_kernel_chosen(backend, settin
         by_default = conv.conv2d_transpose_grads(x, g, w, (2, 2), pads)
         np.testing.assert_allclose(by_default[0], dx, **tol, err_msg=f"{setting} dx by default")
         np.testing.assert_allclose(by_default[1], dw, **tol, err_msg=f"{setting} dw by default")
+
+
+def _recording(monkeypatch, module, name, calls):
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, _real=real, **k: (calls.append((name, k)), _real(*a, **k))[1])
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_pooled_fast_paths_take_the_convolution_chosen(monkeypatch, frozen):
+    """``conv2d_maxpool_fast`` under a 3x3 pool (not Winograd's fused 2x2) runs the
+    convolution ``choose_algorithm`` picks, a frozen kernel's choice included: under "auto",
+    one image of 32 channels takes Winograd only with its transform kept."""
+    rng = np.random.default_rng(19)
+    x, w = rng.standard_normal((1, 11, 11, 32)).astype(F32), (0.1 * rng.standard_normal((3, 3, 32, 4))).astype(F32)
+    if frozen:
+        winograd_fast.freeze_kernel(w)
+    pads, pool = ((1, 1), (1, 1)), ((3, 3), (3, 3), ((0, 0), (0, 0)), (3, 3))
+    calls = []
+    _recording(monkeypatch, winograd_fast, "winograd_conv2d_fast", calls)
+    with tc.use_conv_algorithm("auto"):
+        assert conv_fast.choose_algorithm(x.shape, w.shape, (1, 1), pads, frozen) == ("winograd" if frozen else "im2col")
+        y, argmax = conv_fast.conv2d_maxpool_fast(x, w, (1, 1), pads, *pool)
+    assert [c[0] for c in calls] == (["winograd_conv2d_fast"] if frozen else [])
+    y_ref, argmax_ref = conv.conv2d_maxpool_reference(x.astype(np.float64), w.astype(np.float64), (1, 1), pads, *pool)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("setting", ["auto", "im2col", "winograd"])
+@pytest.mark.parametrize("keep_cols", [False, True])
+def test_the_pooled_weight_gradient_takes_the_kernel_chosen(monkeypatch, setting, keep_cols):
+    """``conv2d_grad_weight_pooled_fast`` (a 3x3 pool of a 32-channel map): im2col's kept
+    columns are handed on when the forward kept them; without them, Winograd where
+    ``choose_algorithm`` picks it (20x20 maps, 32 channels, 2400 pixels: "auto" does)."""
+    rng = np.random.default_rng(23)
+    x, w = rng.standard_normal((6, 20, 20, 32)).astype(F32), (0.1 * rng.standard_normal((3, 3, 32, 4))).astype(F32)
+    pads, pool = ((1, 1), (1, 1)), ((3, 3), (3, 3), ((0, 0), (0, 0)))
+    z_shape = (6, 20, 20, 4)
+    with tc.use_conv_algorithm("im2col"):
+        _, argmax = conv_fast.conv2d_maxpool_fast(x, w, (1, 1), pads, *pool, (6, 6))
+    g = rng.standard_normal((6, 6, 6, 4)).astype(F32)
+    cols = conv_fast.conv2d_fast(x, w, (1, 1), pads, keep_cols=True)[1] if keep_cols else None
+    saved = conv.ConvSaved(x, w, (1, 1), pads, cols)
+    calls = []
+    _recording(monkeypatch, winograd_fast, "winograd_conv2d_grad_weight_fast", calls)
+    _recording(monkeypatch, conv_fast, "conv2d_grad_weight_fast", calls)
+    with tc.use_conv_algorithm(setting):
+        dw = conv_fast.conv2d_grad_weight_pooled_fast(g, argmax, saved, z_shape, *pool)
+    winograd_chosen = setting != "im2col" and not keep_cols
+    assert [c[0] for c in calls] == ["winograd_conv2d_grad_weight_fast" if winograd_chosen else "conv2d_grad_weight_fast"]
+    if not winograd_chosen:
+        assert calls[0][1].get("cols") is cols
+    expected = conv.conv2d_grad_weight_pooled_reference(g.astype(np.float64), argmax, conv.ConvSaved(
+        x.astype(np.float64), w.astype(np.float64), (1, 1), pads, None), z_shape, *pool)
+    np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("pads, chosen", [(((1, 1), (1, 1)), "conv2d_grad_weight_fast"),
+                                          (((0, 0), (0, 0)), "winograd_conv2d_grad_weight_fast")])
+def test_the_pooled_weight_gradient_chooses_by_the_paddings(monkeypatch, pads, chosen):
+    """64 channels on 8x8 maps: "auto" takes Winograd for the 6x6 "valid" output (one
+    whole F(6x6) tile) and im2col for the 8x8 "same" one: the paddings reach the choice."""
+    rng = np.random.default_rng(29)
+    x, w = rng.standard_normal((32, 8, 8, 64)).astype(F32), (0.1 * rng.standard_normal((3, 3, 64, 2))).astype(F32)
+    side = 8 if pads[0][0] else 6
+    pool, z_shape = ((2, 2), (1, 1), ((0, 0), (0, 0))), (32, side, side, 2)
+    with tc.use_conv_algorithm("im2col"):
+        _, argmax = conv_fast.conv2d_maxpool_fast(x, w, (1, 1), pads, *pool, (side - 1, side - 1))
+    g = rng.standard_normal(argmax.shape).astype(F32)
+    calls = []
+    _recording(monkeypatch, winograd_fast, "winograd_conv2d_grad_weight_fast", calls)
+    _recording(monkeypatch, conv_fast, "conv2d_grad_weight_fast", calls)
+    with tc.use_conv_algorithm("auto"):
+        dw = conv_fast.conv2d_grad_weight_pooled_fast(g, argmax, conv.ConvSaved(x, w, (1, 1), pads, None), z_shape, *pool)
+    assert [c[0] for c in calls] == [chosen]
+    expected = conv.conv2d_grad_weight_pooled_reference(g.astype(np.float64), argmax, conv.ConvSaved(
+        x.astype(np.float64), w.astype(np.float64), (1, 1), pads, None), z_shape, *pool)
+    np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-3)
