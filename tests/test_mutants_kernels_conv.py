@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tinycnn as tc
+from helpers import assert_close_to_magnitude
 from tinycnn.kernels import conv, conv_fast, winograd_fast
 
 F32, F64 = np.float32, np.float64
@@ -306,24 +307,26 @@ def test_conv2d_transpose_passes_everything_to_the_kernel_chosen(backend, settin
     rng = np.random.default_rng(17)
     x, w = rng.standard_normal((2, 5, 6, 3)).astype(np.float32), rng.standard_normal((3, 3, 4, 3)).astype(np.float32)
     b, g = rng.standard_normal(4).astype(np.float32), rng.standard_normal((2, 10, 12, 4)).astype(np.float32)
-    y, dx, dw = _transpose_direct(x, w, g)
-    pads, tol = ((0, 1), (0, 1)), dict(rtol=1e-4, atol=5e-5)
+    (y, dx, dw), (size_y, size_dx, size_dw) = _transpose_direct(x, w, g), _transpose_direct(abs(x), abs(w), abs(g))
+    pads = ((0, 1), (0, 1))
     with tc.use_conv_algorithm(setting):
         assert conv.subpixel.chosen(x.shape, w.shape, (2, 2), pads, g.shape) == (setting == "winograd")
         for relu in (False, True):
             expected = np.maximum(y + b, 0) if relu else y + b
-            np.testing.assert_allclose(conv.conv2d_transpose(x, w, b, g.shape, (2, 2), pads, relu), expected, **tol,
-                                       err_msg=f"{setting} forward, relu={relu}")
+            assert_close_to_magnitude(f"{setting} conv2d_transpose", f"forward, relu={relu}",
+                                      conv.conv2d_transpose(x, w, b, g.shape, (2, 2), pads, relu), expected,
+                                      size_y + abs(b))
         for need_input, need_weight in [(True, True), (True, False), (False, True)]:
             got = conv.conv2d_transpose_grads(x, g, w, (2, 2), pads, need_input, need_weight)
-            for what, asked, have, want in [("dx", need_input, got[0], dx), ("dw", need_weight, got[1], dw)]:
+            for what, asked, have, want, size in [("dx", need_input, got[0], dx, size_dx),
+                                                  ("dw", need_weight, got[1], dw, size_dw)]:
                 if asked:
-                    np.testing.assert_allclose(have, want, **tol, err_msg=f"{setting} {what}")
+                    assert_close_to_magnitude(f"{setting} conv2d_transpose_grads", what, have, want, size)
                 else:
                     assert have is None, f"{setting} {what} computed, not asked for"
         by_default = conv.conv2d_transpose_grads(x, g, w, (2, 2), pads)
-        np.testing.assert_allclose(by_default[0], dx, **tol, err_msg=f"{setting} dx by default")
-        np.testing.assert_allclose(by_default[1], dw, **tol, err_msg=f"{setting} dw by default")
+        assert_close_to_magnitude(f"{setting} conv2d_transpose_grads", "dx by default", by_default[0], dx, size_dx)
+        assert_close_to_magnitude(f"{setting} conv2d_transpose_grads", "dw by default", by_default[1], dw, size_dw)
 
 
 def _recording(monkeypatch, module, name, calls):
@@ -347,8 +350,9 @@ def test_the_pooled_fast_paths_take_the_convolution_chosen(monkeypatch, frozen):
         assert conv_fast.choose_algorithm(x.shape, w.shape, (1, 1), pads, frozen) == ("winograd" if frozen else "im2col")
         y, argmax = conv_fast.conv2d_maxpool_fast(x, w, (1, 1), pads, *pool)
     assert [c[0] for c in calls] == (["winograd_conv2d_fast"] if frozen else [])
-    y_ref, argmax_ref = conv.conv2d_maxpool_reference(x.astype(np.float64), w.astype(np.float64), (1, 1), pads, *pool)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    y_ref, _ = conv.conv2d_maxpool_reference(x.astype(np.float64), w.astype(np.float64), (1, 1), pads, *pool)
+    size = conv.conv2d_reference(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64), (1, 1), pads)
+    assert_close_to_magnitude("conv2d_maxpool_fast", "output", y, y_ref, size)
 
 
 @pytest.mark.parametrize("setting", ["auto", "im2col", "winograd"])
@@ -375,9 +379,10 @@ def test_the_pooled_weight_gradient_takes_the_kernel_chosen(monkeypatch, setting
     assert [c[0] for c in calls] == ["winograd_conv2d_grad_weight_fast" if winograd_chosen else "conv2d_grad_weight_fast"]
     if not winograd_chosen:
         assert calls[0][1].get("cols") is cols
-    expected = conv.conv2d_grad_weight_pooled_reference(g.astype(np.float64), argmax, conv.ConvSaved(
-        x.astype(np.float64), w.astype(np.float64), (1, 1), pads, None), z_shape, *pool)
-    np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-3)
+    expected, size = (conv.conv2d_grad_weight_pooled_reference(
+        a.astype(np.float64), argmax, conv.ConvSaved(b.astype(np.float64), w.astype(np.float64), (1, 1), pads, None),
+        z_shape, *pool) for a, b in ((g, x), (np.abs(g), np.abs(x))))
+    assert_close_to_magnitude("conv2d_grad_weight_pooled_fast", "dw", dw, expected, size)
 
 
 @pytest.mark.parametrize("pads, chosen", [(((1, 1), (1, 1)), "conv2d_grad_weight_fast"),
@@ -398,6 +403,7 @@ def test_the_pooled_weight_gradient_chooses_by_the_paddings(monkeypatch, pads, c
     with tc.use_conv_algorithm("auto"):
         dw = conv_fast.conv2d_grad_weight_pooled_fast(g, argmax, conv.ConvSaved(x, w, (1, 1), pads, None), z_shape, *pool)
     assert [c[0] for c in calls] == [chosen]
-    expected = conv.conv2d_grad_weight_pooled_reference(g.astype(np.float64), argmax, conv.ConvSaved(
-        x.astype(np.float64), w.astype(np.float64), (1, 1), pads, None), z_shape, *pool)
-    np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-3)
+    expected, size = (conv.conv2d_grad_weight_pooled_reference(
+        a.astype(np.float64), argmax, conv.ConvSaved(b.astype(np.float64), w.astype(np.float64), (1, 1), pads, None),
+        z_shape, *pool) for a, b in ((g, x), (np.abs(g), np.abs(x))))
+    assert_close_to_magnitude("conv2d_grad_weight_pooled_fast", "dw", dw, expected, size)
