@@ -351,7 +351,7 @@ def worker_conv(task):
     import fer_models
     import numba
     import tinycnn as tc
-    from tinycnn.kernels import conv, winograd
+    from tinycnn.kernels import conv, subpixel, winograd
     s = task["settings"]
     numba.set_num_threads(min(s["threads"], numba.config.NUMBA_NUM_THREADS))
     threadpool_limits(s["threads"], user_api="blas")
@@ -398,7 +398,12 @@ def worker_conv(task):
             out_shape = layer.compute_output_shape(shape)
             if isinstance(layer, (tc.layers.Conv2D, tc.layers.Conv2DTranspose)):
                 algorithm = "im2col"
-                if isinstance(layer, tc.layers.Conv2D):
+                if isinstance(layer, tc.layers.Conv2DTranspose):
+                    full = (TRAIN_BATCH,) + tuple(out_shape)
+                    if subpixel.chosen((TRAIN_BATCH,) + tuple(shape), layer.kernel.shape, layer.strides,
+                                       layer._pads(*out_shape[:2]), full):
+                        algorithm = "sub-pixel F(6x6, 2x2)"
+                elif isinstance(layer, tc.layers.Conv2D):
                     pads = layer._pads(shape[0], shape[1])
                     algorithm = conv.choose_algorithm((TRAIN_BATCH,) + tuple(shape), layer.kernel.shape, layer.strides,
                                                       pads)
