@@ -6,6 +6,7 @@ entry's tile chosen for its own batch; the output transform's adjoint as its tra
 import numpy as np
 import pytest
 
+from helpers import assert_close_to_magnitude
 from tinycnn.kernels import conv, winograd as W, winograd_fast as WF
 
 F32, F64 = np.float32, np.float64
@@ -176,3 +177,112 @@ def test_freezing_a_kernel_twice_keeps_its_transforms():
     WF.freeze_kernel(w)
     assert WF.is_frozen(w) and not w.flags.writeable
     assert WF._kernel_transform_fast(w, 4) is U and not U.flags.writeable
+
+
+# -- winograd_fast's plain-Python entries (issue 26): the fused max pool, the shared backward,
+# freeze_kernel; in several blocks shared between two threads, as tests/test_subpixel.py's
+# test_fast_kernel_in_several_blocks_and_threads runs the subpixel kernel
+
+def _magnitude(x, w, pads):
+    """The largest sum of absolute products behind any output of conv(x, w)."""
+    return conv.conv2d_reference(np.abs(x).astype(F64), np.abs(w).astype(F64), (1, 1), pads)
+
+
+def _in_two_threads(monkeypatch, block_tiles):
+    monkeypatch.setattr(WF, "BLOCK_TILES", block_tiles)
+    monkeypatch.setattr(WF.backend, "core_count", lambda: 2)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("m", [None, 2, 4])
+def test_the_fused_max_pool_in_several_blocks_and_threads(monkeypatch, m, affine):
+    """5 images of a 9x11 output (odd: the pool drops the last row and column), one or two
+    images a block, the blocks shared between two threads: each block's pooled map, and the
+    tap that won, land in their place."""
+    _in_two_threads(monkeypatch, 12)
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((5, 9, 11, 3)).astype(F32), rng.standard_normal((3, 3, 3, 4)).astype(F32)
+    pads = ((1, 1), (1, 1))
+    b, scale, shift = (rng.standard_normal(4).astype(F32) for _ in range(3))
+    z = conv.conv2d_reference(x, w, (1, 1), pads).astype(F64)
+    magnitude = _magnitude(x, w, pads)
+    if affine:
+        z = np.maximum(z + b, 0) * scale + shift
+        magnitude = (magnitude + np.abs(b)) * np.abs(scale) + np.abs(shift)
+    y, argmax = WF.winograd_conv2d_maxpool(x, w, (1, 1), pads, (4, 5), m, (b, scale, shift) if affine else None)
+    assert y.shape == argmax.shape == (5, 4, 5, 4) and y.dtype == F32 and argmax.dtype == np.int32
+    taps = np.stack([z[:, a:8:2, c:10:2] for a in range(2) for c in range(2)])       # (4, N, 4, 5, O)
+    expected = taps.max(axis=0)
+    assert_close_to_magnitude("fused max pool", "y", y, expected, magnitude)
+    assert ((0 <= argmax) & (argmax < 4)).all()
+    # the winning tap holds the max (within rounding: a near-tie may pick either)
+    won = np.take_along_axis(taps, argmax[None].astype(np.intp), axis=0)[0]
+    assert_close_to_magnitude("fused max pool", "the winning tap", won, expected, magnitude)
+
+
+def test_the_fused_max_pool_refuses_another_pooled_size():
+    x, w = np.zeros((1, 9, 11, 2), F32), np.zeros((3, 3, 2, 3), F32)
+    with pytest.raises(ValueError) as e:
+        WF.winograd_conv2d_maxpool(x, w, (1, 1), ((0, 0), (0, 0)), (3, 5))
+    assert str(e.value) == "winograd_conv2d_maxpool: pooled size (3, 5), a 2x2 pool of a 7x9 map gives (3, 4)"
+    with pytest.raises(ValueError, match="pooled size"):
+        WF.winograd_conv2d_maxpool(x, w, (1, 1), ((0, 0), (0, 0)), [4, 4])
+    with pytest.raises(ValueError, match="needs a 3x3 kernel"):
+        WF.winograd_conv2d_maxpool(x, w, (2, 2), ((0, 0), (0, 0)), (3, 4))
+
+
+def test_the_fused_max_pool_and_the_backward_take_the_tile_for_their_batch(monkeypatch):
+    """One image of an 18x18 output (9 F(4x4) tiles, under ``F6_MIN_TILES``): F(4x4), as
+    ``choose_tile`` gives for that batch (F(6x6) for a batch of any size)."""
+    assert W.choose_tile(18, 18, 1) == 4 and W.choose_tile(18, 18) == 6
+    seen = []
+    monkeypatch.setattr(WF, "matrices", lambda m, *a: seen.append(m) or W.matrices(m, *a))
+    x, w = np.ones((1, 20, 20, 2), F32), np.ones((3, 3, 2, 3), F32)
+    WF.winograd_conv2d_maxpool(x, w, (1, 1), ((0, 0), (0, 0)), (9, 9))
+    WF.winograd_conv2d_grads_fast(x, np.ones((1, 18, 18, 3), F32), w, (1, 1), ((0, 0), (0, 0)))
+    assert seen and set(seen) == {4}, seen
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("need", ["both", "input", "weight"])
+def test_the_backward_in_several_blocks_and_threads(monkeypatch, need, m):
+    """5 images, one or two a block, the blocks shared between two threads: each block's dx
+    lands in its place, and the threads' shares of dU all add into dw (once each)."""
+    _in_two_threads(monkeypatch, 2 * W.tile_grid(7, 9, m)[0] * W.tile_grid(7, 9, m)[1] - 1)
+    rng = np.random.default_rng(12)
+    x, w = rng.standard_normal((5, 7, 9, 3)).astype(F32), rng.standard_normal((3, 3, 3, 4)).astype(F32)
+    dy, pads = rng.standard_normal((5, 7, 9, 4)).astype(F32), ((1, 1), (1, 1))
+    ax, aw, ady = (np.abs(a).astype(F64) for a in (x, w, dy))
+    dx, dw = WF.winograd_conv2d_grads_fast(x, dy, w, (1, 1), pads, need != "weight", need != "input", m)
+    if need == "weight":
+        assert dx is None
+        dx = WF.winograd_conv2d_grad_input_fast(dy, w, x.shape, (1, 1), pads, m)
+    if need == "input":
+        assert dw is None
+        dw = WF.winograd_conv2d_grad_weight_fast(x, dy, w.shape, (1, 1), pads, m)
+    assert dx.shape == x.shape and dw.shape == w.shape and dx.dtype == dw.dtype == F32
+    assert_close_to_magnitude("backward in blocks", "dx", dx,
+                              conv.conv2d_grad_input_reference(dy, w, x.shape, (1, 1), pads),
+                              conv.conv2d_grad_input_reference(ady, aw, x.shape, (1, 1), pads))
+    assert_close_to_magnitude("backward in blocks", "dw", dw,
+                              conv.conv2d_grad_weight_reference(x, dy, w.shape, (1, 1), pads),
+                              conv.conv2d_grad_weight_reference(ax, ady, w.shape, (1, 1), pads))
+
+
+
+@pytest.mark.parametrize("m, spelt_out", [(2, False), (4, True), (6, True)])
+def test_the_fused_max_pool_takes_the_spelt_out_transforms_for_f4_and_f6(monkeypatch, m, spelt_out):
+    calls = []
+    names = ["_input_transform", "_output_transform"]
+    for name in names + [f"{n}_{m}" for n in names if m in (4, 6)]:
+        kernel = getattr(WF, name)
+        monkeypatch.setattr(WF, name, lambda *a, _k=kernel, _n=name: calls.append(_n) or _k(*a))
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 9, 9, 3)).astype(F32), rng.standard_normal((3, 3, 3, 2)).astype(F32)
+    pads = ((1, 1), (1, 1))
+    y, _ = WF.winograd_conv2d_maxpool(x, w, (1, 1), pads, (4, 4), m)
+    suffix = f"_{m}" if spelt_out else ""
+    assert set(calls) == {n + suffix for n in names}, calls
+    z = conv.conv2d_reference(x, w, (1, 1), pads)
+    expected = np.max([z[:, a:8:2, c:8:2] for a in range(2) for c in range(2)], axis=0)
+    assert_close_to_magnitude("fused max pool", "y", y, expected, _magnitude(x, w, pads))
