@@ -10,7 +10,7 @@ data, best of ``--repeats`` after one untimed call, with each side's fast kernel
 * first layer + 2x2 max pool, forward: the direct convolution then ``maxpool``, against
   ``conv2d_maxpool`` (one kernel, the convolution's output never stored);
 * first layer before a max pool, weight gradient: the pool's gradient then the layer's
-  weight gradient (``conv2d_backward``), against ``conv2d_grad_weight_pooled``;
+  weight gradient (``conv2d_grads``), against ``conv2d_grad_weight_pooled``;
 * Conv2DTranspose's backward: ``conv2d`` and ``conv2d_grad_weight`` of the same
   gradient, against ``conv2d_and_grad_weight`` (its windows gathered once);
 * global average pooling, forward + backward: NumPy's mean and broadcast, against the
@@ -64,7 +64,7 @@ def rows(n, repeats, rng):
 
     for name, o, pads in FIRST_LAYERS:
         x, w = rng.random((n, 48, 48, 1), dtype=np.float32), data(3, 3, 1, o) * 0.3
-        z, saved = conv.conv2d_forward(x, w, (1, 1), pads)
+        z, cols = conv.conv2d(x, w, (1, 1), pads, keep_cols=True)
         hw = (z.shape[1] // 2, z.shape[2] // 2)
         pooled, argmax = pool.maxpool_fast(z, (2, 2), (2, 2), NO_PAD, hw)
         g = data(*pooled.shape) * (pooled > 0)
@@ -76,7 +76,7 @@ def rows(n, repeats, rng):
 
         def separate():
             dz = pool.maxpool_grad_fast(g, argmax, z.shape, (2, 2), (2, 2), NO_PAD)
-            conv.conv2d_grad_weight_fast(x, dz, w.shape, (1, 1), pads, cols=saved.cols)
+            conv.conv2d_grad_weight_fast(x, dz, w.shape, (1, 1), pads, cols=cols)
         yield ("first layer before a max pool, weight gradient", label, best_ms(separate, repeats),
                best_ms(lambda: conv.conv2d_grad_weight_pooled_fast(g, argmax, conv.ConvSaved(x, w, (1, 1), pads, None),
                                                                    z.shape, (2, 2), (2, 2), NO_PAD), repeats))

@@ -76,15 +76,15 @@ def test_one_channel_direct_kernel_equals_reference(strides, pads, monkeypatch):
         monkeypatch.setattr(B, "SMALL_WORK", small_work)
         assert_close(label, f"conv2d (SMALL_WORK={small_work})", conv.conv2d.fast(x, w, strides, pads),
                      expected, RTOL, ATOL)
-    # as a first layer trains: conv2d_forward keeps no columns for a 3x3 stride-1 kernel,
+    # as a first layer trains: the forward keeps no columns for a 3x3 stride-1 kernel,
     # and the weight gradient then takes the spelt-out kernel
     dy = random_array(rng, expected.shape)
-    y, saved = conv.conv2d_forward(x, w, strides, pads)
-    assert_close(label, "conv2d_forward", y, expected, RTOL, ATOL)
-    assert (saved.cols is None) == (strides == (1, 1))
+    y, cols = conv.conv2d_keeping_fast(x, w, strides, pads)
+    assert_close(label, "conv2d_keeping_fast", y, expected, RTOL, ATOL)
+    assert (cols is None) == (strides == (1, 1))
     expected_dw = conv.conv2d_grad_weight.reference(x, dy, w.shape, strides, pads)
-    assert_close(label, "conv2d_backward weight grad", conv.conv2d_backward(saved, dy, need_input=False)[1],
-                 expected_dw, RTOL, ATOL)
+    assert_close(label, "conv2d_grads weight grad", conv.conv2d_grads(x, dy, w, strides, pads, need_input=False,
+                                                                       cols=cols)[1], expected_dw, RTOL, ATOL)
     assert_close(label, "conv2d_grad_weight", conv.conv2d_grad_weight.fast(x, dy, w.shape, strides, pads),
                  expected_dw, RTOL, ATOL)
 
@@ -214,7 +214,8 @@ def test_conv2d_grad_weight_pooled_fast_equals_reference(c, strides, pads, pool_
     route, against pool gradient + weight gradient in NumPy. Zeros in g, as a ReLU leaves."""
     rng = np.random.default_rng(c + sum(strides) + sum(pool_size))
     x, w = random_array(rng, (3, 11, 10, c)), random_array(rng, (3, 3, c, 5))
-    z, saved = conv.conv2d_forward(x, w, strides, pads)
+    z, cols = conv.conv2d(x, w, strides, pads, keep_cols=True)
+    saved = conv.ConvSaved(x, w, strides, pads, cols)
     out_hw = tuple(conv_output_size(z.shape[1 + i], pool_size[i], pool_size[i], *pool_pads[i]) for i in range(2))
     _, argmax = pool.maxpool.reference(z, pool_size, pool_size, pool_pads, out_hw)
     g = random_array(rng, argmax.shape) * (rng.random(argmax.shape) < 0.6)

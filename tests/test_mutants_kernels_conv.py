@@ -100,14 +100,16 @@ def test_the_forward_keeps_the_columns_while_they_are_narrow(c, kernel, strides,
     x, w = rng.standard_normal((2, 7, 7, c)).astype(F32), rng.standard_normal(kernel + (c, 4)).astype(F32)
     pads = ((0, 0), (0, 0))
     with tc.use_backend("numba"), tc.use_conv_algorithm("im2col"):
-        y, saved = conv.conv2d_forward(x, w, strides, pads)
-    assert (saved.cols is not None) == kept
-    assert saved.x is x and saved.w is w and saved.strides == strides and saved.pads == pads
+        y, cols = conv.conv2d(x, w, strides, pads, keep_cols=True)
+        assert (conv_fast.conv2d_keeping_fast(x, w, strides, pads)[1] is not None) == kept
+    assert (cols is not None) == kept
+    if kept:
+        assert cols.shape == (y.size // 4, kernel[0] * kernel[1] * c)
     np.testing.assert_allclose(y, conv.conv2d_reference(x, w, strides, pads), rtol=1e-4, atol=1e-5)
     if kernel == (3, 3):
         with tc.use_backend("numba"), tc.use_conv_algorithm("winograd"):
-            _, saved = conv.conv2d_forward(x, w, (1, 1), pads)
-        assert saved.cols is None                              # Winograd keeps nothing
+            _, cols = conv.conv2d(x, w, (1, 1), pads, keep_cols=True)
+        assert cols is None                                    # Winograd keeps nothing
 
 
 @pytest.mark.parametrize("name", ["numpy", "numba"])
@@ -169,8 +171,7 @@ def test_the_weight_gradient_reads_the_columns_it_is_handed():
         expected = conv.conv2d_grad_weight_reference(other, dy, w.shape, strides, pads)
         for dw in (conv._direct_grad_weight(x, dy, w.shape, strides, pads, cols=cols),
                    conv.conv2d_grad_weight(x, dy, w.shape, strides, pads, cols=cols),
-                   conv.conv2d_grads(x, dy, w, strides, pads, need_input=False, cols=cols)[1],
-                   conv.conv2d_backward(conv.ConvSaved(x, w, strides, pads, cols), dy)[1]):
+                   conv.conv2d_grads(x, dy, w, strides, pads, need_input=False, cols=cols)[1]):
             np.testing.assert_allclose(dw, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -202,12 +203,13 @@ def test_the_gradients_run_the_chosen_algorithm_and_only_those_asked_for(monkeyp
         np.testing.assert_allclose(conv.conv2d_grad_weight(x, dy, w.shape, strides, pads), dw_ref, rtol=1e-4, atol=1e-4)
         dx, dw = conv.conv2d_grads(x, dy, w, strides, pads)                     # both, unless told
         assert dx is not None and dw is not None
-        dx, dw = conv.conv2d_backward(conv.conv2d_forward(x, w, strides, pads)[1], dy)
+        dx, dw = conv.conv2d_grads(x, dy, w, strides, pads, cols=conv.conv2d(x, w, strides, pads, keep_cols=True)[1])
         assert dx is not None and dw is not None
         for need_input, need_weight in [(True, True), (True, False), (False, True)]:
             dx, dw = conv.conv2d_grads(x, dy, w, strides, pads, need_input, need_weight)
-            saved = conv.conv2d_forward(x, w, strides, pads)[1]
-            for got_dx, got_dw in [(dx, dw), conv.conv2d_backward(saved, dy, need_input, need_weight)]:
+            cols = conv.conv2d(x, w, strides, pads, keep_cols=True)[1]
+            for got_dx, got_dw in [(dx, dw), conv.conv2d_grads(x, dy, w, strides, pads, need_input, need_weight,
+                                                                cols=cols)]:
                 assert (got_dx is None) == (not need_input) and (got_dw is None) == (not need_weight)
                 if need_input:
                     np.testing.assert_allclose(got_dx, dx_ref, rtol=1e-4, atol=1e-4)

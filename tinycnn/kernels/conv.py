@@ -141,10 +141,11 @@ def conv2d_affine_maxpool_reference(x, w, b, scale, shift, strides, pads, pool_s
 
 # -- which algorithm: the direct sum (im2col) or Winograd ------------------------------------------
 def _direct(x, w, strides, pads, keep_cols=False):
-    """The direct convolution; the fast kernel can also hand back its column matrix,
-    which the reference has no use for (it gives None)."""
+    """The direct convolution; with ``keep_cols``, (y, cols), cols whatever the fast kernel
+    keeps for the weight gradient (``conv_fast.conv2d_keeping_fast``): the reference keeps
+    nothing (None)."""
     if backend.get_backend() == "numba":
-        return conv2d_fast(x, w, strides, pads, keep_cols=keep_cols)
+        return conv2d_keeping_fast(x, w, strides, pads) if keep_cols else conv2d_fast(x, w, strides, pads)
     y = conv2d_reference(x, w, strides, pads)
     return (y, None) if keep_cols else y
 
@@ -157,8 +158,9 @@ def _direct_grad_weight(x, dy, w_shape, strides, pads, cols=None):
 
 def conv2d(x, w, strides, pads, keep_cols=False):
     """y (N, HO, WO, O) = conv of x (N, H, W, C) with w (KH, KW, C, O), by the chosen
-    algorithm and backend. ``keep_cols`` also returns im2col's column matrix (None for
-    Winograd) for the weight gradient to reuse."""
+    algorithm and backend. A forward whose backward will come passes ``keep_cols`` and
+    gets (y, cols): cols is what the fast im2col kernel kept for ``conv2d_grads`` to reuse,
+    None when nothing was (Winograd, the reference, or a wide column matrix)."""
     if choose_algorithm(x.shape, w.shape, strides, pads, winograd_fast.is_frozen(w)) == "winograd":
         y = winograd_conv2d(x, w, strides, pads)
         return (y, None) if keep_cols else y
@@ -213,9 +215,9 @@ def conv2d_transpose_grads(x, g, w, strides, pads, need_input=True, need_weight=
 
 
 class ConvSaved(NamedTuple):
-    """What a convolution's backward needs: its input, kernel and geometry, and what the
-    fast kernel kept for the weight gradient: ``cols``, im2col's column matrix (None
-    otherwise; Winograd transforms x again, block by block, in its backward)."""
+    """What a convolution's backward needs, as the fused Functions of ``tinycnn.plan``
+    save it: its input, kernel and geometry, and ``cols``, what the fast kernel kept for
+    the weight gradient (``conv2d(..., keep_cols=True)``; None otherwise)."""
     x: np.ndarray
     w: np.ndarray
     strides: tuple
@@ -223,42 +225,13 @@ class ConvSaved(NamedTuple):
     cols: np.ndarray | None
 
 
-# Keep im2col's column matrix for the weight gradient only while it is at most this wide.
-# Narrow (few input channels: a first layer, K = 9) it is cheap to keep and dear to gather
-# again, since the gather is most of the work there; wide, writing it all out and reading
-# it back costs more memory traffic than gathering it again chunk by chunk in the
-# backward (bench/README.md, "Measurements behind the kernels' choices").
-KEEP_COLS_MAX_WIDTH = 144
-
-
-def conv2d_forward(x, w, strides, pads):
-    """(y, saved): the convolution, and what ``conv2d_backward`` will need. Whatever the
-    chosen kernel wants to keep for its backward travels inside ``saved``."""
-    if choose_algorithm(x.shape, w.shape, strides, pads) == "winograd":
-        return conv2d(x, w, strides, pads), ConvSaved(x, w, strides, pads, None)
-    if w.shape[2] == 1 and _is_3x3_stride_1(w.shape, strides):
-        # A first layer, 3x3: the spelt-out kernels both ways, no columns kept, which
-        # measured faster than im2col with kept columns (bench/README.md, "Measurements
-        # behind the kernels' choices").
-        return conv2d(x, w, strides, pads), ConvSaved(x, w, strides, pads, None)
-    keep = w.shape[0] * w.shape[1] * w.shape[2] <= KEEP_COLS_MAX_WIDTH
-    y, cols = conv2d(x, w, strides, pads, keep_cols=True) if keep else (conv2d(x, w, strides, pads), None)
-    return y, ConvSaved(x, w, strides, pads, cols)
-
-
-def conv2d_backward(saved, dy, need_input=True, need_weight=True):
-    """(dx or None, dw or None) for the convolution that produced ``saved``."""
-    return conv2d_grads(saved.x, dy, saved.w, saved.strides, saved.pads, need_input, need_weight,
-                        cols=saved.cols)
-
-
 # -- the fast versions (``conv_fast.py``), and the names that choose between the two ---------------
 # The layers call the names bound below: each runs the reference above or its fast
 # version, by the backend (``tinycnn.set_backend``).
 from .conv_fast import (  # noqa: E402
-    _is_3x3_stride_1, bias_relu_affine_fast, bias_relu_fast, bias_relu_grad_fast, choose_algorithm,
+    bias_relu_affine_fast, bias_relu_fast, bias_relu_grad_fast, choose_algorithm,
     conv2d_affine_maxpool_fast, conv2d_and_grad_weight_fast, conv2d_fast, conv2d_grad_input_fast,
-    conv2d_grad_weight_fast, conv2d_grad_weight_pooled_fast, conv2d_maxpool_fast)
+    conv2d_grad_weight_fast, conv2d_grad_weight_pooled_fast, conv2d_keeping_fast, conv2d_maxpool_fast)
 from . import winograd_fast  # noqa: E402
 
 winograd_conv2d = dispatch(winograd.winograd_conv2d_reference, winograd_fast.winograd_conv2d_fast)

@@ -271,6 +271,25 @@ def conv2d_fast(x, w, strides, pads, keep_cols=False):
     return (y, cols) if keep_cols else y
 
 
+# Keep im2col's column matrix for the weight gradient only while it is at most this wide.
+# Narrow (few input channels, K = KH*KW*C) it is cheap to keep and dear to gather again,
+# since the gather is most of the work there; wide, writing it all out and reading it
+# back costs more memory traffic than gathering it again chunk by chunk in the backward
+# (bench/README.md, "Measurements behind the kernels' choices").
+KEEP_COLS_MAX_WIDTH = 144
+
+
+def conv2d_keeping_fast(x, w, strides, pads):
+    """(y, cols): ``conv2d_fast``, and its column matrix when keeping it pays for the
+    weight gradient (``conv2d_grad_weight_fast(cols=...)``), else None. A 3x3 stride-1
+    kernel on one channel (a first layer) keeps nothing: its spelt-out kernels both ways
+    measured faster than im2col with kept columns (the same page)."""
+    kh, kw, c, _ = w.shape
+    if kh * kw * c > KEEP_COLS_MAX_WIDTH or (c == 1 and _is_3x3_stride_1(w.shape, strides)):
+        return conv2d_fast(x, w, strides, pads), None
+    return conv2d_fast(x, w, strides, pads, keep_cols=True)
+
+
 @threads_by_size
 def conv2d_grad_input_fast(dy, w, x_shape, strides, pads):
     check_shapes("conv2d_grad_input", x_shape, w.shape, strides, pads, dy.shape)
@@ -318,7 +337,7 @@ def conv2d_grad_weight_fast(x, dy, w_shape, strides, pads, cols=None):
     if cols is not None:
         return _sum_of_products(cols, dy2).reshape(w_shape)
     if c == 1 and _is_3x3_stride_1(w_shape, strides):
-        # a first layer (see conv2d_forward): the spelt-out taps, each image's sums in
+        # a first layer (see conv2d_keeping_fast): the spelt-out taps, each image's sums in
         # float32, the images' added in float64
         parts = memory.empty((n, 9, o))
         _conv3x3_one_channel_grad_weight(_padded_plane(x, pads), dy2.reshape(n, ho, wo, o), parts)

@@ -41,19 +41,19 @@ class Conv2DFn(Function):
     pass (``K.bias_relu_grad``). A layer without bias (``use_bias=False``, b the constant
     zero) and without ReLU passes ``epilogue=False``, and both passes are skipped: they
     would add zeros and copy the gradient (4% of a resdeep training step).
-    Saved: ``conv``, what the convolution's backward needs (``K.conv2d_forward``: x, w,
-    strides, pads, and whatever the chosen kernel keeps for itself), y, relu and epilogue.
+    Saved: x, w, strides, pads, ``cols`` (what the fast kernel kept for the weight
+    gradient, or None: ``K.conv2d``), y, relu and epilogue.
     """
 
     @staticmethod
     def forward(ctx, x, w, b, strides, pads, relu, epilogue=True):
-        if is_grad_enabled():
-            y, conv = K.conv2d_forward(x, w, strides, pads)
-        else:  # no backward will come: nothing to keep
-            y, conv = K.conv2d(x, w, strides, pads), None
+        if is_grad_enabled():   # the fast kernel may keep its columns for the weight gradient
+            y, cols = K.conv2d(x, w, strides, pads, keep_cols=True)
+        else:                   # no backward will come: nothing to keep
+            y, cols = K.conv2d(x, w, strides, pads), None
         if epilogue:
             K.bias_relu(y, b, relu)
-        ctx.save(conv=conv, y=y, relu=relu, epilogue=epilogue)
+        ctx.save(x=x, w=w, strides=strides, pads=pads, cols=cols, y=y, relu=relu, epilogue=epilogue)
         return y
 
     @staticmethod
@@ -62,7 +62,7 @@ class Conv2DFn(Function):
         if ctx.epilogue:
             g, db = K.bias_relu_grad(g, ctx.y, ctx.relu)
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx, dw = K.conv2d_backward(ctx.conv, g, need_x, need_w)
+        dx, dw = K.conv2d_grads(ctx.x, g, ctx.w, ctx.strides, ctx.pads, need_x, need_w, cols=ctx.cols)
         return dx, dw, db if need_b else None
 
 

@@ -34,7 +34,8 @@ class Conv2DMaxPoolFn(Function):
     pooled gradient, x and w (``K.conv2d_grad_weight_pooled`` for a first layer).
     ``Sequential`` runs each Conv2D followed by a MaxPooling2D this way
     (``tinycnn.plan.fold``).
-    Saved: ``conv`` (as in Conv2DFn), argmax, z's shape, the pool's geometry, y and relu.
+    Saved: ``conv`` (``K.ConvSaved``: x, w, strides, pads, cols), argmax, z's shape, the
+    pool's geometry, y and relu.
     """
 
     @staticmethod
@@ -42,7 +43,8 @@ class Conv2DMaxPoolFn(Function):
         z_shape = K.conv2d_output_shape(x.shape, w.shape, strides, pads)
         by_winograd = K.choose_algorithm(x.shape, w.shape, strides, pads) == "winograd"
         if is_grad_enabled() and ctx.needs_input_grad[0] and not by_winograd:
-            z, conv = K.conv2d_forward(x, w, strides, pads)   # im2col's columns may be kept for backward
+            z, cols = K.conv2d(x, w, strides, pads, keep_cols=True)   # im2col's columns may be kept for backward
+            conv = K.ConvSaved(x, w, strides, pads, cols)
             y, argmax = P.maxpool(z, pool, pool_strides, pool_pads, pool_hw)
         else:  # backward will need only x, w and the pool's argmax: z need not be kept
             y, argmax = K.conv2d_maxpool(x, w, strides, pads, pool, pool_strides, pool_pads, pool_hw)
@@ -58,7 +60,8 @@ class Conv2DMaxPoolFn(Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         if need_x:
             gz = P.maxpool_grad(g, ctx.argmax, ctx.z_shape, ctx.pool, ctx.pool_strides, ctx.pool_pads)
-            dx, dw = K.conv2d_backward(ctx.conv, gz, need_x, need_w)
+            dx, dw = K.conv2d_grads(ctx.conv.x, gz, ctx.conv.w, ctx.conv.strides, ctx.conv.pads, need_x, need_w,
+                                    cols=ctx.conv.cols)
         else:  # a first layer: only the weights' gradient, which may skip writing out gz
             dx = None
             dw = K.conv2d_grad_weight_pooled(g, ctx.argmax, ctx.conv, ctx.z_shape, ctx.pool, ctx.pool_strides,
@@ -77,19 +80,20 @@ class Conv2DBatchNormFn(Function):
     own. ``stats`` receives the batch mean and variance of y = relu(conv + b) for the
     moving averages. ``Sequential`` runs each such pair this way in training
     (``tinycnn.plan.fold``).
-    Saved: ``conv`` (as in Conv2DFn), y, the batch mean, inv_std and gamma.
+    Saved: x, w, strides, pads, cols (as in Conv2DFn), y, the batch mean, inv_std and gamma.
     """
 
     @staticmethod
     def forward(ctx, x, w, b, gamma, beta, strides, pads, eps, stats):
         if is_grad_enabled():
-            z, conv = K.conv2d_forward(x, w, strides, pads)
+            z, cols = K.conv2d(x, w, strides, pads, keep_cols=True)
         else:
-            z, conv = K.conv2d(x, w, strides, pads), None
+            z, cols = K.conv2d(x, w, strides, pads), None
         o = z.shape[-1]
         out2, y2, mean, var, inv_std = N.bias_relu_batchnorm_forward(z.reshape(-1, o), b, gamma, beta, eps)
         stats.update(mean=mean, var=var)
-        ctx.save(conv=conv, y=y2.reshape(z.shape), mean=mean, inv_std=inv_std, gamma=gamma)
+        ctx.save(x=x, w=w, strides=strides, pads=pads, cols=cols, y=y2.reshape(z.shape), mean=mean,
+                 inv_std=inv_std, gamma=gamma)
         return out2.reshape(z.shape)
 
     @staticmethod
@@ -98,7 +102,8 @@ class Conv2DBatchNormFn(Function):
         dz2, db, dgamma, dbeta = N.bias_relu_batchnorm_backward(g.reshape(-1, o), ctx.y.reshape(-1, o), ctx.mean,
                                                                ctx.gamma, ctx.inv_std)
         need_x, need_w, need_b, _, _ = ctx.needs_input_grad
-        dx, dw = K.conv2d_backward(ctx.conv, dz2.reshape(ctx.y.shape), need_x, need_w)
+        dx, dw = K.conv2d_grads(ctx.x, dz2.reshape(ctx.y.shape), ctx.w, ctx.strides, ctx.pads, need_x, need_w,
+                                cols=ctx.cols)
         return dx, dw, db if need_b else None, dgamma, dbeta
 
 
