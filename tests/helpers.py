@@ -325,6 +325,26 @@ def upstream_like(rng, shape):
     return random_array(rng, shape)
 
 
+def random_weights(model, seed, low=-1.0, high=1.0, variance=(0.05, 1.0)):
+    """Every weight of ``model`` drawn uniform in [low, high), biases and BatchNorm's
+    statistics included (gamma of both signs), the moving variance in ``variance``
+    (positive). Returns the model."""
+    rng = np.random.default_rng(seed)
+    for layer in model.all_layers():
+        for name, w in layer.weights.items():
+            lo, hi = variance if name == "moving_variance" else (low, high)
+            w.data = rng.uniform(lo, hi, w.shape).astype(np.float32)
+    return model
+
+
+def one_by_one(model, x):
+    """The model's own layers called one at a time in inference: nothing folded or fused."""
+    t = tinycnn.Tensor(x)
+    for layer in model.layers:
+        t = layer(t, training=False)
+    return t.numpy()
+
+
 def describe(layer_type, **settings):
     """``"Conv2D(kernel_size=(3, 3), strides=2)"``: a label for failure messages."""
     return f"{layer_type}(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")"

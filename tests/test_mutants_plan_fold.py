@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tinycnn as tc
-from helpers import assert_close
+from helpers import assert_close, one_by_one, random_weights
 from tinycnn.layers import BatchNormalization, Conv2D, Dense, Flatten, Residual
 from tinycnn.plan import fold
 
@@ -22,28 +22,16 @@ def test_one_image_keeps_the_batchnorm_in_the_relu_convolutions_epilogue(monkeyp
     calls = []
     original = fold.conv_relu_batchnorm
     monkeypatch.setattr(fold, "conv_relu_batchnorm", lambda *a: calls.append(1) or original(*a))
-    model = nontrivial(tc.Sequential([Conv2D(3, 3, activation="relu"), BatchNormalization(epsilon=0.1), Flatten(),
-                                      Dense(2)], input_shape=(5, 5, 2), seed=1), 1)
+    model = random_weights(tc.Sequential([Conv2D(3, 3, activation="relu"), BatchNormalization(epsilon=0.1),
+                                          Flatten(), Dense(2)], input_shape=(5, 5, 2), seed=1), 1)
     x = np.random.default_rng(1).random((fold.FOLD_MIN_BATCH, 5, 5, 2), dtype=np.float32)
     for n in (1, 2, fold.FOLD_MIN_BATCH):
         calls.clear()
-        t = tc.Tensor(x[:n])   # the layers one by one: nothing fused
-        for layer in model.layers:
-            t = layer(t, training=False)
+        expected = one_by_one(model, x[:n])
         with tc.no_grad():
             got = fold.run_layers(model.layers, tc.Tensor(x[:n]), False).numpy()
         assert calls == [1], f"{n} images: conv_relu_batchnorm called {len(calls)} times, expected once"
-        assert_close(f"{n} images, the epilogue", "output", got, t.numpy(), RTOL, ATOL)
-
-
-def nontrivial(model, seed):
-    """Every weight random, biases and BatchNorm's statistics included, gamma of both signs."""
-    rng = np.random.default_rng(seed)
-    for layer in model.all_layers():
-        for name, w in layer.weights.items():
-            low = 0.05 if name == "moving_variance" else -1.0
-            w.data = rng.uniform(low, 1, w.shape).astype(np.float32)
-    return model
+        assert_close(f"{n} images, the epilogue", "output", got, expected, RTOL, ATOL)
 
 
 def two_path_residual(activation="relu"):
@@ -55,7 +43,7 @@ def two_path_residual(activation="relu"):
                 Conv2D(4, 1), BatchNormalization(epsilon=0.05)]
     model = tc.Sequential([Residual(block, shortcut, activation=activation, name="res")], input_shape=(5, 5, 2),
                           seed=2)
-    return nontrivial(model, 3)
+    return random_weights(model, 3)
 
 
 def by_its_own_call(model, x, training):

@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 
 import tinycnn as tc
-from helpers import assert_close
+from helpers import assert_close, random_weights
 from tinycnn.layers import BatchNormalization, Conv2D, MaxPool2D
 from tinycnn.plan import fold, fused
 
 RTOL, ATOL = 1e-4, 1e-5
-
-
-def nontrivial(model, seed):
-    """Every weight random, biases and BatchNorm's statistics included, gamma of both signs."""
-    rng = np.random.default_rng(seed)
-    for layer in model.all_layers():
-        for name, w in layer.weights.items():
-            low = 0.05 if name == "moving_variance" else -1.0
-            w.data = rng.uniform(low, 1, w.shape).astype(np.float32)
-    return model
 
 
 def run(model, x, fused_run, training, x_grad=True, seed=0):
@@ -57,7 +47,7 @@ def assert_same_run(label, got, expected):
 def conv_pool(input_shape=(6, 7, 2), **conv):
     model = tc.Sequential([Conv2D(3, 3, **{"padding": "same", "activation": "relu", **conv}), MaxPool2D()],
                           input_shape=input_shape, seed=1)
-    return nontrivial(model, 2)
+    return random_weights(model, 2)
 
 
 @pytest.mark.parametrize("algorithm, x_grad, pooled_while_convolving", [
@@ -123,8 +113,8 @@ def test_conv_relu_batchnorm_in_training_mode_without_gradients():
     x = np.random.default_rng(6).random((3, 6, 6, 2), dtype=np.float32)
     results = []
     for fused_run in (True, False):
-        model = nontrivial(tc.Sequential([Conv2D(4, 3, activation="relu"), BatchNormalization(epsilon=0.1)],
-                                         input_shape=(6, 6, 2), seed=1), 7)
+        model = random_weights(tc.Sequential([Conv2D(4, 3, activation="relu"), BatchNormalization(epsilon=0.1)],
+                                             input_shape=(6, 6, 2), seed=1), 7)
         with tc.no_grad():
             if fused_run:
                 out = fold.run_layers(model.layers, tc.Tensor(x), True)
@@ -140,7 +130,7 @@ def test_conv_relu_batchnorm_in_training_mode_without_gradients():
 def conv_batchnorm(input_shape=(6, 6, 2), **conv):
     model = tc.Sequential([Conv2D(4, 3, **{"padding": "same", "activation": "relu", **conv}),
                            BatchNormalization(epsilon=0.1)], input_shape=input_shape, seed=1)
-    return nontrivial(model, 8)
+    return random_weights(model, 8)
 
 
 def test_conv_relu_batchnorm_gives_the_inputs_gradient_through_a_frozen_convolution():

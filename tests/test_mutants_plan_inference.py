@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tinycnn as tc
-from helpers import assert_close
+from helpers import assert_close, one_by_one, random_weights
 from tinycnn.layers import (Activation, BatchNormalization, Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D,
                             Flatten, GlobalAveragePooling2D, MaxPool2D, Residual, SeparableConv2D)
 from tinycnn.layers.base import Layer
@@ -20,20 +20,9 @@ RTOL, ATOL = 1e-4, 1e-5
 
 
 def nontrivial(model, seed):
-    """Every weight random, biases and BatchNorm's statistics included, gamma of both signs."""
-    rng = np.random.default_rng(seed)
-    for layer in model.all_layers():
-        for name, w in layer.weights.items():
-            low = 0.5 if name == "moving_variance" else -0.5
-            w.data = rng.uniform(low, 0.5 if name != "moving_variance" else 1.5, w.shape).astype(np.float32)
-    return model
-
-
-def one_by_one(model, x):
-    t = tc.Tensor(x)
-    for layer in model.layers:
-        t = layer(t, training=False)
-    return t.numpy()
+    """Every weight random in [-0.5, 0.5), biases and BatchNorm's statistics included,
+    gamma of both signs, the moving variance in [0.5, 1.5)."""
+    return random_weights(model, seed, -0.5, 0.5, variance=(0.5, 1.5))
 
 
 def small(seed=0):

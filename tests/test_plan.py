@@ -9,7 +9,7 @@ import pytest
 
 import fer_models
 import tinycnn as tc
-from helpers import assert_close
+from helpers import assert_close, one_by_one
 from tinycnn.layers import (Activation, BatchNormalization, Conv2D, Conv2DTranspose, Dense, DepthwiseConv2D, Dropout,
                             GlobalAveragePooling2D, MaxPool2D, Residual, SeparableConv2D)
 from tinycnn.plan.inference import InferencePlan
@@ -31,14 +31,6 @@ def nontrivial(model, seed=0):
                 value = rng.normal(0, 0.3 if name != "kernel" else 0.2, w.shape)
             w.data = value.astype(np.float32)
     return model
-
-
-def one_by_one(model, x):
-    """The model's own layers called one at a time in inference: nothing folded or fused."""
-    t = tc.Tensor(x)
-    for layer in model.layers:
-        t = layer(t, training=False)
-    return t.numpy()
 
 
 @pytest.mark.parametrize("name", fer_models.names())
