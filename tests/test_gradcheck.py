@@ -75,6 +75,26 @@ def gradcheck_layer(label, module, ref, draw, rng, training=False):
 
 
 # -- convolution ------------------------------------------------------------------------------
+def gradcheck_convolution(layer_type, reference, filters, input_shape, kernel_shape, seed, **settings):
+    """``layer_type(filters, **settings)`` (Conv2D or Conv2DTranspose: a kernel and, with
+    ``use_bias``, a bias) against ``reference(input, kernel, bias, strides, padding,
+    activation)`` in float64. The two layers' kernels differ in layout: ``kernel_shape``
+    is (kh, kw, in, out) for Conv2D, (kh, kw, out, in) for Conv2DTranspose."""
+    layer = layer_type(filters, **settings)
+    layer.ensure_built(input_shape[1:])
+
+    def draw(rng):
+        arrays = {"input": random_array(rng, input_shape), "kernel": random_array(rng, kernel_shape, 0.5)}
+        if settings["use_bias"]:
+            arrays["bias"] = random_array(rng, (filters,), 0.5)
+        return arrays
+
+    def ref(input, kernel, bias=None):
+        return reference(input, kernel, bias, settings["strides"], settings["padding"], settings["activation"])
+
+    gradcheck_layer(describe(layer_type.__name__, **settings), layer, ref, draw, np.random.default_rng(seed))
+
+
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @FEW
@@ -85,23 +105,9 @@ def gradcheck_layer(label, module, ref, draw, rng, training=False):
 def test_conv2d(backend, stride, padding, n, h, w, c, filters, kh, kw, stride_w, activation, use_bias, seed):
     if padding == "valid":  # the kernel must fit
         h, w = h + kh - 1, w + kw - 1
-    strides = (stride, stride_w)
-    layer = Conv2D(filters, (kh, kw), strides=strides, padding=padding, activation=activation,
-                   use_bias=use_bias)
-    layer.ensure_built((h, w, c))
-
-    def draw(rng):
-        arrays = {"input": random_array(rng, (n, h, w, c)), "kernel": random_array(rng, (kh, kw, c, filters), 0.5)}
-        if use_bias:
-            arrays["bias"] = random_array(rng, (filters,), 0.5)
-        return arrays
-
-    def ref(input, kernel, bias=None):
-        return R.conv2d(input, kernel, bias, strides, padding, activation)
-
-    label = describe("Conv2D", kernel_size=(kh, kw), strides=strides, padding=padding,
-                     activation=activation, use_bias=use_bias)
-    gradcheck_layer(label, layer, ref, draw, np.random.default_rng(seed))
+    gradcheck_convolution(Conv2D, R.conv2d, filters, (n, h, w, c), (kh, kw, c, filters), seed,
+                          kernel_size=(kh, kw), strides=(stride, stride_w), padding=padding,
+                          activation=activation, use_bias=use_bias)
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
@@ -136,23 +142,9 @@ def test_conv2d_winograd(backend, padding, n, h, w, c, filters, activation, seed
 @example(n=1, h=3, w=2, c=2, filters=2, kh=3, kw=2, stride_w=2, activation="relu", use_bias=True, seed=2)
 def test_conv2d_transpose(backend, stride, padding, n, h, w, c, filters, kh, kw, stride_w, activation,
                           use_bias, seed):
-    strides = (stride, stride_w)
-    layer = Conv2DTranspose(filters, (kh, kw), strides=strides, padding=padding, activation=activation,
-                            use_bias=use_bias)
-    layer.ensure_built((h, w, c))
-
-    def draw(rng):
-        arrays = {"input": random_array(rng, (n, h, w, c)), "kernel": random_array(rng, (kh, kw, filters, c), 0.5)}
-        if use_bias:
-            arrays["bias"] = random_array(rng, (filters,), 0.5)
-        return arrays
-
-    def ref(input, kernel, bias=None):
-        return R.conv2d_transpose(input, kernel, bias, strides, padding, activation)
-
-    label = describe("Conv2DTranspose", kernel_size=(kh, kw), strides=strides, padding=padding,
-                     activation=activation, use_bias=use_bias)
-    gradcheck_layer(label, layer, ref, draw, np.random.default_rng(seed))
+    gradcheck_convolution(Conv2DTranspose, R.conv2d_transpose, filters, (n, h, w, c), (kh, kw, filters, c), seed,
+                          kernel_size=(kh, kw), strides=(stride, stride_w), padding=padding,
+                          activation=activation, use_bias=use_bias)
 
 
 # -- pooling ----------------------------------------------------------------------------------
