@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+from hypothesis import strategies as st
 
 import tinycnn
 
@@ -318,6 +319,20 @@ def distinct_values(rng, shape, low=-1.0, high=1.0):
     n = int(np.prod(shape))
     values = np.linspace(low, high, n) if n > 1 else np.array([low])
     return rng.permutation(values).reshape(shape).astype(np.float32)
+
+
+@st.composite
+def sliding_windows(draw, max_kernel, max_size):
+    """((kh, kw), strides, pads, (h, w)) of a sliding-window kernel (convolution,
+    depthwise): kernel sides up to ``max_kernel``, strides 1 to 3, any padding below the
+    kernel size on each side, an input of at most ``max_size`` the kernel fits once padded."""
+    kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = ((draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1))),
+            (draw(st.integers(0, kw - 1)), draw(st.integers(0, kw - 1))))
+    h = draw(st.integers(max(1, kh - sum(pads[0])), max_size))
+    w = draw(st.integers(max(1, kw - sum(pads[1])), max_size))
+    return (kh, kw), strides, pads, (h, w)
 
 
 def upstream_like(rng, shape):

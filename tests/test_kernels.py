@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tinycnn as tc
-from helpers import assert_close, distinct_values, random_array
+from helpers import assert_close, distinct_values, random_array, sliding_windows
 from tinycnn import backend as B
 from tinycnn.kernels import activation, conv, conv_fast, dropout, norm, optim, pool
 from tinycnn.kernels.shapes import conv_output_size, tap_slice
@@ -28,12 +28,7 @@ SOME = settings(max_examples=25, deadline=None,
 def conv_problems(draw):
     """(x, w, strides, pads, out_shape, label): any padding below the kernel size."""
     n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    pads = ((draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1))),
-            (draw(st.integers(0, kw - 1)), draw(st.integers(0, kw - 1))))
-    h = draw(st.integers(max(1, kh - sum(pads[0])), 9))
-    w = draw(st.integers(max(1, kw - sum(pads[1])), 9))
+    (kh, kw), strides, pads, (h, w) = draw(sliding_windows(max_kernel=4, max_size=9))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x, k = random_array(rng, (n, h, w, c)), random_array(rng, (kh, kw, c, o))
     out = conv.conv2d_output_shape(x.shape, k.shape, strides, pads)
