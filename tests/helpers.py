@@ -322,17 +322,20 @@ def distinct_values(rng, shape, low=-1.0, high=1.0):
 
 
 @st.composite
-def sliding_windows(draw, max_kernel, max_size):
-    """((kh, kw), strides, pads, (h, w)) of a sliding-window kernel (convolution,
-    depthwise): kernel sides up to ``max_kernel``, strides 1 to 3, any padding below the
-    kernel size on each side, an input of at most ``max_size`` the kernel fits once padded."""
+def window_problems(draw, max_channels, max_m, max_kernel, max_size):
+    """(x, w, strides, pads) for a sliding-window kernel (a convolution, a depthwise
+    convolution): x (n, h, w, c) and w (kh, kw, c, m) random float32, 1 to 3 images,
+    strides 1 to 3, any padding below the kernel size on each side, and an input side of
+    at most ``max_size`` that the padded kernel fits."""
+    n, c, m = draw(st.integers(1, 3)), draw(st.integers(1, max_channels)), draw(st.integers(1, max_m))
     kh, kw = draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel))
     strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     pads = ((draw(st.integers(0, kh - 1)), draw(st.integers(0, kh - 1))),
             (draw(st.integers(0, kw - 1)), draw(st.integers(0, kw - 1))))
     h = draw(st.integers(max(1, kh - sum(pads[0])), max_size))
     w = draw(st.integers(max(1, kw - sum(pads[1])), max_size))
-    return (kh, kw), strides, pads, (h, w)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    return random_array(rng, (n, h, w, c)), random_array(rng, (kh, kw, c, m)), strides, pads
 
 
 def upstream_like(rng, shape):

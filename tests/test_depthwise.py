@@ -32,7 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 import reference64 as R
 import tinycnn as tc
 from helpers import (assert_close, away_from_kinks, check_against_reference, describe, numerical_gradients,
-                     random_array, sliding_windows, upstream_away_from_relu_kinks, upstream_like)
+                     random_array, upstream_away_from_relu_kinks, upstream_like, window_problems)
 from tinycnn import Tensor
 from tinycnn import backend as B
 from tinycnn.kernels import depthwise as D
@@ -99,11 +99,9 @@ def separable64(x, depthwise_kernel, pointwise_kernel, bias=None, strides=(1, 1)
 # -- 1. the kernels against the definition -----------------------------------------------------------
 @st.composite
 def depthwise_problems(draw):
-    """(x, w, strides, pads, label): any padding below the kernel size, on each side."""
-    n, c, mult = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    (kh, kw), strides, pads, (h, w) = draw(sliding_windows(max_kernel=3, max_size=7))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    x, k = random_array(rng, (n, h, w, c)), random_array(rng, (kh, kw, c, mult))
+    """(x, w, strides, pads, label): w (kh, kw, c, multiplier), any padding below the kernel
+    size, on each side."""
+    x, k, strides, pads = draw(window_problems(max_channels=3, max_m=3, max_kernel=3, max_size=7))
     return x, k, strides, pads, f"depthwise x {x.shape} w {k.shape} strides {strides} pads {pads}"
 
 

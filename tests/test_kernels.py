@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import tinycnn as tc
-from helpers import assert_close, distinct_values, random_array, sliding_windows
+from helpers import assert_close, distinct_values, random_array, window_problems
 from tinycnn import backend as B
 from tinycnn.kernels import activation, conv, conv_fast, dropout, norm, optim, pool
 from tinycnn.kernels.shapes import conv_output_size, tap_slice
@@ -27,10 +27,7 @@ SOME = settings(max_examples=25, deadline=None,
 @st.composite
 def conv_problems(draw):
     """(x, w, strides, pads, out_shape, label): any padding below the kernel size."""
-    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    (kh, kw), strides, pads, (h, w) = draw(sliding_windows(max_kernel=4, max_size=9))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    x, k = random_array(rng, (n, h, w, c)), random_array(rng, (kh, kw, c, o))
+    x, k, strides, pads = draw(window_problems(max_channels=4, max_m=4, max_kernel=4, max_size=9))
     out = conv.conv2d_output_shape(x.shape, k.shape, strides, pads)
     return x, k, strides, pads, out, f"conv x {x.shape} w {k.shape} strides {strides} pads {pads}"
 
