@@ -68,6 +68,16 @@ def perturb(model: tc.Sequential, seed=0) -> tc.Sequential:
     return model
 
 
+def saved_by_keras(model: keras.Model, path):
+    """``model`` written by Keras itself: a Keras 3 archive for .keras, the legacy HDF5
+    format for .h5. Returns the path."""
+    if path.suffix == ".keras":
+        model.save(path)
+    else:
+        keras.models.save_model(model, path)
+    return path
+
+
 def keras_out(model, x=X):
     return np.asarray(model(x, training=False))
 
@@ -241,12 +251,7 @@ def test_save_errors(tmp_path):
 def test_keras_to_tinycnn(tmp_path, name, ext):
     """A Keras model with random weights, saved by Keras, read by load_keras: Keras' outputs."""
     reference = km.randomise_weights(km.build(name), seed=1)
-    path = tmp_path / f"{name}{ext}"
-    if ext == ".keras":
-        reference.save(path)
-    else:
-        keras.models.save_model(reference, path)
-    model = load_keras(path)
+    model = load_keras(saved_by_keras(reference, tmp_path / f"{name}{ext}"))
     assert model.output_softmax is True and model.input_shape == (48, 48, 1) and model.name == name
     assert_equal_outputs(f"{name}{ext} in tinycnn", tinycnn_probs(model), keras_out(reference))
     ours = fer_models.build(name, seed=0)            # the same layers, named alike, as fer_models builds them
@@ -336,12 +341,7 @@ def test_keras_residual_graph(tmp_path, identity_first):
 @pytest.mark.parametrize("ext", [".keras", ".h5"])
 def test_mini_xception_from_keras(tmp_path, ext):
     reference = km.randomise_weights(km.mini_xception(), seed=6)
-    path = tmp_path / f"mini_xception{ext}"
-    if ext == ".keras":
-        reference.save(path)
-    else:
-        keras.models.save_model(reference, path)
-    model = load_keras(path)
+    model = load_keras(saved_by_keras(reference, tmp_path / f"mini_xception{ext}"))
     assert model.output_softmax is True
     residuals = [layer for layer in model.layers if isinstance(layer, tc.layers.Residual)]
     assert len(residuals) == 4 and all(len(r.shortcut) == 2 and len(r.block) == 6 for r in residuals)
@@ -375,9 +375,7 @@ def test_depthwise_options(tmp_path):
     km.randomise_weights(reference, seed=8)
     x = np.random.default_rng(9).uniform(0, 1, (2, 10, 10, 3)).astype(np.float32)
     for ext in (".keras", ".h5"):
-        path = tmp_path / f"dw{ext}"
-        reference.save(path) if ext == ".keras" else keras.models.save_model(reference, path)
-        model = load_keras(path)
+        model = load_keras(saved_by_keras(reference, tmp_path / f"dw{ext}"))
         assert_equal_outputs(f"depthwise{ext}", model(x).data, keras_out(reference, x))
         save_keras(model, tmp_path / f"again{ext}")
         assert_equal_outputs(f"depthwise{ext} written back",
