@@ -7,6 +7,18 @@ from pathlib import Path
 
 from .classes import CLASSES
 
+# The evaluations with test-time augmentation a run may hold (train.py --evaluate RUN --tta),
+# each given a section of its own: (file, heading, how the faces were classified).
+TTA_REPORTS = (
+    ("report-tta.json", "With test-time augmentation",
+     "Each face is classified together with its mirror image and the two probability vectors are "
+     "averaged (`train.py --evaluate RUN --tta`, `predict_emotion`'s default, `webcam.py --tta`)."),
+    ("report-tta-shifts.json", "With ten-view test-time augmentation",
+     "Each face is classified as ten views, itself and its mirror image each also shifted by 2 pixels "
+     "in the four directions, and the ten probability vectors averaged (`train.py --evaluate RUN --tta "
+     "shifts`)."),
+)
+
 
 def _accuracy_sections(report, heading, intro=None) -> list[str]:
     """Markdown lines: accuracy and loss per split, then PrivateTest's per-class table
@@ -65,18 +77,9 @@ def model_card(run, title="FER-2013 emotion model") -> str:
              f"({platform.processor() or 'CPU'}), median {rates[len(rates) // 2]:.0f} images/s "
              "(per epoch below)", "",
              *_accuracy_sections(report, "Accuracy")]
-    tta = run / "report-tta.json"
-    if tta.exists():
-        lines += ["", *_accuracy_sections(json.loads(tta.read_text()), "With test-time augmentation",
-                                          "Each face is classified together with its mirror image and the "
-                                          "two probability vectors are averaged (`train.py --evaluate RUN "
-                                          "--tta`, `predict_emotion`'s default, `webcam.py --tta`).")]
-    shifts = run / "report-tta-shifts.json"
-    if shifts.exists():
-        lines += ["", *_accuracy_sections(json.loads(shifts.read_text()), "With ten-view test-time augmentation",
-                                          "Each face is classified as ten views, itself and its mirror image "
-                                          "each also shifted by 2 pixels in the four directions, and the ten "
-                                          "probability vectors averaged (`train.py --evaluate RUN --tta shifts`).")]
+    for name, title, how in TTA_REPORTS:
+        if (run / name).exists():
+            lines += ["", *_accuracy_sections(json.loads((run / name).read_text()), title, how)]
     lines += ["", "## Per epoch", "", "| epoch | train loss | train acc | PublicTest acc | lr | img/s |",
               "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['acc']:.4f} | {h['val_acc']:.4f} | {h['lr']:.2e} | "
