@@ -83,6 +83,10 @@ def parse_args(argv=None):
     p.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                    help="'balanced' weights each class by n / (7 * count), as scikit-learn")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
+    p.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                   help="keep a moving average of the weights, average = MOMENTUM * average + (1 - MOMENTUM) * "
+                        "weights after each step (e.g. 0.999), and validate, keep as best.npz and evaluate it "
+                        "instead of the last weights; 0: off")
     p.add_argument("--early-stopping", type=int, default=0, metavar="N",
                    help="stop when PublicTest accuracy has not improved for N epochs (0: never)")
     p.add_argument("--limit", type=int, default=0, metavar="N",
@@ -166,10 +170,11 @@ def write_json(path, obj):
 
 def make_optimizer(args, model):
     import tinycnn as tc
+    ema = {"use_ema": True, "ema_momentum": args.ema} if getattr(args, "ema", 0.0) else {}  # runs from before: none
     if args.optimizer == "adam":
-        return tc.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        return tc.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, **ema)
     return tc.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
-                        weight_decay=args.weight_decay)
+                        weight_decay=args.weight_decay, **ema)
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -418,7 +423,14 @@ class RunRecord:
         improved = entry["val_acc"] > self.best["acc"]
         if improved:
             self.best = {"acc": entry["val_acc"], "epoch": entry["epoch"]}
-            save_best(self.model, self.run / "best")
+            if self.opt.use_ema:   # the weights validated: the moving average
+                self.opt.swap_ema_weights()
+                try:
+                    save_best(self.model, self.run / "best")
+                finally:
+                    self.opt.swap_ema_weights()
+            else:
+                save_best(self.model, self.run / "best")
         save_checkpoint(self.run, self.model, self.opt, entry["epoch"], self.history, self.best, self.plateau)
         self.checkpointed = entry["epoch"]
         write_json(self.run / "history.json", self.history)
@@ -476,7 +488,10 @@ def fit_run(run, model, callbacks, x, y, **fit_args):
     ends the program with one line saying what is kept and how to continue."""
     import tinycnn as tc
     try:
-        model.fit(x, y, initial_epoch=callbacks.record.checkpointed, callbacks=[callbacks], verbose=1, **fit_args)
+        # with --ema, PublicTest sees the moving average of the weights (SwapEMAWeights)
+        ema = [tc.callbacks.SwapEMAWeights(callbacks.opt)] if callbacks.opt.use_ema else []
+        model.fit(x, y, initial_epoch=callbacks.record.checkpointed, callbacks=ema + [callbacks], verbose=1,
+                  **fit_args)
     except KeyboardInterrupt:
         save_best(model, run / "interrupted")
         saved_as = next(p for p in (run / "interrupted.npz", run / "interrupted.keras") if p.exists())
@@ -741,6 +756,8 @@ def run_command(args):
         sys.exit(f"error: --erase must be a probability in [0, 1], got {args.erase}")
     if not 0 <= args.camera <= 1:
         sys.exit(f"error: --camera must be a probability in [0, 1], got {args.camera}")
+    if not 0 <= args.ema < 1:
+        sys.exit(f"error: --ema is a momentum in [0, 1) (e.g. 0.999; 0 turns it off), got {args.ema}")
     if args.lr is not None and not args.lr > 0:
         sys.exit(f"error: --lr must be positive, got {args.lr}")
     train(args)

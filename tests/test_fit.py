@@ -179,3 +179,34 @@ def test_fit_stops_with_the_epoch_and_step_when_training_diverges():
     with pytest.raises(tc.model.TrainingDiverged, match="loss became nan at epoch 1, step 1") as info:
         model.fit(x, y, verbose=0, loss=lambda logits, labels: logits.sum() * float("nan"))
     assert (info.value.epoch, info.value.step) == (1, 1)
+
+
+@pytest.mark.parametrize("swap_on_epoch", [False, True])
+def test_fit_validates_the_moving_average_with_swap_ema_weights(swap_on_epoch):
+    """SwapEMAWeights: val_loss and val_accuracy are the averaged weights', training goes
+    on from the trained ones, and after fit the model holds the trained weights; with
+    swap_on_epoch a later callback's on_epoch_end sees the averaged weights."""
+    x, y = quadrant_blobs(96)
+    xv, yv = quadrant_blobs(48, seed=1)
+    model = small_cnn(seed=2)
+    opt = tc.optim.Adam(model.parameters(), lr=3e-3, use_ema=True, ema_momentum=0.9)
+    seen = []
+
+    class Watch:
+        def on_epoch_end(self, epoch, logs):
+            seen.append([p.data.copy() for p in model.parameters()])
+
+    history = model.fit(x, y, epochs=2, batch_size=16, validation_data=(xv, yv), optimizer=opt, verbose=0,
+                        callbacks=[tc.callbacks.SwapEMAWeights(opt, swap_on_epoch=swap_on_epoch), Watch()])
+    trained = [p.data.copy() for p in model.parameters()]
+    averaged = [a.copy() for a in opt.ema]
+    assert not all(np.array_equal(t, a) for t, a in zip(trained, averaged))
+    expected_at_epoch_end = averaged if swap_on_epoch else trained
+    for i, (got, want) in enumerate(zip(seen[-1], expected_at_epoch_end)):
+        assert np.array_equal(got, want), f"parameter {i} at on_epoch_end (swap_on_epoch={swap_on_epoch})"
+    opt.swap_ema_weights()
+    assert model.evaluate(xv, yv) == pytest.approx((history.history["val_loss"][-1],
+                                                    history.history["val_accuracy"][-1]))
+    opt.swap_ema_weights()
+    with pytest.raises(ValueError, match="use_ema=True"):
+        tc.callbacks.SwapEMAWeights(tc.optim.Adam(model.parameters()))

@@ -224,3 +224,88 @@ def test_reduce_lr_on_plateau_state_round_trip():
     assert math.isclose(a.lr, 0.0025)  # halved at the 4th and the 6th step
     with pytest.raises(ValueError, match="mode"):
         tc.optim.ReduceLROnPlateau(0.1, mode="up")
+
+
+# -- the moving average of the weights (use_ema), as Keras 3's optimisers keep it -------------------
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+@pytest.mark.parametrize("ema_momentum", [0.9, 0.0])
+def test_moving_average_matches_keras(name, ema_momentum):
+    """use_ema: after every step the averages are Keras' (the first step sets them to the
+    parameters), and the parameters themselves are trained as without it."""
+    make_ours = {"Adam": lambda p: tc.optim.Adam(p, lr=0.05, use_ema=True, ema_momentum=ema_momentum),
+                 "SGD": lambda p: tc.optim.SGD(p, lr=0.05, momentum=0.9, use_ema=True, ema_momentum=ema_momentum)}
+    make_theirs = {"Adam": lambda: keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=ema_momentum),
+                   "SGD": lambda: keras.optimizers.SGD(0.05, momentum=0.9, use_ema=True, ema_momentum=ema_momentum)}
+    rng = np.random.default_rng(4)
+    init = [random_array(rng, s) for s in SHAPES]
+    params = [Tensor(v.copy(), requires_grad=True) for v in init]
+    variables = [keras.Variable(v.copy()) for v in init]
+    ours, theirs = make_ours[name](params), make_theirs[name]()
+    label = f"{name}(use_ema=True, ema_momentum={ema_momentum})"
+    for step in range(1, 5):
+        grads = [random_array(rng, s) for s in SHAPES]
+        for p, g in zip(params, grads):
+            p.grad = g.copy()
+        ours.step()
+        theirs.apply_gradients(zip([tf.constant(g) for g in grads], variables))
+        averages = theirs._model_variables_moving_average
+        for i, (p, v, a) in enumerate(zip(params, variables, averages)):
+            assert_close(label, f"parameter {i} after step {step}", p.data, v.numpy(), RTOL, ATOL)
+            assert_close(label, f"average {i} after step {step}", ours.ema[i], a.numpy(), RTOL, ATOL)
+    if ema_momentum:
+        assert not np.allclose(ours.ema[0], params[0].data), "the average is only the last weights"
+
+
+def test_swapping_the_moving_average_in_and_out():
+    rng = np.random.default_rng(5)
+    params = [Tensor(random_array(rng, s), requires_grad=True) for s in SHAPES]
+    opt = tc.optim.SGD(params, lr=0.1, use_ema=True, ema_momentum=0.5)
+    with pytest.raises(ValueError, match="no moving average yet"):
+        opt.swap_ema_weights()
+    for _ in range(3):
+        for p in params:
+            p.grad = random_array(rng, p.shape)
+        opt.step()
+    trained = [p.data.copy() for p in params]
+    averaged = [a.copy() for a in opt.ema]
+    opt.swap_ema_weights()
+    for i, p in enumerate(params):
+        assert np.array_equal(p.data, averaged[i]) and np.array_equal(opt.ema[i], trained[i]), i
+    opt.swap_ema_weights()
+    for i, p in enumerate(params):
+        assert np.array_equal(p.data, trained[i]) and np.array_equal(opt.ema[i], averaged[i]), i
+    with pytest.raises(ValueError, match="use_ema=False"):
+        tc.optim.Adam(params).swap_ema_weights()
+    with pytest.raises(ValueError, match="ema_momentum"):
+        tc.optim.Adam(params, use_ema=True, ema_momentum=1.0)
+
+
+def test_the_moving_average_is_saved_and_resumed(tmp_path):
+    """state_dict holds the averages: a resumed optimiser continues them exactly, and a
+    state saved without them is refused by one that keeps them."""
+    rng = np.random.default_rng(6)
+    grads = [[random_array(rng, s) for s in SHAPES] for _ in range(5)]
+    params = [Tensor(random_array(rng, s), requires_grad=True) for s in SHAPES]
+
+    def step(o, ps, gs):
+        for p, g in zip(ps, gs):
+            p.grad = g.copy()
+        o.step()
+
+    opt = tc.optim.Adam(params, lr=0.01, use_ema=True, ema_momentum=0.8)
+    for gs in grads[:3]:
+        step(opt, params, gs)
+    state = opt.state_dict()
+    assert {f"ema/{i}" for i in range(len(SHAPES))} <= set(state)
+    copies = [Tensor(p.data.copy(), requires_grad=True) for p in params]
+    resumed = tc.optim.Adam(copies, lr=0.01, use_ema=True, ema_momentum=0.8)
+    resumed.load_state_dict(state)
+    for gs in grads[3:]:
+        step(opt, params, gs)
+        step(resumed, copies, gs)
+    for i in range(len(SHAPES)):
+        assert np.array_equal(opt.ema[i], resumed.ema[i]), f"average {i} differs after resuming"
+    plain = tc.optim.Adam(params, lr=0.01)
+    step(plain, params, grads[0])
+    with pytest.raises(ValueError, match="no 'ema/0'.*without use_ema"):
+        tc.optim.Adam(copies, use_ema=True).load_state_dict(plain.state_dict())

@@ -111,6 +111,12 @@ def test_train_refuses_a_probability_out_of_range(option):
         train.main([option, "1.5"])
 
 
+@pytest.mark.parametrize("value", ["1", "-0.5"])
+def test_train_refuses_an_ema_momentum_out_of_range(value):
+    with pytest.raises(SystemExit, match=f"--ema is a momentum in \\[0, 1\\).*got {value}"):
+        train.main(["--ema", value])
+
+
 @pytest.mark.skipif(not DATA.exists(), reason=f"FER-2013 not found at {DATA}")
 def test_resume_from_a_damaged_checkpoint_or_missing_settings(tmp_path, good_weights):
     run = tmp_path / "run"

@@ -55,8 +55,10 @@ def test_short_training_run_learns(tmp_path, cache, capsys):
     assert "## With test-time augmentation" in card and f"| PrivateTest | {tta_accuracy:.4f} |" in card
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch):
-    common = ["--model", "mini", "--limit", "400", "--epochs", "2", "--batch-size", "50", "--seed", "3"]
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
+def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch, ema):
+    """With --ema too: the moving average is in the checkpoint, and best.npz is it."""
+    common = ["--model", "mini", "--limit", "400", "--epochs", "2", "--batch-size", "50", "--seed", "3"] + ema
     run(common + ["--out", tmp_path / "straight"], cache)
 
     # the same run, interrupted by Ctrl-C in the middle of epoch 2 ...
@@ -84,6 +86,14 @@ def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch):
     h_a = json.loads((tmp_path / "straight" / "history.json").read_text())
     h_b = json.loads((tmp_path / "cut" / "history.json").read_text())
     assert [h["val_acc"] for h in h_a] == [h["val_acc"] for h in h_b]
+    with np.load(tmp_path / "straight" / "checkpoint.npz") as f:
+        kept = {k: f[k] for k in f.files}
+    assert any(k.startswith("opt/ema/") for k in kept) == bool(ema)
+    if ema and h_a[-1]["val_acc"] > h_a[0]["val_acc"]:   # best.npz is epoch 2's: the average, not the last weights
+        best = load_model(tmp_path / "straight" / "best.npz").parameters()
+        for i, p in enumerate(best):
+            np.testing.assert_array_equal(p.data, kept[f"opt/ema/{i}"], err_msg=f"parameter {i}")
+        assert not all(np.array_equal(a[k], kept[f"model/{k}"]) for k in a), "best.npz is the last weights"
 
     # a finished run can be extended; the new length sticks for later resumes
     run(["--resume", tmp_path / "cut", "--epochs", "3"], cache)

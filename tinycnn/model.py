@@ -162,8 +162,10 @@ class Sequential:
             loss: ``loss(logits, labels) -> scalar Tensor``; default softmax
                 cross-entropy from logits (with ``class_weights`` and ``label_smoothing``).
             callbacks: objects with any of ``on_epoch_begin(epoch)``,
-                ``on_train_batch_begin(step)`` and ``on_epoch_end(epoch, logs)`` (epochs
-                count from 1); setting ``model.stop_training = True`` ends training.
+                ``on_train_batch_begin(step)``, ``on_test_begin()`` and ``on_test_end()``
+                (around the validation), ``on_epoch_end(epoch, logs)`` and
+                ``on_train_end()`` (epochs count from 1; ``tinycnn.callbacks``); setting
+                ``model.stop_training = True`` ends training.
             verbose: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
             initial_epoch: epochs already done; training runs epochs initial_epoch+1 .. epochs.
 
@@ -223,7 +225,9 @@ class Sequential:
             seconds = time.perf_counter() - started
             logs = {"loss": total_loss / n, "accuracy": correct / n}
             if validation_data is not None:
+                hooks("on_test_begin")
                 logs["val_loss"], logs["val_accuracy"] = self.evaluate(*validation_data)
+                hooks("on_test_end")
             history.record(epoch, logs, seconds)
             if verbose == 2:
                 print(f"epoch {epoch}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
@@ -231,6 +235,7 @@ class Sequential:
             hooks("on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
+        hooks("on_train_end")
         return history
 
     def _seed_dropout(self, seed, epoch):

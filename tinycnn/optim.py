@@ -14,15 +14,26 @@ class Optimizer:
     ``lr`` is a plain attribute: a schedule or the training loop may set it between
     steps. ``weight_decay`` is decoupled, as in Keras 3 (and AdamW): before the update,
     ``p -= lr * weight_decay * p``.
+
+    ``use_ema`` keeps an exponential moving average of every parameter, as Keras 3's
+    optimisers do: after each step, ``average = ema_momentum * average + (1 -
+    ema_momentum) * p`` (the first step sets it to p). The average of the weights along
+    the last few hundred steps usually generalises better than the last weights;
+    ``swap_ema_weights`` puts it into the model (``tinycnn.callbacks.SwapEMAWeights``
+    does so for ``fit``'s validation).
     """
 
-    def __init__(self, params, lr, weight_decay=0.0):
+    def __init__(self, params, lr, weight_decay=0.0, use_ema=False, ema_momentum=0.99):
         # ``params`` may be a model's live parameter view: a model built at its first call
         # has no weights yet when the optimiser is made, so they are read at each step.
         self._params = params
         if lr <= 0:
             raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
+        if not 0.0 <= ema_momentum < 1.0:
+            raise ValueError(f"{type(self).__name__}: ema_momentum must be in [0, 1), got {ema_momentum}")
         self.lr, self.weight_decay = float(lr), float(weight_decay)
+        self.use_ema, self.ema_momentum = bool(use_ema), float(ema_momentum)
+        self.ema = []   # the parameters' moving averages, with use_ema
         self.iterations = 0
 
     @property
@@ -45,13 +56,38 @@ class Optimizer:
             if self.weight_decay:
                 p.data -= np.float32(self.lr * self.weight_decay) * p.data
             self._update(i, p.data, p.grad.astype(np.float32, copy=False))
+        if self.use_ema:
+            self._update_ema(params)
 
     def _update(self, i, value, grad):
         raise NotImplementedError
 
+    def _update_ema(self, params):
+        """average = m * average + (1 - m) * p, written as average += (1 - m) * (p - average);
+        m = 0 at the first step, which sets the average to the parameters."""
+        keep = np.float32(1.0 - (self.ema_momentum if self.iterations > 1 else 0.0))
+        for p, average in zip(params, self.ema):
+            average += keep * (p.data - average)
+
+    def swap_ema_weights(self):
+        """Exchange every parameter's values with its moving average (``use_ema``): a
+        second call puts the trained values back. Evaluate or save the averaged model
+        between the two calls."""
+        if not self.use_ema:
+            raise ValueError(f"{type(self).__name__}.swap_ema_weights(): this optimiser keeps no moving "
+                             f"average (use_ema=False)")
+        params = self.params
+        if len(self.ema) != len(params):
+            raise ValueError(f"{type(self).__name__}.swap_ema_weights(): no moving average yet (no step taken "
+                             f"on these {len(params)} parameters)")
+        for p, average in zip(params, self.ema):
+            held = p.data.copy()
+            p.data[...] = average
+            average[...] = held
+
     def _ensure_slots(self, params):
         """Create the per-parameter state (zeros) the first time parameters are seen."""
-        for arrays in self._slots().values():
+        for arrays in self._all_slots().values():
             if len(arrays) != len(params):
                 arrays[:] = [np.zeros_like(p.data) for p in params]
 
@@ -59,9 +95,13 @@ class Optimizer:
     def _slots(self) -> dict[str, list]:
         return {}
 
+    def _all_slots(self) -> dict[str, list]:
+        """The update rule's slots, and the moving averages with ``use_ema``."""
+        return {**self._slots(), **({"ema": self.ema} if self.use_ema else {})}
+
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {"iterations": np.array(self.iterations), "lr": np.array(self.lr)}
-        for slot, arrays in self._slots().items():
+        for slot, arrays in self._all_slots().items():
             for i, a in enumerate(arrays):
                 state[f"{slot}/{i}"] = a.copy()  # a snapshot: later steps update the slots in place
         return state
@@ -70,8 +110,11 @@ class Optimizer:
         self.iterations = int(state["iterations"])
         self.lr = float(state["lr"])
         self._ensure_slots(self.params)
-        for slot, arrays in self._slots().items():
+        for slot, arrays in self._all_slots().items():
             for i, a in enumerate(arrays):
+                if f"{slot}/{i}" not in state:
+                    raise ValueError(f"{type(self).__name__}: the saved state has no '{slot}/{i}'"
+                                     + (" (it was saved without use_ema)" if slot == "ema" else ""))
                 saved = np.asarray(state[f"{slot}/{i}"])
                 if saved.shape != a.shape:
                     raise ValueError(f"{type(self).__name__}: state '{slot}/{i}' has shape {saved.shape}, "
@@ -86,8 +129,9 @@ class Adam(Optimizer):
         p -= lr * sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)
     """
 
-    def __init__(self, params, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0):
-        super().__init__(params, lr, weight_decay)
+    def __init__(self, params, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, weight_decay=0.0, use_ema=False,
+                 ema_momentum=0.99):
+        super().__init__(params, lr, weight_decay, use_ema, ema_momentum)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
         self.m, self.v = [], []
 
@@ -109,8 +153,9 @@ class SGD(Optimizer):
         p += momentum * velocity - lr * g          (Nesterov)
     """
 
-    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(params, lr, weight_decay)
+    def __init__(self, params, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, use_ema=False,
+                 ema_momentum=0.99):
+        super().__init__(params, lr, weight_decay, use_ema, ema_momentum)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
