@@ -530,14 +530,24 @@ def _initializer(r: _Reader, key):
             "ones": "ones"}.get(name, "zeros" if key.startswith("bias") else "glorot_uniform")
 
 
+def _convolution(r: _Reader, activation, *initializers, depthwise=False):
+    """The keyword arguments the four convolutions share, as their tinycnn layers take
+    them: the window (kernel size, strides, padding), the depth multiplier of the
+    depthwise ones, the ``activation`` the caller read, the bias, ``initializers`` and
+    the bias' initializer, and the name."""
+    options = dict(kernel_size=r.pair("kernel_size", 1), strides=r.pair("strides", 1), padding=r.padding())
+    if depthwise:
+        options["depth_multiplier"] = int(r.get("depth_multiplier", 1))
+    options.update(activation=activation, use_bias=bool(r.get("use_bias", True)),
+                   **{key: _initializer(r, key) for key in (*initializers, "bias_initializer")}, name=r.layer.name)
+    return options
+
+
 def _conv2d(r: _Reader, is_output):
     r.common()
     r.conv()
     activation, _ = r.activation()
-    return L.Conv2D(int(r.get("filters")), r.pair("kernel_size", 1), r.pair("strides", 1), r.padding(),
-                    activation=activation, use_bias=bool(r.get("use_bias", True)),
-                    kernel_initializer=_initializer(r, "kernel_initializer"),
-                    bias_initializer=_initializer(r, "bias_initializer"), name=r.layer.name)
+    return L.Conv2D(int(r.get("filters")), **_convolution(r, activation, "kernel_initializer"))
 
 
 def _conv2d_transpose(r: _Reader, is_output):
@@ -546,33 +556,22 @@ def _conv2d_transpose(r: _Reader, is_output):
     if r.config.get("output_padding") is not None:
         r.note(f"output_padding={r.config['output_padding']} (tinycnn: None)")
     activation, _ = r.activation()
-    return L.Conv2DTranspose(int(r.get("filters")), r.pair("kernel_size", 1), r.pair("strides", 1),
-                             r.padding(), activation=activation, use_bias=bool(r.get("use_bias", True)),
-                             kernel_initializer=_initializer(r, "kernel_initializer"),
-                             bias_initializer=_initializer(r, "bias_initializer"), name=r.layer.name)
+    return L.Conv2DTranspose(int(r.get("filters")), **_convolution(r, activation, "kernel_initializer"))
 
 
 def _depthwise_conv2d(r: _Reader, is_output):
     r.common()
     r.conv()
     activation, _ = r.activation()
-    return L.DepthwiseConv2D(r.pair("kernel_size", 1), r.pair("strides", 1), r.padding(),
-                             depth_multiplier=int(r.get("depth_multiplier", 1)), activation=activation,
-                             use_bias=bool(r.get("use_bias", True)),
-                             depthwise_initializer=_initializer(r, "depthwise_initializer"),
-                             bias_initializer=_initializer(r, "bias_initializer"), name=r.layer.name)
+    return L.DepthwiseConv2D(**_convolution(r, activation, "depthwise_initializer", depthwise=True))
 
 
 def _separable_conv2d(r: _Reader, is_output):
     r.common()
     r.conv()
     activation, _ = r.activation()
-    return L.SeparableConv2D(int(r.get("filters")), r.pair("kernel_size", 1), r.pair("strides", 1), r.padding(),
-                             depth_multiplier=int(r.get("depth_multiplier", 1)), activation=activation,
-                             use_bias=bool(r.get("use_bias", True)),
-                             depthwise_initializer=_initializer(r, "depthwise_initializer"),
-                             pointwise_initializer=_initializer(r, "pointwise_initializer"),
-                             bias_initializer=_initializer(r, "bias_initializer"), name=r.layer.name)
+    return L.SeparableConv2D(int(r.get("filters")), **_convolution(r, activation, "depthwise_initializer",
+                                                                   "pointwise_initializer", depthwise=True))
 
 
 def _max_pooling2d(r: _Reader, is_output):
