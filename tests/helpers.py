@@ -20,8 +20,10 @@ and the backend, e.g.::
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 
 import tinycnn
@@ -366,6 +368,34 @@ def one_by_one(model, x):
 def describe(layer_type, **settings):
     """``"Conv2D(kernel_size=(3, 3), strides=2)"``: a label for failure messages."""
     return f"{layer_type}(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")"
+
+
+# -- a headless browser ----------------------------------------------------------------------------
+CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                  "--disable-sync", "--disable-quic"]
+
+
+@contextlib.contextmanager
+def chromium_page(executable, profile, viewport, flags=(), timeout_ms=None):
+    """Headless Chromium (the system's ``executable``, driven by playwright: no ``playwright
+    install``) on a fresh ``profile`` folder, with ``flags`` added to CHROMIUM_FLAGS ->
+    SimpleNamespace(page, errors): the page and the JavaScript errors it met (a test
+    expects none). Skips the test when the playwright package is not installed."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    with sync_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=str(executable), headless=True, args=[*CHROMIUM_FLAGS, *flags],
+            ignore_default_args=["--headless"], viewport=viewport)
+        if timeout_ms is not None:
+            context.set_default_timeout(timeout_ms)
+        page = context.pages[0] if context.pages else context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        try:
+            yield SimpleNamespace(page=page, errors=errors)
+        finally:
+            context.close()
 
 
 def run_train(argv, cache):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import pytest
@@ -20,6 +19,7 @@ from fer_models.classes import CLASSES
 from fer_models.detect import EmotionPipeline
 from fer_models.server import create_app
 from fixtures_faces import face_frame, fer_faces, random_weights, write_y4m
+from helpers import chromium_page
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -46,26 +46,13 @@ def server_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     """Headless Chromium whose camera plays FER-2013 faces -> (page, JavaScript errors)."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     folder = tmp_path_factory.mktemp("chromium")
     faces = fer_faces(4)
     camera = write_y4m(folder / "faces.y4m", [face_frame([f]) for f in faces for _ in range(5)])
-    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={camera}",
-            "--disable-background-networking", "--disable-component-update", "--no-first-run",
-            "--disable-sync", "--disable-quic", "--autoplay-policy=no-user-gesture-required"]
-    with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(folder / "profile"), executable_path=str(CHROMIUM), headless=True, args=args,
-            ignore_default_args=["--headless"], viewport={"width": 1200, "height": 800})
-        page = context.pages[0] if context.pages else context.new_page()
-        errors = []   # JavaScript errors on the page: there should be none
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            yield SimpleNamespace(page=page, errors=errors)
-        finally:
-            context.close()
+    flags = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-video-capture={camera}", "--autoplay-policy=no-user-gesture-required"]
+    with chromium_page(CHROMIUM, folder / "profile", {"width": 1200, "height": 800}, flags) as browser:
+        yield browser
 
 
 def first_face(page) -> dict:

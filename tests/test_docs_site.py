@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+
+from helpers import chromium_page
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
@@ -78,22 +79,9 @@ def browser(site_url, tmp_path_factory):
     """Headless Chromium -> (a page, the JavaScript errors it met)."""
     if not CHROMIUM.exists():
         pytest.skip("Chromium not installed (apt-get install chromium; .ci/run does)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--disable-component-update", "--no-first-run",
-            "--disable-sync", "--disable-quic"]
-    with sync_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium") / "profile"), executable_path=str(CHROMIUM), headless=True,
-            args=args, ignore_default_args=["--headless"], viewport={"width": 1280, "height": 900})
-        context.set_default_timeout(WAIT_MS)
-        page = context.pages[0] if context.pages else context.new_page()
-        errors = []   # JavaScript errors on the pages: there should be none
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        try:
-            yield SimpleNamespace(page=page, errors=errors)
-        finally:
-            context.close()
+    with chromium_page(CHROMIUM, tmp_path_factory.mktemp("chromium") / "profile", {"width": 1280, "height": 900},
+                       timeout_ms=WAIT_MS) as browser:
+        yield browser
 
 
 def screenshot(page, name: str):
