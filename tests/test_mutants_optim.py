@@ -82,3 +82,35 @@ def test_cosine_decay_edges():
     s = tc.optim.CosineDecay(0.1, total_steps=3, min_lr=0.01, warmup=2)
     assert [s(t) for t in range(4)] == pytest.approx([0.05, 0.1, 0.1, 0.01])
     assert math.isclose(s(2.5), 0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_the_moving_average_is_off_unless_asked_and_its_messages_name_the_optimiser():
+    """The moving average's mutants: ``Optimizer``'s own default (a user's optimiser calling
+    ``super().__init__(params, lr)`` keeps none: ``__init____mutmut_2``) and its messages, whole
+    (``__init____mutmut_15``, ``swap_ema_weights__mutmut_3``, ``_7``, ``load_state_dict__mutmut_14``,
+    ``_16``, ``_17``, ``_22``: the class named, the hint only for a missing average)."""
+    p = params([1.0, 2.0])
+
+    class Plain(tc.optim.Optimizer):
+        def _update(self, i, value, grad):
+            value -= np.float32(self.lr) * grad
+
+    plain = Plain(p, 0.5)
+    assert plain.use_ema is False and plain.ema_momentum == pytest.approx(0.99)
+    p[0].grad = np.ones(2, np.float32)
+    plain.step()
+    assert plain.ema == [] and sorted(plain.state_dict()) == ["iterations", "lr"]
+    with pytest.raises(ValueError, match=r"^Adam: ema_momentum must be in \[0, 1\), got -0\.1$"):
+        tc.optim.Adam(p, use_ema=True, ema_momentum=-0.1)
+    with pytest.raises(ValueError, match=r"^Plain\.swap_ema_weights\(\): this optimiser keeps no moving average "
+                                         r"\(use_ema=False\)$"):
+        plain.swap_ema_weights()
+    with pytest.raises(ValueError, match=r"^SGD\.swap_ema_weights\(\): no moving average yet \(no step taken on "
+                                         r"these parameters\)$"):
+        tc.optim.SGD(p, use_ema=True).swap_ema_weights()
+    sgd = tc.optim.SGD(p, momentum=0.9)
+    sgd.step()
+    with pytest.raises(ValueError, match=r"^Adam: the saved state has no 'm/0'$"):
+        tc.optim.Adam(p).load_state_dict(sgd.state_dict())
+    with pytest.raises(ValueError, match=r"^SGD: the saved state has no 'ema/0' \(it was saved without use_ema\)$"):
+        tc.optim.SGD(p, momentum=0.9, use_ema=True).load_state_dict(sgd.state_dict())

@@ -79,7 +79,7 @@ class Optimizer:
         params = self.params
         if len(self.ema) != len(params):
             raise ValueError(f"{type(self).__name__}.swap_ema_weights(): no moving average yet (no step taken "
-                             f"on these {len(params)} parameters)")
+                             f"on these parameters)")
         for p, average in zip(params, self.ema):
             held = p.data.copy()
             p.data[...] = average
