@@ -5,7 +5,8 @@ each edge of the rule its docstring gives; which forward keeps im2col's columns 
 weight gradient; the direct convolution on each backend; Conv2DTranspose's dispatch
 (``conv2d_transpose``, ``conv2d_transpose_grads``) passing everything to the kernel chosen;
 the pooled fast paths (``_conv2d_chosen``, ``_conv2d_grad_weight_chosen``) running the
-convolution ``choose_algorithm`` picks, with a frozen kernel, the paddings and im2col's kept columns."""
+convolution ``choose_algorithm`` picks, with a frozen kernel, the paddings and im2col's kept columns;
+the one-channel kernels' padded plane in the input's dtype."""
 import numpy as np
 import pytest
 
@@ -409,3 +410,18 @@ def test_the_pooled_weight_gradient_chooses_by_the_paddings(monkeypatch, pads, c
         a.astype(np.float64), argmax, conv.ConvSaved(b.astype(np.float64), w.astype(np.float64), (1, 1), pads, None),
         z_shape, *pool) for a, b in ((g, x), (np.abs(g), np.abs(x))))
     assert_close_to_magnitude("conv2d_grad_weight_pooled_fast", "dw", dw, expected, size)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_the_padded_plane_keeps_the_inputs_dtype(dtype):
+    """Kills ``x__padded_plane__mutmut_5``, ``_7`` and ``_12`` (the zeros in float64,
+    NumPy's default, whatever x's dtype): a float32 face's plane stays float32, the
+    dtype the one-channel kernels are compiled for (float64 would compile them again,
+    read twice the bytes and multiply in another precision). Each side's padding is its own."""
+    x = np.arange(1, 13, dtype=dtype).reshape(2, 2, 3, 1)
+    xp = conv_fast._padded_plane(x, ((1, 2), (0, 1)))
+    assert xp.dtype == dtype and xp.shape == (2, 5, 4)
+    np.testing.assert_array_equal(xp[:, 1:3, 0:3], x[..., 0])
+    inside = np.zeros(xp.shape, bool)
+    inside[:, 1:3, 0:3] = True
+    assert not xp[~inside].any()
