@@ -159,6 +159,17 @@ def test_f6_only_where_its_products_are_at_most_0_8_of_f4s():
     assert W.choose_tile(9, 49) == 4
 
 
+def test_f6_where_its_products_are_exactly_0_8_of_f4s():
+    """At most ``F6_MAX_PRODUCTS``, the bound included: a 16x17 output is 3 x 3 F(6x6)
+    tiles, 9 x 64 = 576 products, against 4 x 5 F(4x4) tiles, 0.8 x 36 x 20 = 576, a tie
+    that double arithmetic keeps exact (on any machine: Python's floats are IEEE doubles).
+    Kills ``x_choose_tile__mutmut_29`` (``<`` for ``<=``)."""
+    assert W.tile_grid(16, 17, 6) == (3, 3) and W.tile_grid(16, 17, 4) == (4, 5)
+    assert W.F6_MAX_PRODUCTS * 36 * 4 * 5 == 64 * 3 * 3
+    assert W.choose_tile(16, 17) == 6 and W.choose_tile(17, 16) == 6
+    assert W.choose_tile(16, 17, 8) == 6                          # 8 images x 9 tiles: enough
+
+
 @pytest.mark.parametrize("parallel", [False, True])
 def test_blocks_of_about_block_tiles_tiles_and_no_fewer_than_threads(monkeypatch, parallel):
     monkeypatch.setattr(WF, "PARALLEL", parallel)
@@ -168,6 +179,25 @@ def test_blocks_of_about_block_tiles_tiles_and_no_fewer_than_threads(monkeypatch
         expected = max(1, min(round(WF.BLOCK_TILES / tiles), -(-n_img // threads)))
         assert WF._block_images(n_img, tiles) == expected, (n_img, tiles)
     assert WF._block_images(1, 200) == 1 and WF._block_images(5, 64) == 2
+
+
+def test_one_core_or_one_block_runs_in_the_calling_thread_alone(monkeypatch):
+    """``_in_blocks`` on one core, or with one block, hands ``work`` every block in one share,
+    run in the calling thread; two cores and five blocks, two shares taken in turn (as
+    test_winograd.py's test_blocks_run_on_every_thread, which needs two Numba threads, with
+    ``backend.core_count`` set here instead). Kills ``x__in_blocks__mutmut_15`` (at least
+    two threads)."""
+    import threading
+    seen = []
+    work = lambda starts: seen.append((threading.get_ident(), starts)) or len(starts)  # noqa: E731
+    monkeypatch.setattr(WF.backend, "core_count", lambda: 1)
+    assert WF._in_blocks(10, 2, work) == [5] and seen == [(threading.get_ident(), [0, 2, 4, 6, 8])]
+    monkeypatch.setattr(WF.backend, "core_count", lambda: 2)
+    seen.clear()
+    assert WF._in_blocks(3, 4, work) == [1] and seen == [(threading.get_ident(), [0])]
+    seen.clear()
+    assert WF._in_blocks(10, 2, work) == [3, 2]
+    assert sorted(starts for _, starts in seen) == [[0, 4, 8], [2, 6]]
 
 
 def test_freezing_a_kernel_twice_keeps_its_transforms():
