@@ -160,3 +160,26 @@ def test_conv_then_batchnorm_refuses_a_convolution_without_relu():
     with pytest.raises(ValueError, match=r"^Conv2D 'plain': conv_then_batchnorm fuses a ReLU convolution's "
                                          r"epilogue, this layer's activation is 'linear'$"):
         fused.conv_then_batchnorm(conv, bn, tc.Tensor(np.ones((2, 5, 5, 1), np.float32)))
+
+
+@pytest.mark.parametrize("pair", ["Conv2D + MaxPool2D", "Conv2D(relu) + BatchNormalization"])
+def test_the_fused_convolutions_hand_their_kept_columns_to_backward(monkeypatch, pair):
+    """A narrow im2col convolution (K = 3 x 3 x 2 = 18) keeps its column matrix in the fused
+    forward, and the fused backward hands it to ``conv2d_grads``, which then multiplies it
+    rather than gather x again. Kills ``Conv2DMaxPoolFn.forward__mutmut_43`` and
+    ``backward__mutmut_30``, ``_38``, and ``Conv2DBatchNormFn.forward__mutmut_50`` and
+    ``backward__mutmut_36``, ``_44`` (the columns dropped on the way: the same numbers,
+    gathered twice)."""
+    handed = []
+    original = fused.K.conv2d_grads
+    monkeypatch.setattr(fused.K, "conv2d_grads", lambda *a, **k: handed.append(k.get("cols")) or original(*a, **k))
+    model = conv_pool() if pair.endswith("MaxPool2D") else conv_batchnorm((6, 7, 2))
+    x = np.random.default_rng(4).random((2, 6, 7, 2), dtype=np.float32)
+    with tc.use_backend("numba"), tc.use_conv_algorithm("im2col"):
+        expected = run(model, x, False, True)          # Conv2DFn hands its columns on too
+        assert len(handed) == 1 and handed[0] is not None, f"{pair}, layer by layer: {handed}"
+        handed.clear()
+        got = run(model, x, True, True)
+    assert len(handed) == 1 and handed[0] is not None, f"{pair}: columns handed to backward: {handed}"
+    assert handed[0].shape == (x.shape[0] * 6 * x.shape[2], 18), handed[0].shape
+    assert_same_run(pair, got, expected)
