@@ -50,6 +50,38 @@ def test_on_cores_runs_every_job_and_keeps_their_order():
     assert out[:3].tolist() == [1, 2, 3]
 
 
+@pytest.mark.parametrize("p, m, k, n", [
+    (36, 9, 128, 256),    # one face's F(4x4) products on a 12x12 map: large, split by point
+    (36, 9, 8, 16),       # small: one thread, one call
+    (3, 200, 300, 400),   # large but few points: as many threads as points at most
+])
+def test_stacked_matmul_is_the_product_of_each_pair(p, m, k, n, monkeypatch):
+    """Split or not, each point's product is computed whole, so the result is the same."""
+    rng = np.random.default_rng(p + m)
+    a = rng.standard_normal((p, m, k)).astype(np.float32)
+    b = rng.standard_normal((p, n, k)).astype(np.float32).transpose(0, 2, 1)   # a transposed view, as U^T
+    jobs = []
+    on_cores = backend.on_cores
+    monkeypatch.setattr(backend, "core_count", lambda: 2)
+    monkeypatch.setattr(backend, "on_cores", lambda js: jobs.append(len(js)) or on_cores(js))
+    out = np.full((p, m, n), np.nan, np.float32)
+    assert backend.stacked_matmul(a, b, out) is out
+    with backend.one_blas_thread():   # the same products, unsplit (BLAS's threads might sum in another order)
+        np.testing.assert_array_equal(out, np.matmul(a, b))
+    large = p * m * k * n >= 2 * backend.SPLIT_MULTIPLY_ADDS
+    assert jobs == ([2] if large else [])
+
+
+def test_a_job_among_several_sees_one_core():
+    """Inside one of several ``on_cores`` jobs the other cores are taken: a product there
+    must run where it is (a job that waited for the pool's one busy thread would wait for
+    itself), and a job alone keeps every core."""
+    seen = backend.on_cores([backend.core_count, backend.core_count])
+    alone = backend.on_cores([backend.core_count])
+    assert seen == [1, 1]
+    assert alone == [backend.core_count()]
+
+
 def test_one_blas_thread_restores_the_count_and_nests():
     libraries = backend._blas_libraries()
     if not libraries:

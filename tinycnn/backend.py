@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 import numba
 import numpy as np
@@ -154,21 +155,35 @@ def one_blas_thread():
 
 
 _cores_outside = None   # Numba's thread count outside a ``one_numba_thread`` block, inside one
+_share = threading.local()   # ``.inside``: this thread runs one of several ``on_cores`` jobs
 
 
 def core_count() -> int:
     """How many threads tinycnn splits work between: Numba's count (``numba.set_num_threads``
     lowers it; inside ``one_numba_thread``, the count outside it), 1 when the kernels are
-    serial."""
-    if not PARALLEL:
+    serial, and 1 inside one of several ``on_cores`` jobs (the other cores run the others)."""
+    if not PARALLEL or getattr(_share, "inside", False):
         return 1
     return _cores_outside or numba.get_num_threads()
+
+
+def _as_share(job):
+    """job(), with ``core_count()`` 1 in this thread meanwhile: a product inside a job that
+    shares the cores with others runs where it is rather than wait for a pool thread
+    that is busy with another job (or with this one)."""
+    before = getattr(_share, "inside", False)
+    _share.inside = True
+    try:
+        return job()
+    finally:
+        _share.inside = before
 
 
 def on_cores(jobs):
     """Run the callables ``jobs`` at once, the first in this thread and each other in a
     pool thread, with BLAS on one thread meanwhile; returns their results in order. The
-    jobs must not depend on each other (they may write disjoint parts of one array)."""
+    jobs must not depend on each other (they may write disjoint parts of one array).
+    A single job runs in this thread, with every core still its to split."""
     global _pool
     with one_blas_thread():
         if len(jobs) == 1:
@@ -176,9 +191,9 @@ def on_cores(jobs):
         if _pool is None or _pool[1] < len(jobs) - 1:
             from concurrent.futures import ThreadPoolExecutor
             _pool = ThreadPoolExecutor(len(jobs) - 1, thread_name_prefix="tinycnn"), len(jobs) - 1
-        futures = [_pool[0].submit(job) for job in jobs[1:]]
+        futures = [_pool[0].submit(_as_share, job) for job in jobs[1:]]
         try:
-            first = jobs[0]()
+            first = _as_share(jobs[0])
         finally:  # the others write into the caller's arrays: let them finish first
             rest = [f.result() for f in futures]
         return [first] + rest
@@ -224,6 +239,24 @@ def matmul(a, b, out=None):
     out[...] = parts[0]
     for part in parts[1:]:
         out += part
+    return out
+
+
+def stacked_matmul(a, b, out):
+    """out[p] = a[p] @ b[p] for stacks of products a (P, M, K) and b (P, K, N) (Winograd's,
+    one per transform point; either may be a transposed view), by ``matmul``'s rule:
+    a stack of fewer than twice ``SPLIT_MULTIPLY_ADDS`` multiply-adds runs in this thread,
+    a larger one is split by its P products between tinycnn's threads (each product
+    whole, so the result is the same either way). One face's Winograd products are such
+    stacks, of few rows: reading each point's (K, N) matrix is most of their time, and
+    two cores halve it (bench/README.md)."""
+    p, m, k = a.shape
+    multiply_adds = p * m * k * b.shape[2]
+    threads = 1 if multiply_adds < 2 * SPLIT_MULTIPLY_ADDS else min(core_count(), p)
+    if threads < 2:
+        with one_blas_thread():
+            return np.matmul(a, b, out=out)
+    on_cores([functools.partial(np.matmul, a[s], b[s], out=out[s]) for s in split_evenly(p, threads)])
     return out
 
 

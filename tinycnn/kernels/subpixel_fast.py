@@ -478,7 +478,7 @@ def _forward(x, w, b, relu, m, mean):
             t = images * th * tw
             V, M = W._buffer(vbuf, (n * n, t, c)), W._buffer(mbuf, (n * n, t, 4 * o))
             to_tiles(x[s:s + k], th, tw, BT, V)
-            np.matmul(V, U, out=M)
+            backend.stacked_matmul(V, U, M)
             if not mean:
                 from_tiles(M, AT, b, relu, y[s:s + k])
             elif m == 6:
@@ -525,13 +525,13 @@ def subpixel_conv_transpose_grads_fast(x, dy, w, need_input=True, need_weight=Tr
             if need_weight:
                 to_tiles(x[s:s + k], th, tw, BT, V)
                 if s == starts[0]:
-                    np.matmul(V.transpose(0, 2, 1), dM, out=dU)
+                    backend.stacked_matmul(V.transpose(0, 2, 1), dM, dU)
                 else:
                     part = part if part is not None else memory.empty(dU.shape)
-                    np.matmul(V.transpose(0, 2, 1), dM, out=part)
+                    backend.stacked_matmul(V.transpose(0, 2, 1), dM, part)
                     dU += part
             if need_input:
-                np.matmul(dM, Ut, out=V)
+                backend.stacked_matmul(dM, Ut, V)
                 from_tiles_adjoint(V, BT, th, tw, dx[s:s + k])
         return dU
 

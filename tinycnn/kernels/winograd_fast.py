@@ -25,7 +25,8 @@ from .winograd import _output_hw, check_winograd_shapes, choose_tile, matrices, 
 # Layout of the fast path: V (n*n, T, C) and M (n*n, T, O) with T = images x TH x TW tiles of a
 # block, so that each position's product is one contiguous (T, C) @ (C, O) matmul. The kernels
 # take one block of images and run on one thread (``_in_blocks`` shares the blocks between
-# the cores), with the GIL released.
+# the cores), with the GIL released; a block that has the cores to itself (one face) splits
+# its large products between them (``backend.stacked_matmul``).
 
 @njit(nogil=True, cache=True, fastmath=True)
 def _input_transform(x, pt, pl, th, tw, BT, V):
@@ -630,8 +631,8 @@ def _in_blocks(n_img, per_block, work):
     of ``per_block`` images; the cores take them in turn), each share in a thread of
     tinycnn's own (``backend.on_cores``: Numba's kernels here and BLAS release the GIL),
     BLAS on one thread meanwhile; in this thread alone when there is one block or one
-    thread (a small call, or a process limited to one). Returns the shares' results, in
-    order."""
+    thread (a small call, or a process limited to one), where its large products may still
+    use every core. Returns the shares' results, in order."""
     starts = list(range(0, n_img, per_block))
     threads = max(1, min(backend.core_count(), len(starts)))
     return backend.on_cores([functools.partial(work, starts[i::threads]) for i in range(threads)])
@@ -710,7 +711,7 @@ def winograd_conv2d_fast(x, w, strides, pads, m=None):
             t = min(k, nb - s) * th * tw
             V, M = _buffer(vbuf, (n * n, t, c)), _buffer(mbuf, (n * n, t, o))
             _to_tiles(x[s:s + k], pads, th, tw, m, BT, V)
-            np.matmul(V, U, out=M)
+            backend.stacked_matmul(V, U, M)
             _from_tiles(M, m, AT, y[s:s + k])
 
     _in_blocks(nb, k, work)
@@ -760,7 +761,7 @@ def winograd_conv2d_maxpool(x, w, strides, pads, pool_hw, m=None, affine=None):
             t = images * th * tw
             V, M = _buffer(vbuf, (n * n, t, c)), _buffer(mbuf, (n * n, t, o))
             _to_tiles(x[s:s + k], pads, th, tw, m, BT, V)
-            np.matmul(V, U, out=M)
+            backend.stacked_matmul(V, U, M)
             _from_tiles(M, m, AT, z[:images])
             if affine is not None:
                 _relu_affine_in_place(z[:images], *affine)
@@ -800,10 +801,10 @@ def _backward(dy, x_shape, w_shape, pads, m, x=None, w=None):
             _to_tiles_adjoint(dy[s:s + k], m, AT, th, tw, dM)
             if x is not None:
                 _to_tiles(x[s:s + k], pads, th, tw, m, BT, V)
-                np.matmul(V.transpose(0, 2, 1), dM, out=part)
+                backend.stacked_matmul(V.transpose(0, 2, 1), dM, part)
                 dU += part
             if w is not None:
-                np.matmul(dM, Ut, out=V)
+                backend.stacked_matmul(dM, Ut, V)
                 _from_tiles_adjoint(V, m, BT, pads, th, tw, dx[s:s + k])
         return dU
 
