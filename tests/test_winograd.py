@@ -302,6 +302,43 @@ def test_blocks_run_on_every_thread(monkeypatch):
         numba.set_num_threads(previous)
 
 
+def test_one_image_splits_its_products_and_a_batch_its_blocks(monkeypatch):
+    """One face's block has the cores to itself: its large stack of products is split
+    between two threads (inside the one-thread block ``predict`` runs one face in, too);
+    a batch's blocks are shared between the threads, and then no share splits its
+    products again (each waits for no one). Split or not, the face's outputs are the same."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2 or not WF.PARALLEL:
+        pytest.skip("needs two Numba threads")
+    from tinycnn import backend
+    calls = []
+    on_cores = backend.on_cores
+    monkeypatch.setattr(backend, "on_cores", lambda jobs: calls.append(len(jobs)) or on_cores(jobs))
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((3, 3, 128, 256)).astype(np.float32)
+    x = rng.standard_normal((3, 12, 12, 128)).astype(np.float32)
+    pads = ((1, 1), (1, 1))
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        WF.freeze_kernel(w)          # as an inference copy's: its transform computed once, here
+        WF._kernel_transform_fast(w, 4)
+        calls.clear()
+        with backend.one_numba_thread():
+            one = WF.winograd_conv2d_fast(x[:1], w, (1, 1), pads, m=4)   # 36 x (9, 128) @ (128, 256): 10.6M
+        assert calls == [1, 2]   # the blocks: one share; its products: two
+        calls.clear()
+        WF.winograd_conv2d_fast(x, w, (1, 1), pads, m=4)
+        assert calls == [2]      # two shares of blocks, each multiplying in its own thread
+        numba.set_num_threads(1)
+        calls.clear()
+        alone = WF.winograd_conv2d_fast(x[:1], w, (1, 1), pads, m=4)
+        assert calls == [1]      # one core: nothing split
+    finally:
+        numba.set_num_threads(previous)
+    np.testing.assert_array_equal(one, alone)   # each point's product whole either way
+
+
 def test_a_frozen_kernel_keeps_its_transform(monkeypatch):
     """``freeze_kernel`` makes the array read-only and its transforms are computed once per
     tile size; another array, even equal, is not frozen; the entry goes with the array."""
