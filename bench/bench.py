@@ -169,6 +169,17 @@ def setup_onnxruntime(name, threads, x, y):
                 prepare=lambda a: a, counts=peers.tinycnn_param_counts(model), info=info, after=lambda: None)
 
 
+def _onednn_state(tf):
+    """Whether TensorFlow runs its oneDNN kernels, and why: it chooses by the CPU unless
+    TF_ENABLE_ONEDNN_OPTS says (on an AVX2 machine without AVX-512 it left them off)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        on = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    except (ImportError, AttributeError):   # a private module: a version without it
+        on = "unknown"
+    return f"{on} (TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset: chosen by the CPU')})"
+
+
 def setup_keras(name, threads, x, y):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -189,7 +200,7 @@ def setup_keras(name, threads, x, y):
     info = {"version": tf.__version__, "keras": keras.__version__,
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)")}
+            "onednn": _onednn_state(tf)}
     return dict(train_step=train_step, predict=predict, prepare=tf.constant,
                 counts=peers.keras_param_counts(model), info=info,
                 after=lambda: info.update(jit_compile=bool(model.jit_compile)))
@@ -538,6 +549,14 @@ def fmt(v, digits=0):
     return f"{v:,.{digits}f}"
 
 
+def _keras_onednn(report):
+    """What the Keras processes reported of TensorFlow's oneDNN kernels (one entry for all
+    models when they agree)."""
+    states = {r["keras"]["info"].get("onednn", "not recorded") for r in report["results"].values()
+              if isinstance(r.get("keras"), dict) and "info" in r["keras"]}
+    return "; ".join(sorted(states)) or "Keras not run"
+
+
 def markdown(report):
     m, v, s = report["machine"], report["versions"], report["settings"]
     blas = "; ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads, {b['architecture']})"
@@ -552,6 +571,7 @@ def markdown(report):
              f"- numpy BLAS: {blas}; OPENBLAS_CORETYPE={report['openblas_coretype'] or 'unset'}",
              f"- threads per framework: {s['threads']} (TF intra/inter-op, torch.set_num_threads, "
              f"Numba and BLAS for tinycnn)",
+             f"- TensorFlow's oneDNN kernels: {_keras_onednn(report)}",
              "- tinycnn: as a user's script runs it (fresh process, NumPy imported first, no environment "
              "variable, README's training loop, `model.predict`); \"tinycnn as the programs run\": with "
              "`keep_freed_memory()` and an `inference_copy()`, as train.py and webcam.py run; ONNX Runtime: "
