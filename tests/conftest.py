@@ -5,11 +5,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-# TensorFlow chooses by the CPU whether its oneDNN kernels are on: on one of this project's
-# machines (AVX2, no AVX-512) it left them off, and its own kernels refuse a DepthwiseConv2D
-# with unequal strides ("only supports equal length strides"), which the Keras comparisons
-# test. Turned on here, the same kernels compute the references on every machine.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import hypothesis_profiles  # noqa: E402
 import pytest  # noqa: E402

@@ -257,6 +257,61 @@ def test_separable_gradients(backend, strides, padding, n, h, w, c, mult, filter
 KERAS_RTOL, KERAS_ATOL = 2e-4, 2e-5
 
 
+def _keras_call(layer, x):
+    """``layer(x)``, or where TensorFlow's depthwise kernel refuses the layer's unequal
+    strides, the same sum by TensorFlow's Conv2D, which takes any strides.
+
+    TensorFlow runs either its own kernels or oneDNN's, choosing by the CPU: on one of
+    this project's machines (AVX2, no AVX-512) it took its own, whose DepthwiseConv2D
+    "only supports equal length strides". Then each input channel c goes through
+    ``tf.nn.conv2d`` with its own (KH, KW, 1, M) slice of the kernel, with the layer's
+    strides and padding (TensorFlow's 'same' split, as Keras'), and the outputs are laid
+    side by side as Keras lays a depthwise output: channel c * M + m (the cases with equal
+    strides check that order against Keras' own layer). A SeparableConv2D then applies its
+    pointwise kernel, bias and activation. The layer's own variables are used, so the
+    gradient tape sees them."""
+    import tensorflow as tf
+    try:
+        return layer(x)
+    except tf.errors.InvalidArgumentError as e:
+        if "equal length strides" not in str(e):
+            raise
+    separable = hasattr(layer, "pointwise_kernel")
+    depthwise = layer.depthwise_kernel if separable else layer.kernel
+    strides, padding = (1,) + tuple(layer.strides) + (1,), layer.padding.upper()
+    y = tf.concat([tf.nn.conv2d(x[..., c:c + 1], depthwise[:, :, c:c + 1, :], strides, padding)
+                   for c in range(x.shape[-1])], axis=-1)
+    if separable:
+        y = tf.nn.conv2d(y, layer.pointwise_kernel, 1, "VALID")
+    if layer.use_bias:
+        y = y + layer.bias
+    return layer.activation(y)
+
+
+@pytest.mark.parametrize("kind, settings", [
+    ("DepthwiseConv2D", dict(kernel_size=(2, 3), depth_multiplier=3)),
+    ("SeparableConv2D", dict(filters=4, kernel_size=3, depth_multiplier=2, activation="relu")),
+])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_the_unequal_strides_fallback_is_keras_own_layer(kind, settings, padding, monkeypatch):
+    """``_keras_call``'s per-channel Conv2D, forced where Keras' own layer runs everywhere
+    (equal strides), gives the layer's output: the fallback that computes the references
+    for unequal strides on a machine whose TensorFlow refuses them is the same sum."""
+    import keras
+    import tensorflow as tf
+    rng = np.random.default_rng(5)
+    layer = getattr(keras.layers, kind)(strides=(2, 2), padding=padding, **settings)
+    x = tf.constant(random_array(rng, (2, 9, 8, 3)))
+    layer.build(tuple(x.shape))
+    layer.set_weights([random_array(rng, tuple(w.shape), 0.5) for w in layer.weights])
+    own = layer(x).numpy()
+
+    def refuse(*args, **kwargs):
+        raise tf.errors.InvalidArgumentError(None, None, "Current implementation only supports equal length strides")
+    monkeypatch.setattr(layer, "call", refuse)
+    np.testing.assert_allclose(_keras_call(layer, x).numpy(), own, rtol=KERAS_RTOL, atol=KERAS_ATOL)
+
+
 @functools.lru_cache(maxsize=None)
 def keras_reference(kind, settings, input_shape, seed=0):
     """Run ``keras.layers.<kind>(**settings)`` with random weights and input, once per
@@ -273,13 +328,13 @@ def keras_reference(kind, settings, input_shape, seed=0):
     x_tf = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x_tf)
-        y = layer(x_tf)
+        y = _keras_call(layer, x_tf)
     g = random_array(rng, tuple(y.shape))
     if dict(settings).get("activation") == "relu":   # no gradient through outputs at a kink
         twin = getattr(keras.layers, kind)(**{**dict(settings), "activation": None})
         twin.build(input_shape)
         twin.set_weights(layer.get_weights())
-        g = upstream_away_from_relu_kinks(g, twin(x_tf).numpy(), KERAS_ATOL)
+        g = upstream_away_from_relu_kinks(g, _keras_call(twin, x_tf).numpy(), KERAS_ATOL)
     grads = tape.gradient(y, [x_tf] + list(layer.trainable_weights), output_gradients=tf.constant(g))
     return dict(x=x, weights=weights, g=g, output=y.numpy(), grads=[gr.numpy() for gr in grads],
                 output_shape=tuple(layer.compute_output_shape(input_shape))[1:])
