@@ -207,4 +207,75 @@ class Augmenter:
         return camera_batch(out, rng, self.camera) if self.camera > 0 else out
 
 
-__all__ = ["augment_batch", "erase_batch", "camera_batch", "Augmenter"]
+def mix_batch(x, targets, rng, mixup=0.0, cutmix=0.0) -> tuple[np.ndarray, np.ndarray]:
+    """MixUp (Zhang et al., 2018) or CutMix (Yun et al., 2019) of a batch with itself in a
+    random order: each image i is combined with image ``perm[i]``, and its target with
+    that image's target in the same proportion.
+
+    - MixUp: ``x = lam * x + (1 - lam) * x[perm]``, ``t = lam * t + (1 - lam) * t[perm]``.
+    - CutMix: a rectangle of ``x[perm]`` pasted into each image at the same place, of
+      area about ``(1 - lam) * H * W`` at a uniform centre and cut at the borders; ``lam``
+      becomes the fraction of each image left as it was, and the targets mix by it.
+
+    ``lam ~ Beta(alpha, alpha)``, one per batch (as the papers), with alpha ``mixup`` or
+    ``cutmix``; where both are > 0, each batch takes one of the two with probability 1/2.
+    A network trained so cannot be sure of a face that is part another face: it learns
+    smaller, better calibrated logits, and on FER-2013's noisy labels less of the noise.
+
+    Args:
+        x: float32 (N, H, W, C).
+        targets: float32 (N, K) target probabilities (one-hot rows for hard labels).
+        rng: a ``numpy.random.Generator``: two numbers and one permutation are drawn
+            (a third for the rectangle's place with CutMix).
+        mixup, cutmix: the Beta distributions' alpha (0: that one off; both 0 returns
+            the inputs unchanged and draws nothing).
+    Returns:
+        (x, targets) mixed: new arrays of the same shapes, float32.
+    """
+    x = _check_batch(x)
+    targets = np.asarray(targets, np.float32)
+    if targets.ndim != 2 or len(targets) != len(x):
+        raise ValueError(f"mix_batch: targets must be (N, K) probabilities for the {len(x)} images, "
+                         f"got shape {targets.shape}")
+    for name, alpha in (("mixup", mixup), ("cutmix", cutmix)):
+        if not (np.isfinite(alpha) and alpha >= 0):
+            raise ValueError(f"mix_batch: {name} must be a Beta alpha >= 0 (0: off), got {alpha}")
+    if mixup == 0 and cutmix == 0:
+        return x, targets
+    use_cutmix = cutmix > 0 and (mixup == 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    perm = rng.permutation(len(x))
+    if use_cutmix:
+        n, h, w, _ = x.shape
+        cut = np.sqrt(1.0 - lam)        # the rectangle's sides, as fractions of the image's
+        cy, cx = rng.integers(h), rng.integers(w)
+        top, bottom = np.clip([cy - int(round(cut * h / 2)), cy + int(round(cut * h / 2))], 0, h)
+        left, right = np.clip([cx - int(round(cut * w / 2)), cx + int(round(cut * w / 2))], 0, w)
+        x = x.copy()
+        x[:, top:bottom, left:right] = x[perm, top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (h * w)
+    else:
+        x = (np.float32(lam) * x + np.float32(1.0 - lam) * x[perm]).astype(np.float32)
+    targets = (np.float32(lam) * targets + np.float32(1.0 - lam) * targets[perm]).astype(np.float32)
+    return x, targets
+
+
+@dataclass(frozen=True)
+class Mixer:
+    """The settings of ``mix_batch``, kept together: ``Mixer(mixup=0.2)(x, targets, rng)``,
+    as ``Sequential.fit``'s ``mix``."""
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+    def __post_init__(self):
+        for name in ("mixup", "cutmix"):
+            alpha = getattr(self, name)
+            if not (np.isfinite(alpha) and alpha >= 0):
+                raise ValueError(f"Mixer: {name} must be a Beta alpha >= 0 (0: off), got {alpha}")
+
+    def __call__(self, x, targets, rng) -> tuple[np.ndarray, np.ndarray]:
+        return mix_batch(x, targets, rng, self.mixup, self.cutmix)
+
+
+__all__ = ["augment_batch", "erase_batch", "camera_batch", "mix_batch", "Augmenter", "Mixer"]

@@ -66,6 +66,13 @@ def parse_args(argv=None):
                    help="with probability P each training face gets a camera's changes: gamma, contrast, "
                         "brightness, blur and JPEG compression (fer_models/augment.py camera_batch; the ranges "
                         "of --reframed's test frames), after --augment and --erase")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="MixUp: each training batch blended with itself in a random order, images and "
+                        "targets alike, in a proportion drawn from Beta(ALPHA, ALPHA) (e.g. 0.2; default 0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="CutMix: a rectangle of another training face pasted into each one, the targets "
+                        "mixed by area, Beta(ALPHA, ALPHA) (e.g. 1.0; default 0: off); with --mixup each "
+                        "batch takes one of the two")
     p.add_argument("--preprocessing", choices=METHODS, default=None,
                    help="contrast normalisation of every face before the model (see fer_models/preprocess.py); "
                         "recorded in the weights file, so prediction and evaluation apply the same "
@@ -375,19 +382,21 @@ def as_the_model_sees_it(model, x_train, y_train, x_val, y_val):
 
 def training_options(args, y_labels, order) -> dict:
     """fit's options from the settings: batch size, class weights (--class-weights, in the
-    model's class ``order``), label smoothing, augmentation (--augment, --erase), seed."""
+    model's class ``order``), label smoothing, augmentation (--augment, --erase, --camera),
+    mixing (--mixup, --cutmix), seed."""
     import tinycnn as tc
 
     import fer_models
-    from fer_models.augment import Augmenter
+    from fer_models.augment import Augmenter, Mixer
     weights = (tc.losses.balanced_class_weights(y_labels, fer_models.NUM_CLASSES)[order]
                if args.class_weights == "balanced" else None)
     erase = getattr(args, "erase", 0.0)    # runs from before the option: none
     camera = getattr(args, "camera", 0.0)
     augment = (Augmenter(erase=erase, camera=camera) if args.augment else
                Augmenter(False, 0, 0, 0, erase, camera) if erase or camera else None)
+    mixup, cutmix = getattr(args, "mixup", 0.0), getattr(args, "cutmix", 0.0)
     return {"batch_size": args.batch_size, "class_weights": weights, "label_smoothing": args.label_smoothing,
-            "augment": augment, "seed": args.seed}
+            "augment": augment, "mix": Mixer(mixup, cutmix) if mixup or cutmix else None, "seed": args.seed}
 
 
 def plateau_of(args):
@@ -756,6 +765,10 @@ def run_command(args):
         sys.exit(f"error: --erase must be a probability in [0, 1], got {args.erase}")
     if not 0 <= args.camera <= 1:
         sys.exit(f"error: --camera must be a probability in [0, 1], got {args.camera}")
+    for name in ("mixup", "cutmix"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            sys.exit(f"error: --{name} is a Beta distribution's alpha >= 0 (e.g. 0.2; 0 turns it off), "
+                     f"got {getattr(args, name)}")
     if not 0 <= args.ema < 1:
         sys.exit(f"error: --ema is a momentum in [0, 1) (e.g. 0.999; 0 turns it off), got {args.ema}")
     if args.lr is not None and not args.lr > 0:

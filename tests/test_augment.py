@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from fer_models.augment import Augmenter, augment_batch
+from fer_models.augment import Augmenter, Mixer, augment_batch, mix_batch
 
 
 def faces(n=16, seed=0):
@@ -166,3 +166,76 @@ def test_camera_changes_half_the_faces_within_range_and_seeded():
     plain = Augmenter(erase=0.5)(x, np.random.default_rng(3))
     both = Augmenter(erase=0.5, camera=1.0)(x, np.random.default_rng(3))
     assert (both != plain).any(axis=(1, 2, 3)).all()   # every face changed after the same warp and erasing
+
+
+def one_hot(labels, k=7):
+    return np.eye(k, dtype=np.float32)[labels]
+
+
+def test_mixup_blends_images_and_targets_in_one_proportion():
+    x, t = faces(12), one_hot(np.arange(12) % 7)
+    mixed, targets = mix_batch(x, t, np.random.default_rng(5), mixup=0.4)
+    # the draws, in mix_batch's order: the proportion, then the partner of each image
+    rng = np.random.default_rng(5)
+    lam = rng.beta(0.4, 0.4)
+    perm = rng.permutation(12)
+    np.testing.assert_allclose(mixed, lam * x + (1 - lam) * x[perm], atol=1e-6)
+    np.testing.assert_allclose(targets, lam * t + (1 - lam) * t[perm], atol=1e-6)
+    np.testing.assert_allclose(targets.sum(axis=1), 1, atol=1e-6)
+    assert mixed.dtype == targets.dtype == np.float32
+    assert 0 < lam < 1 and not np.array_equal(perm, np.arange(12))
+
+
+def test_cutmix_pastes_one_rectangle_and_mixes_targets_by_its_area():
+    x = np.random.default_rng(0).random((10, 48, 48, 1), dtype=np.float32)   # no two pixels alike
+    t = one_hot(np.arange(10) % 7)
+    seen = set()
+    for seed in range(20):
+        mixed, targets = mix_batch(x, t, np.random.default_rng(seed), cutmix=1.0)
+        pasted = (mixed != x).any(axis=(0, 3))      # where some image took another's pixels
+        rows, cols = np.flatnonzero(pasted.any(axis=1)), np.flatnonzero(pasted.any(axis=0))
+        if len(rows) == 0:                          # an empty rectangle (lam near 1, or cut at a border)
+            np.testing.assert_array_equal(targets, t)
+            continue
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        assert pasted[box].all() and pasted.sum() == pasted[box].size   # one rectangle, the same in every image
+        kept = 1 - pasted.sum() / pasted.size
+        # each image is, outside the box, itself, and inside it one other image of the batch
+        inside = mixed[:, box[0], box[1]]
+        partner = [next(j for j in range(10) if np.array_equal(inside[i], x[j, box[0], box[1]]))
+                   for i in range(10)]
+        np.testing.assert_allclose(targets, kept * t + (1 - kept) * t[partner], atol=1e-6)
+        seen.add(round(kept, 2))
+    assert len(seen) > 5    # the rectangle's size varies with the draw
+
+
+def test_mixing_is_seeded_and_off_by_default():
+    x, t = np.random.default_rng(0).random((8, 48, 48, 1), dtype=np.float32), one_hot(np.arange(8) % 7)
+    a = mix_batch(x, t, np.random.default_rng(1), mixup=0.2, cutmix=1.0)
+    b = mix_batch(x, t, np.random.default_rng(1), mixup=0.2, cutmix=1.0)
+    c = mix_batch(x, t, np.random.default_rng(2), mixup=0.2, cutmix=1.0)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+    rng = np.random.default_rng(3)
+    same = Mixer()(x, t, rng)
+    assert same[0] is x and same[1] is t and rng.random() == np.random.default_rng(3).random()  # nothing drawn
+    # with both, each batch takes one: some batches are blends, some rectangles
+    kinds = set()
+    for seed in range(30):
+        mixed, _ = mix_batch(x, t, np.random.default_rng(seed), mixup=0.2, cutmix=1.0)
+        changed = (mixed != x).any(axis=(0, 3))
+        kinds.add("rectangle" if changed.any() and not changed.all() else "blend" if changed.all() else "none")
+    assert {"rectangle", "blend"} <= kinds
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mixup": -0.1}, "mixup must be a Beta alpha"),
+    ({"cutmix": float("nan")}, "cutmix must be a Beta alpha"),
+])
+def test_mixing_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Mixer(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        mix_batch(faces(2), one_hot(np.arange(2)), np.random.default_rng(0), **kwargs)
+    with pytest.raises(ValueError, match=r"targets must be \(N, K\) probabilities for the 2 images"):
+        mix_batch(faces(2), np.arange(2), np.random.default_rng(0), mixup=0.2)

@@ -210,3 +210,32 @@ def test_fit_validates_the_moving_average_with_swap_ema_weights(swap_on_epoch):
     opt.swap_ema_weights()
     with pytest.raises(ValueError, match="use_ema=True"):
         tc.callbacks.SwapEMAWeights(tc.optim.Adam(model.parameters()))
+
+
+def test_fit_mixes_each_batch_with_the_epochs_draws_and_trains_on_the_mixed_targets(monkeypatch):
+    """``fit(mix=...)``: the mixer gets each augmented batch with one-hot targets and the
+    epoch's generator, and the loss sees what it returns."""
+    from fer_models.augment import Mixer
+    x, y = quadrant_blobs(32)
+    calls, seen = [], []
+
+    class Spy(Mixer):
+        def __call__(self, xb, tb, rng):
+            calls.append((xb.copy(), tb.copy()))
+            out = super().__call__(xb, tb, rng)
+            calls[-1] += out
+            return out
+
+    real = tc.losses.softmax_cross_entropy
+    monkeypatch.setattr(tc.losses, "softmax_cross_entropy",
+                        lambda logits, labels, **kw: seen.append(np.array(labels)) or real(logits, labels, **kw))
+    model = small_cnn()
+    model.fit(x, y, epochs=2, batch_size=16, mix=Spy(mixup=0.4), verbose=0, seed=7)
+    assert len(calls) == 4 and len(seen) == 4
+    order = np.random.default_rng([7, 1]).permutation(32)
+    before_x, before_t, after_x, after_t = calls[0]
+    np.testing.assert_array_equal(before_x, x[order[:16]])
+    np.testing.assert_array_equal(before_t, np.eye(4, dtype=np.float32)[y[order[:16]]])
+    np.testing.assert_array_equal(seen[0], after_t)          # the loss trained on the mixed targets
+    assert not np.array_equal(after_x, before_x) and (after_t.max(axis=1) < 1).any()
+    np.testing.assert_allclose(after_t.sum(axis=1), 1, atol=1e-6)

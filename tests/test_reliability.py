@@ -111,6 +111,12 @@ def test_train_refuses_a_probability_out_of_range(option):
         train.main([option, "1.5"])
 
 
+@pytest.mark.parametrize("option, value", [("--mixup", "-0.2"), ("--cutmix", "nan")])
+def test_train_refuses_a_mixing_alpha_below_zero(option, value):
+    with pytest.raises(SystemExit, match=f"{option} is a Beta distribution's alpha >= 0.*got {value}"):
+        train.main([option, value])
+
+
 @pytest.mark.parametrize("value", ["1", "-0.5"])
 def test_train_refuses_an_ema_momentum_out_of_range(value):
     with pytest.raises(SystemExit, match=f"--ema is a momentum in \\[0, 1\\).*got {value}"):

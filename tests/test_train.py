@@ -55,9 +55,11 @@ def test_short_training_run_learns(tmp_path, cache, capsys):
     assert "## With test-time augmentation" in card and f"| PrivateTest | {tta_accuracy:.4f} |" in card
 
 
-@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"], ["--mixup", "0.4", "--cutmix", "1.0"]],
+                         ids=["plain", "ema", "mixing"])
 def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch, ema):
-    """With --ema too: the moving average is in the checkpoint, and best.npz is it."""
+    """With --ema too: the moving average is in the checkpoint, and best.npz is it. With
+    --mixup and --cutmix: the mixing's draws are the epoch's too."""
     common = ["--model", "mini", "--limit", "400", "--epochs", "2", "--batch-size", "50", "--seed", "3"] + ema
     run(common + ["--out", tmp_path / "straight"], cache)
 
@@ -88,8 +90,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, cache, monkeypatch, ema):
     assert [h["val_acc"] for h in h_a] == [h["val_acc"] for h in h_b]
     with np.load(tmp_path / "straight" / "checkpoint.npz") as f:
         kept = {k: f[k] for k in f.files}
-    assert any(k.startswith("opt/ema/") for k in kept) == bool(ema)
-    if ema and h_a[-1]["val_acc"] > h_a[0]["val_acc"]:   # best.npz is epoch 2's: the average, not the last weights
+    assert any(k.startswith("opt/ema/") for k in kept) == ("--ema" in ema)
+    if "--ema" in ema and h_a[-1]["val_acc"] > h_a[0]["val_acc"]:   # best.npz is epoch 2's: the average, not the last weights
         best = load_model(tmp_path / "straight" / "best.npz").parameters()
         for i, p in enumerate(best):
             np.testing.assert_array_equal(p.data, kept[f"opt/ema/{i}"], err_msg=f"parameter {i}")

@@ -142,15 +142,18 @@ class Sequential:
 
     # -- training, as Keras' fit and evaluate ----------------------------------------------
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, optimizer=None, loss=None,
-            class_weights=None, label_smoothing=0.0, augment=None, shuffle=True, seed=0, callbacks=(),
-            verbose=1, initial_epoch=0) -> "History":
+            class_weights=None, label_smoothing=0.0, augment=None, mix=None, shuffle=True, seed=0,
+            callbacks=(), verbose=1, initial_epoch=0) -> "History":
         """Train on inputs x (N, ...) and integer labels y (N,), in Keras' spirit; y may
         instead be target probabilities (N, K) (soft labels: distillation), and then
         ``accuracy`` counts agreement with each row's most probable class.
 
         Each epoch visits the examples in a random order (``shuffle``), one optimiser step
         (``train_step``) per batch of ``batch_size``; ``augment(batch, rng)`` may transform
-        each training batch (e.g. ``fer_models.augment.Augmenter()``). After the epoch the model is
+        each training batch (e.g. ``fer_models.augment.Augmenter()``), and then
+        ``mix(batch, targets, rng) -> (batch, targets)`` may combine its examples and their
+        target probabilities (N, K) (MixUp, CutMix: ``fer_models.augment.Mixer``; the
+        accuracy shown counts the unmixed labels). After the epoch the model is
         evaluated on ``validation_data`` = (x_val, y_val) if given. Epoch k's randomness
         (order, augmentation, Dropout masks) comes from (``seed``, k) alone, so a run
         stopped after epoch k and continued with ``initial_epoch=k`` (same weights and
@@ -203,6 +206,11 @@ class Sequential:
 
         history, n, batch_size = History(), len(x), int(batch_size)
         self.history = history
+        if mix is not None:   # mixing needs probabilities: one-hot rows of the model's K outputs
+            shape = self.input_shape
+            for layer in self.layers:
+                shape = layer.compute_output_shape(shape)
+            y = losses.target_probabilities(y, n, shape[-1], f"Sequential '{self.name}'.fit() with mix")
         steps = -(-n // batch_size)
         self.stop_training = False
         for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
@@ -215,8 +223,10 @@ class Sequential:
                 for step in range(steps):
                     hooks("on_train_batch_begin", step)
                     idx = order[step * batch_size:(step + 1) * batch_size]
-                    xb = x[idx] if augment is None else augment(x[idx], rng)
-                    value, logits = self.train_step(xb, y[idx], loss)
+                    xb, yb = x[idx] if augment is None else augment(x[idx], rng), y[idx]
+                    if mix is not None:
+                        xb, yb = mix(xb, yb, rng)
+                    value, logits = self.train_step(xb, yb, loss)
                     if not np.isfinite(value):
                         raise TrainingDiverged(epoch, step + 1, value)
                     total_loss += value * len(idx)
