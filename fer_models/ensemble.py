@@ -76,7 +76,9 @@ def save_ensemble(ensemble: Ensemble, path, half=False) -> None:
     list of their architectures and preprocessing; ``load_model(path)`` returns the Ensemble.
 
     ``half``: store the weights as float16, half the file (they are float32 again once
-    loaded). Each weight then carries a relative rounding error of at most 2**-11, far
+    loaded), and deflate the file (float16's exponent bits compress: 8.85 MB became
+    8.16 MB for three networks of 1.3-1.5M weights, under the 8 MiB a bundled file may
+    take). Each weight then carries a relative rounding error of at most 2**-11, far
     below what training itself leaves uncertain; measure the stored file all the same
     (``train.py --ensemble ... --half`` does). A weight beyond float16's range (65504)
     raises ValueError rather than being stored as inf."""
@@ -90,7 +92,7 @@ def save_ensemble(ensemble: Ensemble, path, half=False) -> None:
                                      f"range (largest {np.abs(v).max():.4g}); save it with half=False")
                 v = v.astype(np.float16)
             arrays[f"member{i}/{k}"] = v
-    save_npz_atomic(path, arrays)
+    save_npz_atomic(path, arrays, compressed=half)
 
 
 def ensemble_from_arrays(arrays: dict, path) -> Ensemble:

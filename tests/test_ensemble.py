@@ -83,7 +83,7 @@ def test_the_bundled_models_record_what_they_were_trained_on():
     from fer_models.predict import SINGLE_WEIGHTS
     default = load_model()                 # predict_emotion's: an ensemble (MODEL_CARD.md)
     assert isinstance(default, Ensemble)   # members chosen on PublicTest by train.py --choose
-    assert [(m.name, m.preprocessing) for m in default.members] == [("resfer", "clahe"), ("resdeep", "none"),
+    assert [(m.name, m.preprocessing) for m in default.members] == [("resdeep", "none"), ("reswide", "none"),
                                                                      ("reswide", "none")]
     single = load_model(SINGLE_WEIGHTS)
     assert single.name == "reswide" and single.preprocessing == "none"   # chosen on PublicTest
@@ -123,6 +123,10 @@ def test_an_ensemble_stored_in_half_precision_is_half_the_file_and_predicts_the_
     with np.load(tmp_path / "half.npz") as f:
         assert all(f[k].dtype == np.float16 for k in f.files if k.startswith("member"))
     assert (tmp_path / "half.npz").stat().st_size < 0.6 * (tmp_path / "full.npz").stat().st_size
+    import zipfile   # the half file deflated too (the bundled three fit in 8 MiB so), the full one not
+    with zipfile.ZipFile(tmp_path / "half.npz") as z, zipfile.ZipFile(tmp_path / "full.npz") as full:
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_DEFLATED}
+        assert {i.compress_type for i in full.infolist()} == {zipfile.ZIP_STORED}
     back = load_model(tmp_path / "half.npz")
     for m, orig in zip(back.members, ens.members):   # float32 again, each weight rounded to float16
         for k, v in m.get_weights().items():

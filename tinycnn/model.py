@@ -523,9 +523,10 @@ def write_atomic(path, write, suffix=".tmp"):
         raise
 
 
-def save_npz_atomic(path, arrays: dict):
-    """np.savez to a temporary file in the same folder, then rename over ``path``."""
+def save_npz_atomic(path, arrays: dict, compressed=False):
+    """np.savez (``np.savez_compressed`` if ``compressed``) to a temporary file in the same
+    folder, then rename over ``path``."""
     def write(tmp):
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
     write_atomic(path, write, suffix=".tmp.npz")
