@@ -157,7 +157,8 @@ def evaluate_reframed(classifier, faces, labels, seed=0, detector=None, progress
     return {
         "faces": int(len(faces)), "seed": seed, "ranges": {k: list(v) for k, v in RANGES.items()},
         "detector": {"min_face": detector.min_face, "detect_width": detector.detect_width,
-                     "min_neighbors": detector.min_neighbors, "tilts": list(getattr(detector, "tilts", ()))},
+                     "min_neighbors": detector.min_neighbors, "tilts": list(getattr(detector, "tilts", ())),
+                     "cascades": list(getattr(detector, "cascade_names", ()))},
         "detected": float(found.mean()) if len(faces) else 0.0,
         "direct": {"accuracy": float((direct == labels).mean()) if len(faces) else 0.0,
                    "accuracy_detected": float((direct[found] == labels[found]).mean()) if found.any() else 0.0,

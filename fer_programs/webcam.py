@@ -71,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     det.add_argument("--tilt", type=float, default=15.0, metavar="DEGREES",
                      help="where no face is found upright, search the frame again turned by +DEGREES and "
                           "-DEGREES (heads tilted sideways); 0: upright only")
+    det.add_argument("--cascade", nargs="+", default=None, metavar="FILE",
+                     help="OpenCV Haar cascades (names in cv2.data.haarcascades, or paths), tried in turn "
+                          "where the ones before find no face (default: haarcascade_frontalface_default.xml, "
+                          "then haarcascade_frontalface_alt2.xml)")
     det.add_argument("--detect-width", type=int, default=320, metavar="PX",
                      help="the frame is scaled down to this width for detection (faster); 0: full size")
     det.add_argument("--smooth", type=int, default=0, metavar="N",
@@ -352,7 +356,8 @@ def load_pipeline(args, smooth: int = 0):
         raise UserError(f"--weights {args.weights}: no such file or folder")
     try:
         detector = FaceDetector(min_face=args.min_face, detect_width=args.detect_width,
-                                tilts=(args.tilt, -args.tilt) if args.tilt else ())
+                                tilts=(args.tilt, -args.tilt) if args.tilt else (),
+                                **({"cascade": tuple(args.cascade)} if args.cascade else {}))
         pipeline = EmotionPipeline.from_weights(args.weights, args.model, tta=args.tta, detector=detector,
                                                 contract=contract_args(args),
                                                 margin=DEFAULT_MARGIN if args.margin is None else args.margin,

@@ -60,10 +60,10 @@ def smooth_random_images(n: int, seed: int = 0) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _detector():
-    """The cascade upright only: a face it finds is found by the default detector (its
-    turned retries come after) alone and beside any other."""
+    """The first cascade upright only: a face it finds is found by the default detector
+    (its turned retries and second cascade come after) alone and beside any other."""
     from fer_models.detect import FaceDetector
-    return FaceDetector(tilts=())
+    return FaceDetector(tilts=(), cascade="haarcascade_frontalface_default.xml")
 
 
 def _detected(face: np.ndarray) -> bool:

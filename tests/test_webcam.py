@@ -155,22 +155,26 @@ def test_camera_that_cannot_open(weights):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("case", ["unreadable image", "unreadable video", "no such file", "no such weights"])
+@pytest.mark.parametrize("case", ["unreadable image", "unreadable video", "no such file", "no such weights",
+                                  "no such cascade"])
 def test_bad_input_is_a_message_not_a_traceback(tmp_path, weights, case):
     args = {"unreadable image": ("--source", tmp_path / "x.jpg"),
             "unreadable video": ("--source", tmp_path / "x.mp4"),
             "no such file": ("--source", tmp_path / "missing.mp4"),
-            "no such weights": ("--source", tmp_path / "x.jpg", "--weights", tmp_path / "none.npz")}[case]
+            "no such weights": ("--source", tmp_path / "x.jpg", "--weights", tmp_path / "none.npz"),
+            "no such cascade": ("--source", tmp_path / "x.jpg", "--cascade", "no_such_cascade.xml")}[case]
     (tmp_path / "x.jpg").write_text("not an image")
     (tmp_path / "x.mp4").write_text("not a video")
-    if case == "no such weights":
+    if case in ("no such weights", "no such cascade"):
         cv2.imwrite(str(tmp_path / "x.jpg"), blank_frame())
-    else:
+    if case != "no such weights":
         args = args + ("--weights", weights)
     proc = run_webcam(*args, "--json", timeout=120)
     assert proc.returncode == 2, f"{case}: exit {proc.returncode}\n{proc.stderr}"
     assert proc.stderr.strip().splitlines()[-1].startswith("webcam.py: ")
     assert "Traceback" not in proc.stderr
+    if case == "no such cascade":
+        assert "cannot load the Haar cascade" in proc.stderr and "no_such_cascade.xml" in proc.stderr
 
 
 # -- the pieces -----------------------------------------------------------------------
