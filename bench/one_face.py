@@ -19,7 +19,8 @@ a large product is split between the cores, so there "the rest" can come out bel
 zero. Then
 the whole call by ``model.predict`` and by ONNX Runtime (default session options, in a
 process of its own) on tinycnn's ``export_onnx`` of the same weights, when onnxruntime is
-installed.
+installed, and ONNX Runtime's own profile of the call, operator by operator, with its
+default threads and on one thread: where its time goes against the plan's steps.
 
 Close other programs first (anything else running distorts every figure).
 """
@@ -87,6 +88,50 @@ def onnxruntime_ms(name, repeats):
     return float(run.stdout.strip().splitlines()[-1])
 
 
+ORT_NODES_WORKER = """
+import json, os, sys, numpy as np
+sys.path.insert(0, {root!r})
+import onnxruntime as ort, fer_models
+from tinycnn.io import export_onnx
+path = {path!r}
+export_onnx(fer_models.build({name!r}), path, softmax=False)
+face = np.random.default_rng(1).random((1, 48, 48, 1), dtype=np.float32)
+times = {{}}
+for threads in (0, 1):          # 0: ONNX Runtime's default (every core), then one thread
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, path + f".{{threads}}"
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    for _ in range({repeats}):
+        session.run(None, {{"input": face}})
+    trace = session.end_profiling()
+    for event in json.load(open(trace)):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            times.setdefault(event["name"][:-len("_kernel_time")], ([], []))[threads].append(event["dur"])
+    os.remove(trace)
+print(json.dumps([(node, float(np.median(a)) / 1e3, float(np.median(b)) / 1e3) for node, (a, b) in times.items()]))
+"""
+
+
+def onnxruntime_nodes(name, repeats):
+    """ONNX Runtime's own profile of the same face, operator by operator (its optimised
+    graph: NCHWc convolutions with their activation fused, layout changes): a list of
+    (operator, median ms with its default threads, median ms on one thread), from a
+    process of its own; None when onnxruntime is not installed. Profiling adds a little to
+    each operator, so the sum comes out above the whole call's time."""
+    import json
+    import subprocess
+    try:
+        import onnxruntime  # noqa: F401  (only whether it is installed)
+    except ImportError:
+        return None
+    path = os.path.join(tempfile.mkdtemp(prefix="one-face-"), f"{name}.onnx")
+    code = ORT_NODES_WORKER.format(root=ROOT, path=path, name=name, repeats=repeats)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def profile(name, repeats, rate):
     """(predict's ms, rows, ONNX Runtime's ms): a row per step of the model's inference
     plan: (label, input shape, output shape, multiply-adds, ms as the plan runs it, ms of
@@ -115,6 +160,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--repeats", type=int, default=300, help="timed calls per figure (the median is shown)")
+    p.add_argument("--onnxruntime-operators", action=argparse.BooleanOptionalAction, default=True,
+                   help="also ONNX Runtime's own profile, operator by operator, with its default threads "
+                        "and on one thread (when onnxruntime is installed)")
     args = p.parse_args(argv)
     rate = one_core_rate(args.repeats)
     print(f"One face, step by step of the inference plan (one image); one core's float32 product rate "
@@ -132,6 +180,15 @@ def main(argv=None):
             print(f"| {label} | {'x'.join(map(str, shape))} -> {'x'.join(map(str, out))} | {macs / 1e6:.2f} | "
                   f"{ms:.3f} | {via_layers:.3f} | {arith:.3f} | {ms - arith:.3f} |")
         print()
+        nodes = onnxruntime_nodes(name, args.repeats) if args.onnxruntime_operators else None
+        if nodes:
+            print(f"ONNX Runtime's profile of {name}, operator by operator (median ms; its optimised graph):\n")
+            print("| operator | default threads | one thread |")
+            print("|---|---:|---:|")
+            for node, ms, one in nodes:
+                print(f"| {node} | {ms:.3f} | {one:.3f} |")
+            print(f"| sum | {sum(n[1] for n in nodes):.3f} | {sum(n[2] for n in nodes):.3f} |")
+            print()
     return 0
 
 
