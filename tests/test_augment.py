@@ -239,3 +239,30 @@ def test_mixing_rejects_bad_settings(kwargs, match):
         mix_batch(faces(2), one_hot(np.arange(2)), np.random.default_rng(0), **kwargs)
     with pytest.raises(ValueError, match=r"targets must be \(N, K\) probabilities for the 2 images"):
         mix_batch(faces(2), np.arange(2), np.random.default_rng(0), mixup=0.2)
+
+
+def test_cutmix_rectangle_is_centred_where_drawn_with_sides_of_the_root_of_one_minus_lam():
+    """The rectangle replayed from the draws (Yun et al.'s box): centre (cy, cx) uniform
+    over the image, sides sqrt(1 - lam) of the image's, cut at the borders; the same
+    through ``Mixer``."""
+    x = np.random.default_rng(0).random((6, 48, 40, 1), dtype=np.float32)
+    t = one_hot(np.arange(6) % 7)
+    at_border = 0
+    for seed in range(60):
+        mixed, targets = mix_batch(x, t, np.random.default_rng(seed), cutmix=1.0)
+        rng = np.random.default_rng(seed)          # cutmix alone: no draw for the choice
+        lam = rng.beta(1.0, 1.0)
+        perm = rng.permutation(6)
+        cy, cx = rng.integers(48), rng.integers(40)
+        cut = np.sqrt(1 - lam)
+        top, bottom = max(cy - round(cut * 48 / 2), 0), min(cy + round(cut * 48 / 2), 48)
+        left, right = max(cx - round(cut * 40 / 2), 0), min(cx + round(cut * 40 / 2), 40)
+        expected = x.copy()
+        expected[:, top:bottom, left:right] = x[perm, top:bottom, left:right]
+        np.testing.assert_array_equal(mixed, expected, err_msg=f"seed {seed}")
+        kept = 1 - (bottom - top) * (right - left) / (48 * 40)
+        np.testing.assert_allclose(targets, kept * t + (1 - kept) * t[perm], atol=1e-6)
+        at_border += top == 0 or left == 0
+        via = Mixer(cutmix=1.0)(x, t, np.random.default_rng(seed))
+        np.testing.assert_array_equal(via[0], mixed)
+    assert at_border >= 5    # the cut at the top or left border is checked too
