@@ -1,6 +1,7 @@
 """Batch augmentation: identity when off, exact flips, reproducible, shape/dtype/range kept."""
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -82,7 +83,7 @@ def test_bad_input_raises_clear_errors(x, error, match):
 
 def test_bad_settings_and_rng_raise():
     x = faces(2)
-    with pytest.raises(TypeError, match="Generator"):
+    with pytest.raises(TypeError, match=r"Generator \(np.random.default_rng\(seed\)\), got int$"):
         augment_batch(x, 0)
     with pytest.raises(ValueError, match="rotation"):
         Augmenter(rotation=-5)
@@ -266,3 +267,123 @@ def test_cutmix_rectangle_is_centred_where_drawn_with_sides_of_the_root_of_one_m
         via = Mixer(cutmix=1.0)(x, t, np.random.default_rng(seed))
         np.testing.assert_array_equal(via[0], mixed)
     assert at_border >= 5    # the cut at the top or left border is checked too
+
+
+def test_the_warp_is_opencvs_rotation_about_the_centre_after_the_flip_then_the_shift():
+    """``_affine_matrices`` against its definition: the mirror x -> (W-1) - x, then
+    ``cv2.getRotationMatrix2D`` about the pixel centre ((W-1)/2, (H-1)/2) with the zoom,
+    then the shift added; on a map that is not square, so that H and W cannot swap."""
+    from fer_models.augment import _affine_matrices
+    rng = np.random.default_rng(3)
+    n, h, w = 12, 48, 40
+    flips = np.arange(n) % 2 == 0
+    angles, scales = rng.uniform(-30, 30, n), rng.uniform(0.8, 1.2, n)
+    shifts = rng.uniform(-5, 5, (n, 2))
+    got = _affine_matrices(flips, angles, scales, shifts, h, w)
+    mirror = np.array([[-1.0, 0.0, w - 1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    for i in range(n):
+        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angles[i], scales[i])
+        m[:, 2] += shifts[i]
+        if flips[i]:
+            m = m @ mirror
+        np.testing.assert_allclose(got[i], m, atol=1e-9, err_msg=f"image {i}")
+
+
+def test_the_batch_is_warped_by_the_replayed_draws():
+    """``augment_batch``: five draws of N numbers in the documented order (flip, angle,
+    zoom, shift x and y together), each image warped by its matrix."""
+    from fer_models.augment import _affine_matrices
+    x = faces(6)
+    out = augment_batch(x, np.random.default_rng(8), rotation=12.0, shift=0.1, zoom=0.15)
+    rng = np.random.default_rng(8)
+    flips = rng.random(6) < 0.5
+    angles = rng.uniform(-12.0, 12.0, 6)
+    scales = rng.uniform(0.85, 1.15, 6)
+    shifts = rng.uniform(-0.1, 0.1, (6, 2)) * np.array([48, 48])
+    matrices = _affine_matrices(flips, angles, scales, shifts, 48, 48)
+    for i in range(6):
+        expected = cv2.warpAffine(x[i, :, :, 0], matrices[i], (48, 48), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT_101)
+        np.testing.assert_array_equal(out[i, :, :, 0], expected, err_msg=f"image {i}")
+
+
+def test_random_erasing_replays_its_draws():
+    """``erase_batch``: which faces, each rectangle's area, aspect and place, and its
+    noise, from the documented draws, on a map that is not square."""
+    from fer_models.augment import erase_batch
+    x = np.random.default_rng(0).random((40, 30, 20, 1), dtype=np.float32)
+    area, aspect = (0.05, 0.4), (0.5, 2.0)
+    out = erase_batch(x, np.random.default_rng(4), probability=0.6, area=area, aspect=aspect)
+    rng = np.random.default_rng(4)
+    erase = rng.random(40) < 0.6
+    areas = rng.uniform(*area, 40) * 30 * 20
+    ratios = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), 40))
+    tops, lefts, seeds = rng.random(40), rng.random(40), rng.integers(2**31, size=40)
+    expected = x.copy()
+    for i in np.flatnonzero(erase):
+        eh = int(np.clip(round(np.sqrt(areas[i] * ratios[i])), 1, 30))
+        ew = int(np.clip(round(np.sqrt(areas[i] / ratios[i])), 1, 20))
+        top, left = int(tops[i] * (30 - eh + 1)), int(lefts[i] * (20 - ew + 1))
+        noise = np.random.default_rng(seeds[i]).uniform(x[i].min(), x[i].max(), (eh, ew, 1))
+        expected[i, top:top + eh, left:left + ew] = noise.astype(np.float32)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.float32 and 10 < erase.sum() < 40
+    # a rectangle may not be empty, nor larger than the image: the clip to [1, side]
+    tiny = erase_batch(x[:8], np.random.default_rng(1), probability=1.0, area=(1e-4, 1e-4), aspect=(1.0, 1.0))
+    assert ((tiny != x[:8]).sum(axis=(1, 2, 3)) == 1).all()
+    whole = erase_batch(x[:8], np.random.default_rng(1), probability=1.0, area=(0.99, 0.99), aspect=(3.0, 3.0))
+    assert ((whole != x[:8]).reshape(8, 30, 20).any(axis=2).sum(axis=1) == 30).all()   # every row, h clipped to 30
+    wide = erase_batch(x[:8], np.random.default_rng(1), probability=1.0, area=(0.99, 0.99), aspect=(0.3, 0.3))
+    assert ((wide != x[:8]).reshape(8, 30, 20).any(axis=1).sum(axis=1) == 20).all()    # every column, w clipped to 20
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"area": (0.0, 0.2)}, {"area": (0.3, 0.2)}, {"area": (0.1, 1.0)}, {"aspect": (0.0, 2.0)},
+    {"aspect": (2.0, 1.0)}, {"probability": 1.5}])
+def test_random_erasing_refuses_settings_out_of_range(kwargs):
+    from fer_models.augment import erase_batch
+    with pytest.raises(ValueError, match=r"^erase_batch: (area must satisfy 0 < low <= high < 1 and aspect "
+                                         r"0 < low <= high|probability must be in \[0, 1\])"):
+        erase_batch(faces(2), np.random.default_rng(0), **kwargs)
+    if "probability" not in kwargs:   # the edges themselves are allowed
+        erase_batch(faces(2), np.random.default_rng(0), area=(0.2, 0.2), aspect=(1.0, 1.0))
+
+
+
+def test_each_transform_alone_warps_and_every_channel_alike():
+    """Shift alone, zoom alone, rotation alone: each changes the faces (none is taken for
+    "all off"); a 3-channel batch is warped channel by channel as a 1-channel one is."""
+    x = faces(4)
+    for kwargs in ({"shift": 0.1}, {"zoom": 0.2}, {"rotation": 10.0}):
+        settings = {"flip": False, "rotation": 0.0, "shift": 0.0, "zoom": 0.0, **kwargs}
+        assert not np.array_equal(augment_batch(x, np.random.default_rng(0), **settings), x), kwargs
+    colour = np.concatenate([x, 1 - x, x ** 2], axis=3)
+    out = augment_batch(colour, np.random.default_rng(2))
+    for k in range(3):
+        one = augment_batch(colour[..., k:k + 1], np.random.default_rng(2))
+        np.testing.assert_allclose(out[..., k:k + 1], one, atol=1e-6, err_msg=f"channel {k}")
+
+
+def test_the_augmenter_chains_its_transforms_and_draws_nothing_for_those_off():
+    x = faces(6)
+    for erase, camera in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (0.5, 0.5)):
+        rng, replay = np.random.default_rng(5), np.random.default_rng(5)
+        got = Augmenter(erase=erase, camera=camera)(x, rng)
+        expected = augment_batch(x, replay)
+        if erase:
+            from fer_models.augment import erase_batch
+            expected = erase_batch(expected, replay, erase)
+        if camera:
+            from fer_models.augment import camera_batch
+            expected = camera_batch(expected, replay, camera)
+        np.testing.assert_array_equal(got, expected, err_msg=f"erase {erase}, camera {camera}")
+        assert rng.random() == replay.random()     # the same draws taken, no more
+
+
+@pytest.mark.parametrize("where, call", [
+    ("augment_batch", lambda: augment_batch(faces(2), np.random.default_rng(0), rotation=-1.0)),
+    ("Augmenter", lambda: Augmenter(shift=1.5)),
+])
+def test_a_bad_setting_names_who_refused_it(where, call):
+    with pytest.raises(ValueError, match=f"^{where}: (rotation|shift) must be"):
+        call()
