@@ -387,3 +387,50 @@ def test_the_augmenter_chains_its_transforms_and_draws_nothing_for_those_off():
 def test_a_bad_setting_names_who_refused_it(where, call):
     with pytest.raises(ValueError, match=f"^{where}: (rotation|shift) must be"):
         call()
+
+
+def test_camera_changes_replay_their_draws_on_faces_out_of_range_too():
+    """``camera_batch`` from its documented draws (which faces, then each change's
+    values in ``CAMERA``'s order), on faces with values below 0 and above 1 (the gamma
+    clips them first, the 8-bit image again), and half the faces by default."""
+    from fer_models.augment import CAMERA, camera_batch
+    x = faces(24)
+    low, high = x.min(axis=(1, 2, 3), keepdims=True), x.max(axis=(1, 2, 3), keepdims=True)
+    x = ((x - low) / (high - low) * 1.4 - 0.2).astype(np.float32)     # each face over [-0.2, 1.2]
+    out = camera_batch(x, np.random.default_rng(6), probability=0.7)
+    rng = np.random.default_rng(6)
+    change = rng.random(24) < 0.7
+    draws = {k: rng.uniform(low, high, 24) for k, (low, high) in CAMERA.items()}
+    expected = x.copy()
+    blurred = 0
+    for i in np.flatnonzero(change):
+        v = np.clip(x[i], 0, 1) ** draws["gamma"][i]
+        v = (v - 0.5) * draws["contrast"][i] + 0.5 + draws["brightness"][i]
+        img = (np.clip(v, 0, 1) * 255).round().astype(np.uint8)[:, :, 0]
+        if draws["blur"][i] > 0.05:
+            img = cv2.GaussianBlur(img, (0, 0), draws["blur"][i])
+            blurred += 1
+        _, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(round(draws["jpeg"][i]))])
+        expected[i, :, :, 0] = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    np.testing.assert_array_equal(out, expected)
+    assert blurred >= 5 and 0 <= out[change].min() and out[change].max() <= 1 and out.dtype == np.float32
+    assert x[change].min() < 0 and x[change].max() > 1     # the faces changed were out of range
+    default = camera_batch(x, np.random.default_rng(6))
+    changed = (default != x).any(axis=(1, 2, 3))
+    np.testing.assert_array_equal(changed, np.random.default_rng(6).random(24) < 0.5)
+    with pytest.raises(ValueError, match=r"^camera_batch: probability must be in \[0, 1\], got 1.5$"):
+        camera_batch(x, np.random.default_rng(0), probability=1.5)
+
+
+def test_the_input_checks_edges():
+    """A shift of a whole image is refused and one just under it allowed; 1 to 4 channels
+    are taken, 5 refused; a list is named as such."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"^augment_batch: shift must be a fraction .* got 1.0$"):
+        augment_batch(faces(1), rng, shift=1.0)
+    augment_batch(faces(1), rng, shift=0.99)
+    assert augment_batch(np.repeat(faces(1), 4, axis=3), rng).shape == (1, 48, 48, 4)
+    with pytest.raises(ValueError, match=r"with 1 to 4 channels"):
+        augment_batch(np.repeat(faces(1), 5, axis=3), rng)
+    with pytest.raises(TypeError, match=r"^augment_batch: x must be a numpy array \(N, H, W, C\), got list$"):
+        augment_batch([[0.0]], rng)
