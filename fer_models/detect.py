@@ -173,7 +173,7 @@ class FaceDetector:
                                                  interpolation=cv2.INTER_AREA)
         m = max(1, round(self.min_face * s))
         found = cascade.detectMultiScale(small, scaleFactor=self.scale_factor,
-                                              minNeighbors=self.min_neighbors, minSize=(m, m))
+                                         minNeighbors=self.min_neighbors, minSize=(m, m))
         return sorted(tuple(int(round(v / s)) for v in b) for b in found)
 
 
