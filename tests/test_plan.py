@@ -136,3 +136,60 @@ def test_profile_times_every_step():
     assert [step for step, _ in rows] == plan.steps and all(t > 0 for _, t in rows)
     assert "Conv2D(relu) + MaxPooling2D: (48, 48, 1) -> (23, 23, 32)" in repr(plan)
     assert isinstance(plan, InferencePlan)
+
+
+def through_layers(model, faces, chunk=32):
+    """``predict_probabilities(model, faces, tta=True)`` computed the plain way: each member's
+    layers called one at a time (a graph recorded, so nothing folded or fused) with the
+    NumPy reference kernels, in chunks of faces."""
+    from fer_models.probabilities import in_class_order, model_input, test_time_views
+    members = model.members if hasattr(model, "members") else [model]
+    out = []
+    with tc.use_backend("numpy"):
+        for m in members:
+            probs = []
+            for s in range(0, len(faces), chunk):
+                views = test_time_views(model_input(m, faces[s:s + chunk]), True)
+                probs.append(np.mean([tc.softmax(one_by_one_recorded(m, v)).numpy() for v in views], axis=0))
+            out.append(in_class_order(m, np.concatenate(probs)))
+    return np.mean(out, axis=0)
+
+
+def one_by_one_recorded(model, x):
+    t = tc.Tensor(x, requires_grad=True)   # a graph: no layer folds or fuses
+    for layer in model.layers:
+        t = layer(t, training=False)
+    return t
+
+
+def bundled_faces(count=256):
+    """PublicTest's first ``count`` faces; without FER-2013, as many smooth random images
+    (decisions agree on any input, so the test still holds its meaning)."""
+    from fer_models.data import default_location, load_fer2013
+    if default_location().exists():
+        return load_fer2013(default_location(), progress=False)["PublicTest"][0][:count]
+    import cv2
+    rng = np.random.default_rng(7)
+    return np.stack([cv2.GaussianBlur(rng.random((48, 48), dtype=np.float32), (0, 0), 2)
+                     for _ in range(count)])[..., None]
+
+
+@pytest.mark.slow
+def test_the_bundled_predictor_decides_through_the_plan_as_through_its_layers():
+    """What ``predict_emotion`` decides (the bundled ensemble, mirror views, through the
+    plan: BatchNorm folded, steps fused, Winograd with kernels frozen, buffers reused) is
+    what the members' own layers decide one at a time with the reference kernels, on every
+    face whose top two probabilities are apart by more than float32 rounding."""
+    from fer_models.predict import DEFAULT_WEIGHTS
+    from fer_models.probabilities import predict_probabilities
+    from helpers import assert_decisions_agree, decision_candidates
+    if not DEFAULT_WEIGHTS.exists():
+        pytest.skip("the bundled model is not in this checkout")
+    model = fer_models.predict.load_model()
+    faces = bundled_faces()
+    reference = through_layers(model, faces)
+    decided = (decision_candidates(reference).sum(1) == 1).mean()
+    assert decided > 0.95, f"only {decided:.1%} of the faces are decided: the check says too little"
+    plan = predict_probabilities(model, faces, tta=True)
+    assert_decisions_agree(plan.argmax(1), reference, what="the plan's decisions")
+    np.testing.assert_allclose(plan, reference, atol=2e-4)
