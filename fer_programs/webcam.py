@@ -74,7 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     det.add_argument("--cascade", nargs="+", default=None, metavar="FILE",
                      help="OpenCV Haar cascades (names in cv2.data.haarcascades, or paths), tried in turn "
                           "where the ones before find no face (default: haarcascade_frontalface_default.xml, "
-                          "then haarcascade_frontalface_alt2.xml)")
+                          "then haarcascade_frontalface_alt2.xml; adding haarcascade_profileface.xml, run on "
+                          "the frame and its mirror image, finds more turned faces and makes a frame without "
+                          "a face about 3.6 times as slow)")
     det.add_argument("--detect-width", type=int, default=320, metavar="PX",
                      help="the frame is scaled down to this width for detection (faster); 0: full size")
     det.add_argument("--smooth", type=int, default=0, metavar="N",

@@ -167,6 +167,7 @@ def test_the_second_cascade_searches_only_where_the_first_finds_nothing():
     from fer_models.detect import FaceDetector
     detector = FaceDetector(tilts=(15.0,), detect_width=0)
     assert detector.cascade_names == ("haarcascade_frontalface_default.xml", "haarcascade_frontalface_alt2.xml")
+    assert detector.both_ways == ("haarcascade_profileface.xml",)
     gray = np.full((120, 160), 100, np.uint8)
     first, second = _FakeCascade([(10, 20, 60, 60)]), _FakeCascade([(50, 30, 70, 70)])
     detector.cascades = [first, second]
@@ -181,6 +182,30 @@ def test_the_second_cascade_searches_only_where_the_first_finds_nothing():
         FaceDetector(cascade=("haarcascade_frontalface_default.xml", "no_such.xml"))
     with pytest.raises(ValueError, match="at least one cascade"):
         FaceDetector(cascade=())
+
+
+class _OneSidedCascade(_FakeCascade):
+    """Finds its box only in an image whose top right pixel is white: the frame below
+    mirrored, as a profile cascade finds a face turned one way only."""
+
+    def detectMultiScale(self, image, **kwargs):
+        self.calls += 1
+        return self.boxes if image[0, -1] == 255 else np.zeros((0, 4), int)
+
+
+def test_a_both_ways_cascade_searches_the_mirrored_frame_and_reports_the_box_in_the_frame():
+    from fer_models.detect import FaceDetector
+    gray = np.full((120, 160), 100, np.uint8)
+    gray[:, 0] = 255                                  # white on the left: on the right once mirrored
+    names = ("haarcascade_frontalface_default.xml", "haarcascade_profileface.xml")
+    detector = FaceDetector(cascade=names, tilts=(), detect_width=0)
+    frontal, profile = _FakeCascade([]), _OneSidedCascade([(10, 20, 30, 40)])
+    detector.cascades = [frontal, profile]
+    # found at x 10 in the mirrored frame, 30 wide: at 160 - 10 - 30 in the frame
+    assert detector.detect(gray) == [(120, 20, 30, 40)] and (frontal.calls, profile.calls) == (1, 2)
+    one_way = FaceDetector(cascade=names, tilts=(), detect_width=0, both_ways=())
+    one_way.cascades = [frontal, profile]
+    assert one_way.detect(gray) == [] and profile.calls == 3
 
 
 @pytest.mark.skipif(not __import__("fer_models.data").data.default_location().exists(),
