@@ -45,9 +45,10 @@ HAAR_WINDOW = 24
 
 # Margin added on each side of the detected box, as a fraction of the box's size. On
 # FER-2013 faces pasted into a frame the Haar box is about the size of the FER-2013 crop
-# itself (``docs/fer/webcam.md``), so only a small margin makes the crop look
-# like the training data.
-DEFAULT_MARGIN = 0.05
+# itself (``docs/fer/webcam.md``), and the box as it is classified best: on PublicTest's
+# re-framed faces the bundle was right on 66.68% of those found with no margin, 65.89%
+# with 0.05, 64.12% with 0.10 and 65.56% with the box shrunk by 0.05 a side.
+DEFAULT_MARGIN = 0.0
 
 
 @dataclass

@@ -7,8 +7,8 @@
 
 ``pip install .`` installs this program as the command ``fer-webcam`` (the same options).
 
-Faces are found with OpenCV's Haar cascade on the grayscale frame, cropped with a
-small margin, turned into the training input (gray, 48x48, [0, 1]) and classified all
+Faces are found with OpenCV's Haar cascade on the grayscale frame, cropped at the
+box (``--margin`` adds some), turned into the training input (gray, 48x48, [0, 1]) and classified all
 at once; see ``fer_models/detect.py``. ``--json`` prints one line per frame:
 
     {"frame": 0, "source": "clip.mp4", "width": 640, "height": 480,
@@ -67,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="smallest face to detect, in pixels of the frame")
     det.add_argument("--margin", type=float, default=None, metavar="FRACTION",
                      help="added around each detected box before cropping, as a fraction of its size "
-                          "(default 0.05: Haar boxes are about the size of FER-2013's crops)")
+                          "(default 0: Haar boxes are about the size of FER-2013's crops, and classified best "
+                          "as they are)")
     det.add_argument("--tilt", type=float, default=15.0, metavar="DEGREES",
                      help="where no face is found upright, search the frame again turned by +DEGREES and "
                           "-DEGREES (heads tilted sideways); 0: upright only")
