@@ -209,3 +209,122 @@ def test_an_empty_csv_names_its_file_and_the_missing_columns(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match=r"'.*empty\.csv' lacks column\(s\) emotion, pixels, Usage; its header is \[\]"):
         load_fer2013(tmp_path / "empty.csv", cache_dir=tmp_path / "cache", progress=False)
+
+
+# -- finding the source: what the errors say --------------------------------------------------
+
+def test_errors_name_the_path_and_what_it_holds(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"load_fer2013: '{missing}' does not exist"):
+        load_fer2013(missing, cache_dir=tmp_path / "cache")
+    (tmp_path / "faces.txt").write_text("x")
+    with pytest.raises(ValueError, match=f"load_fer2013: '{tmp_path / 'faces.txt'}' is a file but not a .csv"):
+        load_fer2013(tmp_path / "faces.txt", cache_dir=tmp_path / "cache")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=f"no FER-2013 layout recognised in '{empty}' \\(it holds: nothing\\)"):
+        load_fer2013(empty, cache_dir=tmp_path / "cache")
+    only_train = tmp_path / "only_train"                 # train/ without test/ is no layout
+    face_png(only_train / "train" / "happy" / "Training_1.png")
+    (only_train / "notes.md").write_text("x")
+    with pytest.raises(ValueError, match=r"\(it holds: notes\.md, train/\)"):
+        load_fer2013(only_train, cache_dir=tmp_path / "cache")
+    many = tmp_path / "many"
+    for i in range(11):
+        (many / f"d{i:02d}").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"\(it holds: d00/, d01/, d02/, d03/, d04/, d05/, d06/, d07/, d08/, d09/, \.\.\.\)"):
+        load_fer2013(many, cache_dir=tmp_path / "cache")
+    (many / "d10").rmdir()                               # ten: all shown, no "..."
+    with pytest.raises(ValueError, match=r"\(it holds: d00/, [^)]*, d09/\);"):
+        load_fer2013(many, cache_dir=tmp_path / "cache")
+
+
+def test_files_without_a_usage_prefix_go_to_their_folders_split(tmp_path):
+    root = tmp_path / "fer"
+    face_png(root / "train" / "happy" / "me.png")
+    face_png(root / "test" / "sad" / "you.png")
+    loaded, messages = load(root, tmp_path, progress=False)
+    assert [len(loaded[s][1]) for s in data.SPLITS] == [1, 1, 0]
+    assert loaded["Training"][1].tolist() == [CLASSES.index("happy")]
+    assert len(messages) == 1 and "1 file(s) in test/ have no PublicTest_/PrivateTest_ prefix" in messages[0]
+
+
+def test_one_readable_image_is_a_data_set_and_none_is_an_error_with_the_reasons(tmp_path):
+    root = tmp_path / "fer"
+    face_png(root / "train" / "happy" / "Training_1.png")
+    (root / "test" / "happy").mkdir(parents=True)
+    loaded, _ = load(root, tmp_path, progress=False)
+    assert [len(loaded[s][1]) for s in data.SPLITS] == [1, 0, 0]
+    assert loaded["PublicTest"][0].shape == (0, 48, 48, 1) and loaded["PublicTest"][1].dtype == np.int64
+    (root / "train" / "happy" / "Training_1.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match=r"load_fer2013: not one readable image; skipped 1 unreadable image file\(s\) "
+                                         r"\(e\.g\. train/happy/Training_1\.png\)"):
+        load_fer2013(root, cache_dir=tmp_path / "cache2", progress=False)
+
+
+def test_a_larger_image_is_resized_by_area(tmp_path):
+    root = tmp_path / "fer"
+    img = np.tile(np.array([[1, 1], [1, 0]], np.uint8), (48, 48)) * 200      # 96x96
+    (root / "train" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(root / "train" / "happy" / "Training_big.png"), img)
+    face_png(root / "test" / "happy" / "PublicTest_1.png")
+    loaded, _ = load(root, tmp_path, progress=False)
+    expected = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)          # 150 everywhere
+    np.testing.assert_allclose(loaded["Training"][0][0, ..., 0], expected / np.float32(255))
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+def small_tree(root):
+    face_png(root / "train" / "happy" / "Training_1.png")
+    face_png(root / "test" / "happy" / "PublicTest_1.png")
+    return root
+
+
+def test_the_cache_goes_under_the_home_folder_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("FER_CACHE_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    load_fer2013(small_tree(tmp_path / "fer"), progress=False)
+    assert len(list((tmp_path / "home" / ".cache" / "tinycnn-fer").glob("fer2013-*.npz"))) == 1
+
+
+def test_the_cache_folder_is_made_with_its_parents_readable_by_all(tmp_path):
+    cache = tmp_path / "a" / "b" / "cache"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                   # no "could not cache" warning
+        load_fer2013(small_tree(tmp_path / "fer"), cache_dir=cache, progress=False)
+    (cached,) = cache.glob("fer2013-*.npz")
+    assert cached.stat().st_mode & 0o777 == 0o644
+    assert list(cache.glob("*.tmp")) == []
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_from_the_callers_line(tmp_path):
+    (tmp_path / "blocked").write_text("a file where the cache folder would go")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_fer2013(small_tree(tmp_path / "fer"), cache_dir=tmp_path / "blocked" / "cache", progress=False)
+    assert len(loaded["Training"][1]) == 1
+    (w,) = caught
+    assert w.filename == __file__
+    assert str(w.message).startswith(f"load_fer2013: could not cache the decoded faces in {tmp_path / 'blocked' / 'cache'}")
+    assert str(w.message).endswith("(Not a directory); the next load decodes them again")
+
+
+def test_the_datas_own_warnings_point_at_the_callers_line(tmp_path):
+    root = small_tree(tmp_path / "fer")
+    (root / "train" / "happy" / "Training_2.png").write_bytes(b"broken")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_fer2013(root, cache_dir=tmp_path / "cache", progress=False)
+    assert [w.filename for w in caught] == [__file__]
+
+
+def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(data.np, "savez", full_disk)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_fer2013(small_tree(tmp_path / "fer"), cache_dir=tmp_path / "cache", progress=False)
+    assert "(No space left on device)" in str(caught[0].message)
+    assert list((tmp_path / "cache").iterdir()) == []
