@@ -16,6 +16,11 @@ import fer_models.data as data
 from fer_models.classes import CLASSES
 from fer_models.data import default_location, load_fer2013, stratified_subset
 
+# Under mutmut (tests/mutation/run.sh) every call into the module goes through a trampoline,
+# one frame deeper, so there a warning points at the trampoline: where a warning points is
+# checked outside mutation testing only (equivalent.md lists the stacklevel mutants).
+UNDER_MUTMUT = "MUTANT_UNDER_TEST" in os.environ
+
 
 def test_default_location_is_the_environment_variable_expanded(monkeypatch, tmp_path):
     monkeypatch.setenv("FER2013_DIR", str(tmp_path / "faces"))
@@ -305,7 +310,7 @@ def test_a_cache_that_cannot_be_written_is_a_warning_from_the_callers_line(tmp_p
         loaded = load_fer2013(small_tree(tmp_path / "fer"), cache_dir=tmp_path / "blocked" / "cache", progress=False)
     assert len(loaded["Training"][1]) == 1
     (w,) = caught
-    assert w.filename == __file__
+    assert UNDER_MUTMUT or w.filename == __file__
     assert str(w.message).startswith(f"load_fer2013: could not cache the decoded faces in {tmp_path / 'blocked' / 'cache'}")
     assert str(w.message).endswith("(Not a directory); the next load decodes them again")
 
@@ -316,7 +321,7 @@ def test_the_datas_own_warnings_point_at_the_callers_line(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         load_fer2013(root, cache_dir=tmp_path / "cache", progress=False)
-    assert [w.filename for w in caught] == [__file__]
+    assert len(caught) == 1 and (UNDER_MUTMUT or caught[0].filename == __file__)
 
 
 def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
