@@ -333,3 +333,34 @@ def test_a_failed_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         load_fer2013(small_tree(tmp_path / "fer"), cache_dir=tmp_path / "cache", progress=False)
     assert "(No space left on device)" in str(caught[0].message)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_small_class_gives_one_face_to_a_small_subset():
+    labels = np.array([0] * 148 + [5] * 3, np.int64)     # 10 of 151: class 5's share rounds to 0
+    idx = stratified_subset(labels, 10, seed=0)
+    assert int((labels[idx] == 5).sum()) == 1 and int((labels[idx] == 0).sum()) == 10
+
+
+def test_no_image_at_all_and_unprefixed_files_are_named(tmp_path):
+    root = tmp_path / "fer"
+    (root / "train" / "happy").mkdir(parents=True)
+    (root / "test" / "happy").mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"found no image files \\({', '.join(data.IMAGE_EXTENSIONS)}\\) in '{root}'"):
+        load_fer2013(root, cache_dir=tmp_path / "cache")
+    for name in ("d.png", "a.png", "c.png", "b.png"):
+        face_png(root / "test" / "happy" / name)
+    face_png(root / "train" / "happy" / "Training_1.png")
+    _, messages = load(root, tmp_path, progress=False)
+    assert "4 file(s) in test/ have no PublicTest_/PrivateTest_ prefix (e.g. a.png, b.png, c.png) and" in messages[0]
+
+
+def test_files_of_one_name_in_two_folders_are_ordered_by_their_path(tmp_path):
+    """Within a split, faces are ordered by file name, then by path: a Training_ file in
+    test/ comes before one of the same name in train/, though train/ is listed first."""
+    root = tmp_path / "fer"
+    face_png(root / "train" / "happy" / "Training_1.png", value=10)
+    face_png(root / "test" / "happy" / "Training_1.png", value=20)
+    face_png(root / "test" / "happy" / "PublicTest_1.png")
+    loaded, _ = load(root, tmp_path, progress=False)
+    x = loaded["Training"][0]
+    assert len(x) == 2 and round(float(x[0, 1, 1, 0]) * 255) == 20 and round(float(x[1, 1, 1, 0]) * 255) == 10
