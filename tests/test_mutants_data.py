@@ -265,16 +265,20 @@ def test_one_readable_image_is_a_data_set_and_none_is_an_error_with_the_reasons(
     with pytest.raises(ValueError, match=r"load_fer2013: not one readable image; skipped 1 unreadable image file\(s\) "
                                          r"\(e\.g\. train/happy/Training_1\.png\)"):
         load_fer2013(root, cache_dir=tmp_path / "cache2", progress=False)
+    (root / "test" / "happy" / "me.png").write_bytes(b"broken")   # a second note: the notes joined by "; "
+    with pytest.raises(ValueError, match=r"the PrivateTest split\.; skipped 2 unreadable image file\(s\)"):
+        load_fer2013(root, cache_dir=tmp_path / "cache3", progress=False)
 
 
 def test_a_larger_image_is_resized_by_area(tmp_path):
     root = tmp_path / "fer"
-    img = np.tile(np.array([[1, 1], [1, 0]], np.uint8), (48, 48)) * 200      # 96x96
+    img = np.random.default_rng(0).integers(0, 256, (72, 72), dtype=np.uint8)   # 1.5x: area and bilinear differ
     (root / "train" / "happy").mkdir(parents=True)
     cv2.imwrite(str(root / "train" / "happy" / "Training_big.png"), img)
     face_png(root / "test" / "happy" / "PublicTest_1.png")
     loaded, _ = load(root, tmp_path, progress=False)
-    expected = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)          # 150 everywhere
+    expected = cv2.resize(img, (48, 48), interpolation=cv2.INTER_AREA)
+    assert not np.array_equal(expected, cv2.resize(img, (48, 48)))
     np.testing.assert_allclose(loaded["Training"][0][0, ..., 0], expected / np.float32(255))
 
 
