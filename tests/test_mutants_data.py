@@ -162,6 +162,8 @@ def test_decoding_shows_a_progress_bar_only_when_asked(tmp_path, capsys):
     load_fer2013(root, cache_dir=tmp_path / "shown", progress=True)
     err = capsys.readouterr().err
     assert "Decoding FER-2013 images: 100%" in err and "2/2" in err and "img/s]" in err
+    load_fer2013(root, cache_dir=tmp_path / "by-default")          # shown by default
+    assert "Decoding FER-2013 images: 100%" in capsys.readouterr().err
     write_csv(tmp_path / "fer2013.csv", [[3, "1 2 3 4", "Training"]])
     load_fer2013(tmp_path / "fer2013.csv", cache_dir=tmp_path / "csv", progress=True)
     err = capsys.readouterr().err
