@@ -140,8 +140,8 @@ def test_profile_times_every_step():
 
 def through_layers(model, faces, chunk=32):
     """``predict_probabilities(model, faces, tta=True)`` computed the plain way: each member's
-    layers called one at a time (a graph recorded, so nothing folded or fused) with the
-    NumPy reference kernels, in chunks of faces."""
+    layers called one at a time (``one_by_one``; gradients on, so no block folds or fuses)
+    with the NumPy reference kernels, in chunks of faces."""
     from fer_models.probabilities import in_class_order, model_input, test_time_views
     members = model.members if hasattr(model, "members") else [model]
     out = []
@@ -150,16 +150,9 @@ def through_layers(model, faces, chunk=32):
             probs = []
             for s in range(0, len(faces), chunk):
                 views = test_time_views(model_input(m, faces[s:s + chunk]), True)
-                probs.append(np.mean([tc.softmax(one_by_one_recorded(m, v)).numpy() for v in views], axis=0))
+                probs.append(np.mean([tc.softmax(tc.Tensor(one_by_one(m, v))).numpy() for v in views], axis=0))
             out.append(in_class_order(m, np.concatenate(probs)))
     return np.mean(out, axis=0)
-
-
-def one_by_one_recorded(model, x):
-    t = tc.Tensor(x, requires_grad=True)   # a graph: no layer folds or fuses
-    for layer in model.layers:
-        t = layer(t, training=False)
-    return t
 
 
 def bundled_faces(count=256):
