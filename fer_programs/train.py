@@ -237,6 +237,14 @@ def build_model(args):
     return model
 
 
+def record_architecture(args, run, model):
+    """A run started from --init-from trains that file's architecture, not --model's
+    default: ``args.json`` names the one trained, for the model card and the run's readers."""
+    if args.model != model.name:
+        args.model = model.name
+        write_json(run / "args.json", {**json.loads((run / "args.json").read_text()), "model": model.name})
+
+
 def save_best(model, path_stem):
     """best.npz for this project's architectures; best.keras (+ its input contract beside
     it) for a model imported from Keras, whose architecture only a Keras file can hold."""
@@ -268,6 +276,8 @@ def train(args):
     tc.set_conv_algorithm(args.conv_algorithm)
     data, (x_train, y_train), (x_val, y_val), y_labels = training_data(args)
     model = build_model(args)
+    if not args.resume:
+        record_architecture(args, run, model)
     x_train, y_train, x_val, y_val, order = as_the_model_sees_it(model, x_train, y_train, x_val, y_val)
     opt = make_optimizer(args, model)
     record = RunRecord(run, model, opt, plateau_of(args))

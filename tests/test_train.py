@@ -8,7 +8,8 @@ from helpers import run_train
 
 import tinycnn as tc
 import train
-from fer_models.predict import load_model
+import fer_models
+from fer_models.predict import load_model, save_model
 from fer_models.data import default_location
 
 DATA = default_location()  # $FER2013_DIR, else ../shared/fer2013
@@ -53,6 +54,20 @@ def test_short_training_run_learns(tmp_path, cache, capsys):
     card = capsys.readouterr().out
     tta_accuracy = tta["PrivateTest"]["report"]["accuracy"]
     assert "## With test-time augmentation" in card and f"| PrivateTest | {tta_accuracy:.4f} |" in card
+
+
+def test_a_fine_tuned_run_records_the_architecture_it_trains(tmp_path, cache, capsys):
+    """--init-from without --model trains the file's architecture: args.json and the model
+    card name it, not --model's default (resfer)."""
+    source = tmp_path / "mini.npz"
+    save_model(fer_models.build("mini", seed=0), source)
+    out = tmp_path / "tuned"
+    run(["--init-from", source, "--limit", "200", "--epochs", "1", "--batch-size", "50", "--out", out], cache)
+    assert json.loads((out / "args.json").read_text())["model"] == "mini"
+    assert load_model(out).name == "mini"
+    capsys.readouterr()
+    train.main(["--model-card", str(out)])
+    assert "Architecture `mini`" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("ema", [[], ["--ema", "0.9"], ["--mixup", "0.4", "--cutmix", "1.0"]],
