@@ -17,6 +17,9 @@ TTA_REPORTS = (
      "Each face is classified as ten views, itself and its mirror image each also shifted by 2 pixels "
      "in the four directions, and the ten probability vectors averaged (`train.py --evaluate RUN --tta "
      "shifts`)."),
+    ("report-tta-zooms.json", "With six-view test-time augmentation",
+     "Each face is classified as six views, itself and its mirror image each also zoomed out and in by 8% "
+     "about its centre, and the six probability vectors averaged (`train.py --evaluate RUN --tta zooms`)."),
 )
 
 

@@ -24,7 +24,7 @@ from .classes import CLASSES
 from .ensemble import ENSEMBLE_KEY, ensemble_from_arrays
 from .preprocess import METHODS
 from .probabilities import (  # noqa: F401  (a model's input contract and probabilities: public here too)
-    DEFAULT_INPUT_SCALE, NAMED_CLASS_ORDERS, SHIFT_PX, TTA_VIEWS, classes_of, in_class_order, input_scale_of,
+    DEFAULT_INPUT_SCALE, NAMED_CLASS_ORDERS, SHIFT_PX, TTA_VIEWS, ZOOMS, classes_of, in_class_order, input_scale_of,
     model_input, predict_probabilities, preprocessing_of, set_input_contract, test_time_views)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -177,7 +177,7 @@ def prepare_face(image, size=(48, 48)) -> np.ndarray:
 class EmotionClassifier:
     """A loaded model that turns face crops into the seven class probabilities."""
 
-    def __init__(self, weights=None, model: str | None = None, tta: bool = False, **contract):
+    def __init__(self, weights=None, model: str | None = None, tta: bool | str = False, **contract):
         """``contract``: ``preprocessing``, ``input_scale``, ``classes`` for ``load_model``.
         The model is kept as its ``inference_copy()``: BatchNorm folded into the layers
         before it once, here, rather than at every call (a seventh off a ``resfer`` face)."""
@@ -208,11 +208,12 @@ class EmotionClassifier:
 _default: dict[bool, EmotionClassifier] = {}
 
 
-def predict_emotion(image, weights=None, model: str | None = None, tta: bool = True, **contract):
+def predict_emotion(image, weights=None, model: str | None = None, tta: bool | str = True, **contract):
     """Classify one face: a path to an image file or an array (a face crop).
 
     ``tta`` (default on): average the face's probabilities with its mirror image's, the
-    configuration chosen for the bundled model on PublicTest (see its model card).
+    configuration chosen for the bundled model on PublicTest (see its model card);
+    ``"shifts"`` or ``"zooms"``: ten or six views of the face (``test_time_views``).
     ``weights``: any file ``load_model`` reads (a Keras file too); ``contract``:
     ``preprocessing``, ``input_scale``, ``classes`` where that file does not record them
     (e.g. ``input_scale=(-1, 1), classes="fer2013"``).

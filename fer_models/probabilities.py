@@ -62,8 +62,9 @@ def set_input_contract(model, preprocessing=None, input_scale=None, classes=None
     return model
 
 
-TTA_VIEWS = {False: 1, True: 2, "mirror": 2, "shifts": 10}   # test-time augmentation: views per face
+TTA_VIEWS = {False: 1, True: 2, "mirror": 2, "shifts": 10, "zooms": 6}   # test-time augmentation: views per face
 SHIFT_PX = 2   # the "shifts" views move the face this many pixels (of 48) up, down, left and right
+ZOOMS = (0.92, 1.08)   # the "zooms" views scale the face about its centre by these factors
 
 
 def test_time_views(batch, tta) -> list[np.ndarray]:
@@ -71,7 +72,9 @@ def test_time_views(batch, tta) -> list[np.ndarray]:
     ``"mirror"``: the face and its mirror image; ``"shifts"``: those two, each also
     moved by ``SHIFT_PX`` pixels in the four directions (borders mirrored, as the
     training shifts), ten views in all: the "ten-crop" averaging of the FER literature,
-    done with shifts so every view keeps the model's input size."""
+    done with shifts so every view keeps the model's input size; ``"zooms"``: the face
+    and its mirror, each also scaled about its centre by each factor of ``ZOOMS`` (zoomed
+    out and in, within the training zooms of +-10%; borders mirrored), six views."""
     import cv2
     if tta not in TTA_VIEWS:
         raise ValueError(f"test-time augmentation must be one of {list(TTA_VIEWS)}, got {tta!r}")
@@ -87,6 +90,14 @@ def test_time_views(batch, tta) -> list[np.ndarray]:
                                                  borderMode=cv2.BORDER_REFLECT_101).reshape(f.shape)
                                   for f in base])
                 views.append(moved)
+    if tta == "zooms":
+        h, w = batch.shape[1:3]
+        for base in list(views):
+            for factor in ZOOMS:
+                m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), 0.0, factor)
+                views.append(np.stack([cv2.warpAffine(np.ascontiguousarray(f), m, (w, h), flags=cv2.INTER_LINEAR,
+                                                      borderMode=cv2.BORDER_REFLECT_101).reshape(f.shape)
+                                       for f in base]))
     return views
 
 
@@ -96,7 +107,8 @@ def predict_probabilities(model, batch, tta=False) -> np.ndarray:
 
     ``tta``: average over several views of each face (``test_time_views``): ``True``
     (or ``"mirror"``) adds its mirror image: a face and its mirror show the same
-    emotion, so the average removes some of the noise; ``"shifts"`` ten views.
+    emotion, so the average removes some of the noise; ``"shifts"`` ten views,
+    ``"zooms"`` six.
     ``model`` may be an ``Ensemble``: its members' average. Columns follow ``CLASSES``
     whatever the model's own output order."""
     if hasattr(model, "members"):

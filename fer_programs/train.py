@@ -113,8 +113,8 @@ def parse_args(argv=None):
                         "stored file's PublicTest accuracy too")
     p.add_argument("--choose", type=int, default=0, metavar="K",
                    help="with --ensemble: try every subset of at most K of the given members and keep the one "
-                        "whose mirror-averaged PublicTest accuracy is best (ties: fewer members, then less "
-                        "compute per face)")
+                        "whose PublicTest accuracy with --tta's views (default: the mirror) is best (ties: "
+                        "fewer members, then less compute per face)")
     p.add_argument("--export", type=Path, nargs=2, default=None, metavar=("MODEL", "FILE"),
                    help="write MODEL (a run, weights file or Keras file) as FILE: .onnx (ONNX, for onnxruntime "
                         "and other engines), .keras or .h5 (Keras); the input contract (size, preprocessing, "
@@ -130,11 +130,13 @@ def parse_args(argv=None):
     p.add_argument("--list-models", action="store_true", help="list architectures with parameters and multiply-adds")
     p.add_argument("--model-card", type=Path, default=None, metavar="RUN",
                    help="print a markdown model card of a finished, evaluated run directory, then exit")
-    p.add_argument("--tta", nargs="?", const="mirror", default=False, choices=("mirror", "shifts"),
+    p.add_argument("--tta", nargs="?", const="mirror", default=False, choices=("mirror", "shifts", "zooms"),
                    help="evaluate with test-time augmentation: 'mirror' (the default when given alone) averages "
                         "each face with its mirror image (saved as report-tta.json beside the plain report); "
                         "'shifts' averages ten views, the face and its mirror each also moved 2 px four ways "
-                        "(report-tta-shifts.json)")
+                        "(report-tta-shifts.json); 'zooms' six, the face and its mirror each also zoomed out "
+                        "and in by 8%% (report-tta-zooms.json). With --ensemble --choose: the views subsets "
+                        "are compared with (default mirror)")
     p.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                    help="tinycnn kernels: fast Numba or the readable NumPy reference")
     p.add_argument("--conv-algorithm", choices=("auto", "im2col", "winograd"), default="auto",
@@ -547,7 +549,7 @@ def evaluate(target, data=None, data_path=None, cache_dir=None, out=None, tta=Fa
         data = load_fer2013(data_path, cache_dir=cache_dir)
     out = Path(out) if out else (target if target.is_dir() else target.parent)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = {False: "", "mirror": "-tta", True: "-tta", "shifts": "-tta-shifts"}[tta]
+    suffix = {False: "", "mirror": "-tta", True: "-tta", "shifts": "-tta-shifts", "zooms": "-tta-zooms"}[tta]
     weights = target
     if target.is_dir():
         weights = target / ("best.keras" if (target / "best.keras").exists() and not (target / "best.npz").exists()
@@ -589,7 +591,7 @@ def evaluate_reframed(target, split, data_path=None, cache_dir=None, out=None, t
     from fer_models.reframe import evaluate_reframed as run, format_reframed
 
     target = Path(target)
-    classifier = EmotionClassifier(target, model, tta=bool(tta), **(contract or {}))
+    classifier = EmotionClassifier(target, model, tta=tta, **(contract or {}))
     x, y = load_fer2013(data_path, cache_dir=cache_dir)[split]
     if len(x) == 0:
         raise ValueError(f"--reframed: the data at {data_path} has no {split} faces")
@@ -598,7 +600,7 @@ def evaluate_reframed(target, split, data_path=None, cache_dir=None, out=None, t
     faces = (x[..., 0] * 255).round().astype(np.uint8)
     report = run(classifier, faces, y)
     report.update(weights=str(target), tta=tta, split=split)
-    print(f"\n== {split}, direct and re-framed ({target}{', mirror TTA' if tta else ''}) ==")
+    print(f"\n== {split}, direct and re-framed ({target}{f', {views_name(tta)} TTA' if tta else ''}) ==")
     print(format_reframed(report))
     out = Path(out) if out else (target if target.is_dir() else target.parent)
     out.mkdir(parents=True, exist_ok=True)
@@ -666,15 +668,16 @@ def make_ensemble(args):
         sys.exit(f"error: --data {args.data}: {e}")
     if len(x) == 0:
         sys.exit("error: the data has no PublicTest split to choose members on")
-    views = (False, "mirror", "shifts")
-    print(f"PublicTest accuracy ({len(y):,} images): plain, mirror TTA, shifts TTA (10 views):")
+    views = (False, "mirror", "shifts", "zooms")
+    print(f"PublicTest accuracy ({len(y):,} images): plain, mirror TTA, shifts TTA (10 views), zooms TTA (6 views):")
     probs = []   # per member, per view setting: (N, 7); an ensemble's are their mean
     for label, model in zip(labels, members):
         probs.append({tta: member_probabilities(model, x, tta) for tta in views})
         print("  " + "  ".join(f"{(probs[-1][tta].argmax(1) == y).mean():.4f}" for tta in views) + f"  {label}")
     chosen = list(range(len(members)))
     if args.choose:
-        chosen = choose_members(probs, y, [m.multiply_adds() for m in members], labels, args.choose)
+        chosen = choose_members(probs, y, [m.multiply_adds() for m in members], labels, args.choose,
+                                tta=views_name(args.tta or "mirror"))
     ensemble = Ensemble([members[i] for i in chosen])
     print("  " + "  ".join(f"{(np.mean([probs[i][tta] for i in chosen], axis=0).argmax(1) == y).mean():.4f}"
                            for tta in views) + f"  {ensemble.name}")
@@ -689,7 +692,7 @@ def make_ensemble(args):
     if args.half:   # what the file gives, not what the float32 members gave
         stored = load_model(out)
         accs = [float((evaluate_model(stored, x, y, tta=tta)[0] == y).mean()) for tta in views]
-        print(f"  {accs[0]:.4f}  {accs[1]:.4f}  {accs[2]:.4f}  as stored (float16 weights)")
+        print("  " + "  ".join(f"{a:.4f}" for a in accs) + "  as stored (float16 weights)")
     print(f"ensemble of {len(ensemble)} written to {out}; evaluate it once with: python train.py --evaluate {out} --tta")
 
 
@@ -700,19 +703,25 @@ def member_probabilities(model, x, tta, batch_size=256):
                            for s in range(0, len(x), batch_size)]) if len(x) else np.zeros((0, 7), np.float32)
 
 
-def choose_members(probs, y, costs, labels, most, show=10):
-    """Indices of the subset of at most ``most`` members whose averaged mirror probabilities
-    are right most often on (PublicTest) labels y; ties go to fewer members, then to less
-    compute (``costs``: multiply-adds per face). Prints the best few and the best of each size."""
+def views_name(tta) -> str:
+    """A ``tta`` setting by its name: ``True`` is the mirror."""
+    return "mirror" if tta is True else tta
+
+
+def choose_members(probs, y, costs, labels, most, show=10, tta="mirror"):
+    """Indices of the subset of at most ``most`` members whose probabilities, averaged
+    over the views ``tta`` names and then over the members, are right most often on
+    (PublicTest) labels y; ties go to fewer members, then to less compute (``costs``:
+    multiply-adds per face). Prints the best few and the best of each size."""
     import itertools
-    mirror = [p["mirror"] for p in probs]
+    views = [p[tta] for p in probs]
     rows = []
-    for k in range(1, min(most, len(mirror)) + 1):
-        for subset in itertools.combinations(range(len(mirror)), k):
-            acc = float((np.mean([mirror[i] for i in subset], axis=0).argmax(1) == y).mean())
+    for k in range(1, min(most, len(views)) + 1):
+        for subset in itertools.combinations(range(len(views)), k):
+            acc = float((np.mean([views[i] for i in subset], axis=0).argmax(1) == y).mean())
             rows.append((-acc, k, sum(costs[i] for i in subset), subset))
     rows.sort()
-    print(f"best of {len(rows):,} subsets of at most {most} members (mirror TTA, PublicTest):")
+    print(f"best of {len(rows):,} subsets of at most {most} members ({tta} TTA, PublicTest):")
     for acc, k, cost, subset in rows[:show]:
         print(f"  {-acc:.4f}  {k} members, {cost / 1e6:,.0f}M multiply-adds per view: "
               + ", ".join(labels[i] for i in subset))

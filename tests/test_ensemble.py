@@ -10,6 +10,7 @@ from helpers import run_train
 import fer_models
 import tinycnn as tc
 import train
+from fer_programs.train import choose_members
 from fer_models.data import default_location, load_fer2013
 from fer_models.ensemble import Ensemble, save_ensemble, soft_labels
 from fer_models.predict import EmotionClassifier, load_model, predict_probabilities, save_model
@@ -179,6 +180,23 @@ def test_soft_one_hot_targets_give_the_integer_label_loss():
         assert a == pytest.approx(b, rel=1e-6)
 
 
+def test_choose_members_compares_subsets_with_the_views_it_is_given(capsys):
+    """Three members on four faces: with the mirror's probabilities member 0 alone is best,
+    with the zooms' members 1 and 2 together; the default is the mirror."""
+    y = np.array([0, 1, 2, 3])
+    right, wrong = np.eye(7)[y], np.eye(7)[(y + 1) % 7]
+    sure, unsure = right, 0.4 * right + 0.6 * wrong     # right; wrong but close
+    m1 = np.stack([sure[0], sure[1], unsure[2], unsure[3]])
+    m2 = np.stack([unsure[0], unsure[1], sure[2], sure[3]])
+    probs = [{"mirror": right, "zooms": wrong}, {"mirror": wrong, "zooms": m1}, {"mirror": wrong, "zooms": m2}]
+    costs, labels = [3, 1, 1], ["m0", "m1", "m2"]
+    assert choose_members(probs, y, costs, labels, 3) == [0]
+    assert "(mirror TTA, PublicTest)" in capsys.readouterr().out
+    # zooms: m1 and m2 alone 2 of 4 right each, together all 4 (0.7 right against 0.3 wrong)
+    assert choose_members(probs, y, costs, labels, 3, tta="zooms") == [1, 2]
+    assert "(zooms TTA, PublicTest)" in capsys.readouterr().out
+
+
 # -- the command line -----------------------------------------------------------------------
 @pytest.fixture
 def cache(fer_cache):
@@ -202,15 +220,16 @@ def test_preprocessing_ensemble_and_distillation_from_the_command_line(tmp_path,
     assert "as stored (float16 weights)" in printed
     ens = load_model(tmp_path / "ens.npz")
     assert [m.preprocessing for m in ens.members] == ["equalize", "none"]
-    # --choose 1: the better of the two on mirror-averaged PublicTest, as the test computes it
-    run(["--ensemble", tmp_path / "a", tmp_path / "b", "--choose", "1", "--out", tmp_path / "ens1.npz"], cache)
+    # --choose 1 --tta zooms: the better of the two on PublicTest with the six views, as the test computes it
+    run(["--ensemble", tmp_path / "a", tmp_path / "b", "--choose", "1", "--tta", "zooms", "--out",
+         tmp_path / "ens1.npz"], cache)
     printed = capsys.readouterr().out
-    assert "best of 2 subsets of at most 1 members" in printed, printed
+    assert "best of 2 subsets of at most 1 members (zooms TTA, PublicTest)" in printed, printed
     x, y = load_fer2013(DATA, cache_dir=cache)["PublicTest"]
-    mirror = {r: (train.member_probabilities(load_model(tmp_path / r), x, "mirror").argmax(1) == y).mean() for r in "ab"}
+    zooms = {r: (train.member_probabilities(load_model(tmp_path / r), x, "zooms").argmax(1) == y).mean() for r in "ab"}
     chosen = load_model(tmp_path / "ens1.npz")
     assert len(chosen) == 1
-    assert chosen.members[0].preprocessing == ("equalize" if mirror["a"] >= mirror["b"] else "none"), (mirror, printed)
+    assert chosen.members[0].preprocessing == ("equalize" if zooms["a"] >= zooms["b"] else "none"), (zooms, printed)
     with pytest.raises(SystemExit, match="--choose picks members for --ensemble"):
         run(["--choose", "2", "--evaluate", tmp_path / "ens.npz"], cache)
     with pytest.raises(SystemExit, match="--choose must be a positive number"):

@@ -135,9 +135,46 @@ def test_the_shifted_views_move_each_way_with_mirrored_borders():
                 np.testing.assert_array_equal(got[i], shifted(base[i], dx, dy), err_msg=f"view {2 + 4 * b + k}")
 
 
+def test_the_zoomed_views_scale_each_face_about_its_centre():
+    """Six views: the face, its mirror, then each of them zoomed out (0.92) and in (1.08)
+    about the image's centre. On a plane of grey levels bilinear interpolation is exact, so
+    a zoomed view holds, wherever its source lies inside the face, the plane at the source
+    point: centre + (pixel - centre) / factor (to OpenCV's 1/32 pixel: 3e-4 of grey on
+    these slopes; a centre half a pixel off is 4-5e-4 off)."""
+    from fer_models.probabilities import ZOOMS
+    assert ZOOMS == (0.92, 1.08)
+    size = 48
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float64)
+    plane = lambda r, c: 0.2 + 0.011 * c + 0.004 * r     # noqa: E731  (grey levels in [0.2, 0.9])
+    x = np.stack([plane(rows, cols), plane(rows, cols)[:, ::-1] * 0.5])[..., None].astype(np.float32)
+    views = views_of(x, "zooms")
+    assert len(views) == 6 and all(v.shape == x.shape and v.dtype == np.float32 for v in views)
+    np.testing.assert_array_equal(views[0], x)
+    np.testing.assert_array_equal(views[1], x[:, :, ::-1])
+    centre = (size - 1) / 2
+    for b, base in enumerate((x, x[:, :, ::-1])):
+        for k, factor in enumerate(ZOOMS):
+            got = views[2 + 2 * b + k]
+            src_r, src_c = centre + (rows - centre) / factor, centre + (cols - centre) / factor
+            inside = (src_r >= 0) & (src_r <= size - 1) & (src_c >= 0) & (src_c <= size - 1)
+            assert inside.sum() > size * size * 0.8
+            for i in range(len(x)):
+                # the source point's grey level on this face's plane (the mirror's plane mirrored)
+                flat = base[i, :, :, 0].astype(np.float64)
+                slope_c = (flat[0, -1] - flat[0, 0]) / (size - 1)
+                slope_r = (flat[-1, 0] - flat[0, 0]) / (size - 1)
+                expected = flat[0, 0] + slope_c * src_c + slope_r * src_r
+                np.testing.assert_allclose(got[i, :, :, 0][inside], expected[inside], atol=3e-4,
+                                           err_msg=f"view {2 + 2 * b + k}, face {i}")
+    # outside, the border is mirrored: a zoom out of a constant face is the same face
+    flat = np.full((1, size, size, 1), 0.25, np.float32)
+    for v in views_of(flat, "zooms"):
+        np.testing.assert_allclose(v, flat, atol=1e-6)
+
+
 def test_an_unknown_tta_is_refused():
     with pytest.raises(ValueError, match=re.escape("test-time augmentation must be one of "
-                                                   "[False, True, 'mirror', 'shifts'], got 'crops'")):
+                                                   "[False, True, 'mirror', 'shifts', 'zooms'], got 'crops'")):
         views_of(faces(1, 4), "crops")
 
 

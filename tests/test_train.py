@@ -54,6 +54,15 @@ def test_short_training_run_learns(tmp_path, cache, capsys):
     card = capsys.readouterr().out
     tta_accuracy = tta["PrivateTest"]["report"]["accuracy"]
     assert "## With test-time augmentation" in card and f"| PrivateTest | {tta_accuracy:.4f} |" in card
+    # and the six zoomed views, in a report and a section of their own
+    run(["--evaluate", out, "--tta", "zooms"], cache)
+    zooms = json.loads((out / "report-tta-zooms.json").read_text())
+    assert zooms["tta"] == "zooms" and json.loads((out / "report-tta.json").read_text()) == tta
+    capsys.readouterr()
+    train.main(["--model-card", str(out)])
+    card = capsys.readouterr().out
+    zooms_accuracy = zooms["PrivateTest"]["report"]["accuracy"]
+    assert "## With six-view test-time augmentation" in card and f"| PrivateTest | {zooms_accuracy:.4f} |" in card
 
 
 def test_a_fine_tuned_run_records_the_architecture_it_trains(tmp_path, cache, capsys):
