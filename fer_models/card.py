@@ -12,14 +12,15 @@ from .classes import CLASSES
 TTA_REPORTS = (
     ("report-tta.json", "With test-time augmentation",
      "Each face is classified together with its mirror image and the two probability vectors are "
-     "averaged (`train.py --evaluate RUN --tta`, `predict_emotion`'s default, `webcam.py --tta`)."),
+     "averaged (`train.py --evaluate RUN --tta`, `predict_emotion(tta=True)`, `webcam.py --tta`)."),
     ("report-tta-shifts.json", "With ten-view test-time augmentation",
      "Each face is classified as ten views, itself and its mirror image each also shifted by 2 pixels "
      "in the four directions, and the ten probability vectors averaged (`train.py --evaluate RUN --tta "
      "shifts`)."),
     ("report-tta-zooms.json", "With six-view test-time augmentation",
      "Each face is classified as six views, itself and its mirror image each also zoomed out and in by 8% "
-     "about its centre, and the six probability vectors averaged (`train.py --evaluate RUN --tta zooms`)."),
+     "about its centre, and the six probability vectors averaged (`train.py --evaluate RUN --tta zooms`, "
+     "`predict_emotion`'s default)."),
 )
 
 

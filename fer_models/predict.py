@@ -208,12 +208,14 @@ class EmotionClassifier:
 _default: dict[bool, EmotionClassifier] = {}
 
 
-def predict_emotion(image, weights=None, model: str | None = None, tta: bool | str = True, **contract):
+def predict_emotion(image, weights=None, model: str | None = None, tta: bool | str = "zooms", **contract):
     """Classify one face: a path to an image file or an array (a face crop).
 
-    ``tta`` (default on): average the face's probabilities with its mirror image's, the
+    ``tta`` (default ``"zooms"``): average the probabilities of six views, the face and
+    its mirror image each also zoomed out and in by 8% (``test_time_views``), the
     configuration chosen for the bundled model on PublicTest (see its model card);
-    ``"shifts"`` or ``"zooms"``: ten or six views of the face (``test_time_views``).
+    ``True``: the face and its mirror only (a third of the time); ``"shifts"``: ten
+    views; ``False``: the face alone.
     ``weights``: any file ``load_model`` reads (a Keras file too); ``contract``:
     ``preprocessing``, ``input_scale``, ``classes`` where that file does not record them
     (e.g. ``input_scale=(-1, 1), classes="fer2013"``).

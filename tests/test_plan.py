@@ -169,8 +169,9 @@ def bundled_faces(count=256):
 
 @pytest.mark.slow
 def test_the_bundled_predictor_decides_through_the_plan_as_through_its_layers():
-    """What ``predict_emotion`` decides (the bundled ensemble, mirror views, through the
-    plan: BatchNorm folded, steps fused, Winograd with kernels frozen, buffers reused) is
+    """What ``predict_emotion`` decides (the bundled ensemble through the plan: BatchNorm
+    folded, steps fused, Winograd with kernels frozen, buffers reused; here each face and
+    its mirror, its zoomed views being more faces through the same plan) is
     what the members' own layers decide one at a time with the reference kernels, on every
     face whose top two probabilities are apart by more than float32 rounding."""
     from fer_models.predict import DEFAULT_WEIGHTS

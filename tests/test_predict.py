@@ -105,14 +105,22 @@ def test_test_time_augmentation_averages_a_face_and_its_mirror():
 
 
 @needs_data
-def test_predict_emotion_averages_with_the_mirror_by_default(weights):
-    """The bundled model's configuration, chosen on PublicTest: a face and its mirror."""
+def test_predict_emotion_averages_six_views_by_default(weights):
+    """The bundled model's configuration, chosen on PublicTest: a face and its mirror, each
+    also zoomed out and in; ``tta=True`` the face and its mirror alone."""
+    from fer_models.predict import predict_probabilities
     face = cv2.imread(str(a_face(emotion="surprise")), cv2.IMREAD_GRAYSCALE)
-    _, with_tta = predict_emotion(face, weights=weights)
+    _, by_default = predict_emotion(face, weights=weights)
+    model = load_model(weights)
+    six = predict_probabilities(model, prepare_face(face)[None], tta="zooms")[0]
+    for c, p in zip(CLASSES, six):
+        assert by_default[c] == pytest.approx(p, abs=1e-6)
+    _, with_mirror = predict_emotion(face, weights=weights, tta=True)
     _, plain = predict_emotion(face, weights=weights, tta=False)
     _, mirror = predict_emotion(face[:, ::-1], weights=weights, tta=False)
     for c in CLASSES:
-        assert with_tta[c] == pytest.approx((plain[c] + mirror[c]) / 2, abs=1e-6)
+        assert with_mirror[c] == pytest.approx((plain[c] + mirror[c]) / 2, abs=1e-6)
+    assert max(abs(by_default[c] - with_mirror[c]) for c in CLASSES) > 1e-4   # the zooms do change it
 
 
 def test_ten_view_tta_averages_shifted_faces_and_mirrors():
