@@ -355,10 +355,11 @@ class EmotionPipeline:
         self.tracker = FaceTracker(smooth) if smooth > 1 else None
 
     @classmethod
-    def from_weights(cls, weights=None, model: str | None = None, tta: bool = False, contract=None,
+    def from_weights(cls, weights=None, model: str | None = None, tta: bool | str = False, contract=None,
                      **kwargs) -> "EmotionPipeline":
         """Load ``weights`` (default: the bundled model; a Keras file too) and build the
-        pipeline; ``tta``: classify each face and its mirror image and average them;
+        pipeline; ``tta``: the views of each face averaged (``True`` or ``"mirror"``: the face
+        and its mirror image; ``"zooms"``: six, ``fer_models.probabilities.test_time_views``);
         ``contract``: ``{preprocessing, input_scale, classes}`` overrides (``load_model``)."""
         return cls(EmotionClassifier(weights, model, tta=tta, **(contract or {})), **kwargs)
 

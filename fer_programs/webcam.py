@@ -99,9 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="contrast normalisation the model was trained with, where the file does not record it")
     mod.add_argument("--model", metavar="NAME",
                      help="architecture name, for weights files that do not record it (see train.py --list-models)")
-    mod.add_argument("--tta", action="store_true",
-                     help="also classify each face's mirror image and average the two (the bundled "
-                          "model's best configuration on PublicTest; nearly doubles the classification time)")
+    mod.add_argument("--tta", nargs="?", const="mirror", default=False, choices=("mirror", "zooms"),
+                     help="test-time views averaged per face: 'mirror' (the default when given alone) the face "
+                          "and its mirror image, nearly twice the classification time; 'zooms' those two each "
+                          "also zoomed out and in by 8%%, six views, predict_emotion's default and the bundled "
+                          "model's best on PublicTest, for photos rather than live video")
     mod.add_argument("--threads", type=int, default=1, metavar="N",
                      help="threads for the model (Numba's kernels and NumPy's BLAS); 0: their defaults "
                           "(all cores). One is fastest: a frame's few faces are too small a batch to share "

@@ -120,6 +120,25 @@ def test_image_source(tmp_path, weights):
     assert annotated is not None and annotated.shape == (*FRAME_SIZE, 3)
 
 
+def test_tta_averages_the_views_it_names(tmp_path, weights):
+    """--tta alone is the mirror, --tta zooms the six views: each face's probabilities are
+    the pipeline's with those views (printed to 4 places)."""
+    from fer_programs.webcam import parse_args
+    assert parse_args([]).tta is False and parse_args(["--tta"]).tta == "mirror"
+    assert parse_args(["--tta", "zooms"]).tta == "zooms"
+    frame = face_frame(fer_faces(1))
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), frame)
+    records = json_lines(run_webcam("--source", image, "--json", "--weights", weights, "--tta", "zooms"))
+    printed = records[0]["faces"]
+    expected = {tta: EmotionPipeline.from_weights(weights, tta=tta).analyse(frame).faces for tta in ("zooms", "mirror")}
+    assert len(printed) == len(expected["zooms"]) >= 1
+    for face, want, mirror in zip(printed, expected["zooms"], expected["mirror"]):
+        got = np.array([face["probabilities"][c] for c in CLASSES])
+        np.testing.assert_allclose(got, want.probabilities, atol=6e-5)
+        assert np.abs(got - mirror.probabilities).max() > 2e-4   # not the mirror's (random weights: small changes)
+
+
 def test_folder_source_skips_unreadable_files(tmp_path, weights):
     folder = tmp_path / "photos"
     folder.mkdir()
