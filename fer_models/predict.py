@@ -205,7 +205,7 @@ class EmotionClassifier:
         return predict_probabilities(self.model, batch, tta=self.tta)
 
 
-_default: dict[bool, EmotionClassifier] = {}
+_default: dict[bool | str, EmotionClassifier] = {}   # predict_emotion's default model, by its views
 
 
 def predict_emotion(image, weights=None, model: str | None = None, tta: bool | str = "zooms", **contract):

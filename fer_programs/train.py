@@ -677,7 +677,7 @@ def make_ensemble(args):
     chosen = list(range(len(members)))
     if args.choose:
         chosen = choose_members(probs, y, [m.multiply_adds() for m in members], labels, args.choose,
-                                tta=views_name(args.tta or "mirror"))
+                                tta=args.tta or "mirror")
     ensemble = Ensemble([members[i] for i in chosen])
     print("  " + "  ".join(f"{(np.mean([probs[i][tta] for i in chosen], axis=0).argmax(1) == y).mean():.4f}"
                            for tta in views) + f"  {ensemble.name}")
@@ -693,7 +693,8 @@ def make_ensemble(args):
         stored = load_model(out)
         accs = [float((evaluate_model(stored, x, y, tta=tta)[0] == y).mean()) for tta in views]
         print("  " + "  ".join(f"{a:.4f}" for a in accs) + "  as stored (float16 weights)")
-    print(f"ensemble of {len(ensemble)} written to {out}; evaluate it once with: python train.py --evaluate {out} --tta")
+    print(f"ensemble of {len(ensemble)} written to {out}; evaluate it once with: python train.py --evaluate {out} "
+          f"--tta {args.tta or 'mirror'}")
 
 
 def member_probabilities(model, x, tta, batch_size=256):
