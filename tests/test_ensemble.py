@@ -85,9 +85,9 @@ def test_the_bundled_models_record_what_they_were_trained_on():
     default = load_model()                 # predict_emotion's: an ensemble (MODEL_CARD.md)
     assert isinstance(default, Ensemble)   # members chosen on PublicTest by train.py --choose
     assert [(m.name, m.preprocessing) for m in default.members] == [("resdeep", "none"), ("reswide", "none"),
-                                                                     ("reswide", "none")]
+                                                                     ("resdeep", "none"), ("reswide", "none")]
     single = load_model(SINGLE_WEIGHTS)
-    assert single.name == "reswide" and single.preprocessing == "none"   # chosen on PublicTest
+    assert single.name == "resdeep" and single.preprocessing == "none"   # chosen on PublicTest
 
 
 # -- ensembles ------------------------------------------------------------------------------
