@@ -108,6 +108,13 @@ def parse_args(argv=None):
     p.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="RUN",
                    help="combine trained runs or weights files into one ensemble file (written to --out, "
                         "default ensemble.npz), reporting each member and the average on PublicTest, then exit")
+    p.add_argument("--soup", type=Path, nargs="+", default=None, metavar="RUN",
+                   help="average the weights of networks fine-tuned from one starting point into one network "
+                        "of the same cost (a model soup; written to --out, default soup.npz), reporting each "
+                        "ingredient and the soup on PublicTest, then exit")
+    p.add_argument("--soup-stats", choices=("training", "average"), default="training",
+                   help="with --soup: the soup's BatchNorm statistics, measured on the Training images "
+                        "(--limit N: the first N, stratified) or the mean of the ingredients' own")
     p.add_argument("--half", action="store_true",
                    help="with --ensemble: store the weights as float16 (half the file), and report the "
                         "stored file's PublicTest accuracy too")
@@ -697,6 +704,74 @@ def make_ensemble(args):
           f"--tta {args.tta or 'mirror'}")
 
 
+def make_soup(args):
+    """Average the ingredients' weights into one network (``tinycnn.averaging``), measure
+    its BatchNorm statistics on Training (``--soup-stats training``), report every
+    ingredient and the soup on PublicTest, and write the soup."""
+    import fer_models
+    import tinycnn as tc
+    from tinycnn.averaging import average_weights, update_batchnorm
+
+    from fer_models.data import load_fer2013, stratified_subset
+    from fer_models.predict import classes_of, input_scale_of, load_model, model_input, preprocessing_of, save_model
+    tc.set_backend(args.backend)
+    tc.set_conv_algorithm(args.conv_algorithm)
+    if len(args.soup) < 2:
+        sys.exit(f"error: --soup averages two or more networks, got {len(args.soup)}")
+    ingredients = []
+    for path in args.soup:
+        try:
+            m = load_model(path)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            sys.exit(f"error: --soup {path}: {e}")
+        if hasattr(m, "members"):
+            sys.exit(f"error: --soup {path} is an ensemble of {len(m)}: give the networks themselves")
+        if m.name not in fer_models.names():
+            sys.exit(f"error: --soup {path} is a '{m.name}', not one of fer_models' architectures "
+                     f"({', '.join(fer_models.names())}), which a soup file records by name")
+        ingredients.append(m)
+    contract = [(m.name, preprocessing_of(m), tuple(input_scale_of(m)), tuple(classes_of(m))) for m in ingredients]
+    for path, c in zip(args.soup[1:], contract[1:]):
+        if c != contract[0]:
+            sys.exit(f"error: --soup {path} is (architecture, preprocessing, input scale, classes) {c}, but "
+                     f"{args.soup[0]} is {contract[0]}: only networks of one architecture and one input "
+                     f"can be averaged")
+    try:
+        data = load_fer2013(args.data, cache_dir=args.cache_dir)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        sys.exit(f"error: --data {args.data}: {e}")
+    x, y = data["PublicTest"]
+    if len(x) == 0:
+        sys.exit("error: the data has no PublicTest split to report the soup on")
+    try:
+        weights = average_weights(ingredients)
+    except ValueError as e:
+        sys.exit(f"error: --soup: {e}")
+    soup = load_model(args.soup[0])
+    soup.set_weights(weights)
+    if args.soup_stats == "training":
+        x_train, y_train = data["Training"]
+        if args.limit:
+            x_train = x_train[stratified_subset(y_train, args.limit, args.seed)]
+        if len(x_train) == 0:
+            sys.exit(f"error: --data {args.data} holds no Training images to measure the soup's BatchNorm "
+                     f"statistics on; use --soup-stats average")
+        print(f"measuring the soup's BatchNorm statistics on {len(x_train):,} Training images")
+        update_batchnorm(soup, x_train, prepare=lambda batch: model_input(soup, batch))
+    views = (False, "mirror", "shifts", "zooms")
+    print(f"PublicTest accuracy ({len(y):,} images): plain, mirror TTA, shifts TTA (10 views), zooms TTA (6 views):")
+    for label, model in [*zip(map(str, args.soup), ingredients), (f"soup of {len(ingredients)}", soup)]:
+        print("  " + "  ".join(f"{(member_probabilities(model, x, tta).argmax(1) == y).mean():.4f}"
+                               for tta in views) + f"  {label}")
+    out = args.out or Path("soup.npz")
+    if out.suffix != ".npz":
+        out = out.with_suffix(".npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(soup, out)
+    print(f"soup of {len(ingredients)} {soup.name} networks ({args.soup_stats} BatchNorm statistics) written to "
+          f"{out}; evaluate it once with: python train.py --evaluate {out} --tta {args.tta or 'mirror'}")
+
+
 def member_probabilities(model, x, tta, batch_size=256):
     """A model's probabilities (N, 7) on faces x, averaged over the views ``tta`` asks for."""
     from fer_models.predict import predict_probabilities
@@ -754,8 +829,13 @@ def run_command(args):
         return
     if args.choose and not args.ensemble:
         sys.exit("error: --choose picks members for --ensemble; give the candidates with --ensemble RUN ...")
+    if args.soup and args.ensemble:
+        sys.exit("error: --soup and --ensemble each make one file: give one of them")
     if args.ensemble:
         make_ensemble(args)
+        return
+    if args.soup:
+        make_soup(args)
         return
     if args.export:
         export(args)

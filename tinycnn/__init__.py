@@ -16,7 +16,7 @@ import os as _os
 # A value already set is kept.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import callbacks, initializers, layers, losses, optim  # noqa: E402
+from . import averaging, callbacks, initializers, layers, losses, optim  # noqa: E402
 from .backend import (get_backend, get_conv_algorithm, set_backend, set_conv_algorithm, use_backend,  # noqa: E402
                       use_conv_algorithm)
 from .model import Sequential  # noqa: E402
@@ -24,5 +24,5 @@ from .tensor import Function, Tensor, log_softmax, no_grad, relu, softmax  # noq
 
 __version__ = "0.1.0"
 __all__ = ["Tensor", "Function", "no_grad", "Sequential", "layers", "losses", "optim", "callbacks",
-           "initializers", "softmax", "log_softmax", "relu", "get_backend", "set_backend",
+           "averaging", "initializers", "softmax", "log_softmax", "relu", "get_backend", "set_backend",
            "use_backend", "get_conv_algorithm", "set_conv_algorithm", "use_conv_algorithm"]
