@@ -113,8 +113,9 @@ def parse_args(argv=None):
                         "of the same cost (a model soup; written to --out, default soup.npz), reporting each "
                         "ingredient and the soup on PublicTest, then exit")
     p.add_argument("--soup-stats", choices=("training", "average"), default="training",
-                   help="with --soup: the soup's BatchNorm statistics, measured on the Training images "
-                        "(--limit N: the first N, stratified) or the mean of the ingredients' own")
+                   help="with --soup: the soup's BatchNorm statistics, measured on the Training images in "
+                        "an order shuffled by --seed (--limit N: N of them, stratified) or the mean of the "
+                        "ingredients' own")
     p.add_argument("--half", action="store_true",
                    help="with --ensemble: store the weights as float16 (half the file), and report the "
                         "stored file's PublicTest accuracy too")
@@ -757,7 +758,8 @@ def make_soup(args):
             sys.exit(f"error: --data {args.data} holds no Training images to measure the soup's BatchNorm "
                      f"statistics on; use --soup-stats average")
         print(f"measuring the soup's BatchNorm statistics on {len(x_train):,} Training images")
-        update_batchnorm(soup, x_train, prepare=lambda batch: model_input(soup, batch))
+        shuffled = x_train[np.random.default_rng(args.seed).permutation(len(x_train))]   # batches as in training
+        update_batchnorm(soup, shuffled, prepare=lambda batch: model_input(soup, batch))
     views = (False, "mirror", "shifts", "zooms")
     print(f"PublicTest accuracy ({len(y):,} images): plain, mirror TTA, shifts TTA (10 views), zooms TTA (6 views):")
     for label, model in [*zip(map(str, args.soup), ingredients), (f"soup of {len(ingredients)}", soup)]:

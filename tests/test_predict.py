@@ -76,12 +76,12 @@ def test_bundled_models_recognise_publictest_faces():
     """A sanity check of the bundled weights on PublicTest (never PrivateTest: that split
     is reported once, in the model card, and used for nothing else). Measured when they
     were chosen (MODEL_CARD.md): the default predictor 0.7166 with mirror averaging,
-    the single model 0.6938 without; a wrong preprocessing or member costs points."""
+    the single model 0.7008 without; a wrong preprocessing or member costs points."""
     from fer_models.data import load_fer2013
     from fer_models.predict import SINGLE_WEIGHTS, predict_probabilities
     x, y = load_fer2013(DATA, progress=False)["PublicTest"]
     for what, model, tta, least in (("bundled predictor", load_model(), True, 0.70),
-                                    ("bundled single model", load_model(SINGLE_WEIGHTS), False, 0.67)):
+                                    ("bundled single model", load_model(SINGLE_WEIGHTS), False, 0.68)):
         p = predict_probabilities(model, x, tta=tta)
         accuracy = (p.argmax(1) == y).mean()
         # a face whose top two are within float32 rounding may go either way on another CPU:

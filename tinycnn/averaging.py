@@ -53,7 +53,10 @@ def update_batchnorm(model, x, batch_size=128, prepare=None) -> int:
 
     Args:
         model: a built ``Sequential``; its other weights are left as they are.
-        x: examples (N, ...), read in order, ``batch_size`` at a time.
+        x: examples (N, ...), read in order, ``batch_size`` at a time: shuffle them
+            first, as training does, where similar examples lie together (a batch's
+            variance is measured around its own mean, so batches of one class each
+            would leave a smaller variance than training's batches saw).
         prepare: a function mapping a slice of ``x`` to the model's input (e.g. a
             preprocessing); default: the slice itself.
 
