@@ -354,15 +354,32 @@ def new_run(args):
     return run
 
 
+def fer2013_of(args) -> dict:
+    """FER-2013 from --data (decoded once into --cache-dir): {split: (x, y)}; exits with
+    the reason where it cannot be read."""
+    from fer_models.data import load_fer2013
+    try:
+        return load_fer2013(args.data, cache_dir=args.cache_dir)
+    except (FileNotFoundError, ValueError, OSError) as e:   # no such folder, no layout, unreadable CSV
+        sys.exit(f"error: --data {args.data}: {e}")
+
+
+def npz_out(args, default: str) -> Path:
+    """Where a command that writes one weights file writes it: --out (made an .npz),
+    else ``default``; its folder is created."""
+    out = args.out or Path(default)
+    if out.suffix != ".npz":
+        out = out.with_suffix(".npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def training_data(args):
     """FER-2013 from --data: (all splits, (x_train, y_train), (x_val, y_val), the hard
     training labels). Training is cut to --limit images, stratified; with --distill-from,
     y_train is the teacher's probabilities (N, 7) instead of the labels."""
-    from fer_models.data import load_fer2013, stratified_subset
-    try:
-        data = load_fer2013(args.data, cache_dir=args.cache_dir)
-    except (FileNotFoundError, ValueError, OSError) as e:   # no such folder, no layout, unreadable CSV
-        sys.exit(f"error: --data {args.data}: {e}")
+    from fer_models.data import stratified_subset
+    data = fer2013_of(args)
     x_train, y_train = data["Training"]
     x_val, y_val = data["PublicTest"]
     if len(x_train) == 0:
@@ -653,7 +670,6 @@ def make_ensemble(args):
     subset of at most K members is tried first and the best one is written."""
     import tinycnn as tc
 
-    from fer_models.data import load_fer2013
     from fer_models.ensemble import Ensemble, save_ensemble
     from fer_models.predict import load_model
     tc.set_backend(args.backend)
@@ -670,10 +686,7 @@ def make_ensemble(args):
         members += parts
         labels += [f"{path} ({p.name})" if len(parts) == 1 else f"{path} member {i} ({p.name})"
                    for i, p in enumerate(parts)]
-    try:
-        x, y = load_fer2013(args.data, cache_dir=args.cache_dir)["PublicTest"]
-    except (FileNotFoundError, ValueError, OSError) as e:
-        sys.exit(f"error: --data {args.data}: {e}")
+    x, y = fer2013_of(args)["PublicTest"]
     if len(x) == 0:
         sys.exit("error: the data has no PublicTest split to choose members on")
     views = (False, "mirror", "shifts", "zooms")
@@ -689,10 +702,7 @@ def make_ensemble(args):
     ensemble = Ensemble([members[i] for i in chosen])
     print("  " + "  ".join(f"{(np.mean([probs[i][tta] for i in chosen], axis=0).argmax(1) == y).mean():.4f}"
                            for tta in views) + f"  {ensemble.name}")
-    out = args.out or Path("ensemble.npz")
-    if out.suffix != ".npz":
-        out = out.with_suffix(".npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = npz_out(args, "ensemble.npz")
     try:
         save_ensemble(ensemble, out, half=args.half)
     except ValueError as e:
@@ -713,7 +723,7 @@ def make_soup(args):
     import tinycnn as tc
     from tinycnn.averaging import average_weights, update_batchnorm
 
-    from fer_models.data import load_fer2013, stratified_subset
+    from fer_models.data import stratified_subset
     from fer_models.predict import classes_of, input_scale_of, load_model, model_input, preprocessing_of, save_model
     tc.set_backend(args.backend)
     tc.set_conv_algorithm(args.conv_algorithm)
@@ -737,10 +747,7 @@ def make_soup(args):
             sys.exit(f"error: --soup {path} is (architecture, preprocessing, input scale, classes) {c}, but "
                      f"{args.soup[0]} is {contract[0]}: only networks of one architecture and one input "
                      f"can be averaged")
-    try:
-        data = load_fer2013(args.data, cache_dir=args.cache_dir)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        sys.exit(f"error: --data {args.data}: {e}")
+    data = fer2013_of(args)
     x, y = data["PublicTest"]
     if len(x) == 0:
         sys.exit("error: the data has no PublicTest split to report the soup on")
@@ -765,10 +772,7 @@ def make_soup(args):
     for label, model in [*zip(map(str, args.soup), ingredients), (f"soup of {len(ingredients)}", soup)]:
         print("  " + "  ".join(f"{(member_probabilities(model, x, tta).argmax(1) == y).mean():.4f}"
                                for tta in views) + f"  {label}")
-    out = args.out or Path("soup.npz")
-    if out.suffix != ".npz":
-        out = out.with_suffix(".npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = npz_out(args, "soup.npz")
     save_model(soup, out)
     print(f"soup of {len(ingredients)} {soup.name} networks ({args.soup_stats} BatchNorm statistics) written to "
           f"{out}; evaluate it once with: python train.py --evaluate {out} --tta {args.tta or 'mirror'}")
