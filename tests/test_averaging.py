@@ -85,13 +85,13 @@ def test_update_batchnorm_refuses_no_examples_and_passes_over_networks_without_b
 
 
 # -- train.py --soup ---------------------------------------------------------------------------
-def small_csv(path, per_class=6, seed=0):
-    """A FER-2013 CSV with per_class faces of each class in Training and in PublicTest."""
+def small_csv(path, per_class=6, seed=0, usages=("Training", "PublicTest")):
+    """A FER-2013 CSV with per_class faces of each class in each of the usages (splits)."""
     rng = np.random.default_rng(seed)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["emotion", "pixels", "Usage"])
-        for usage in ("Training", "PublicTest"):
+        for usage in usages:
             for code in range(7):
                 for _ in range(per_class):
                     writer.writerow([code, " ".join(map(str, rng.integers(0, 256, 48 * 48))), usage])
@@ -162,3 +162,17 @@ def test_soup_refuses_what_cannot_be_averaged(tmp_path):
         soup_run(["--soup", c, d], data, cache)
     with pytest.raises(SystemExit, match="nothing.npz"):
         soup_run(["--soup", a, tmp_path / "nothing.npz"], data, cache)
+    no_training = small_csv(tmp_path / "public.csv", usages=("PublicTest",))
+    with pytest.raises(SystemExit, match="no Training images .*use --soup-stats average"):
+        soup_run(["--soup", a, b], no_training, cache)
+    soup_run(["--soup", a, b, "--soup-stats", "average", "--out", tmp_path / "avg"], no_training, cache)
+    assert (tmp_path / "avg.npz").exists()
+    with pytest.raises(SystemExit, match="no PublicTest split to report the soup on"):
+        soup_run(["--soup", a, b], small_csv(tmp_path / "training.csv", usages=("Training",)), cache)
+
+
+def test_soup_with_limit_measures_the_statistics_on_that_many_training_faces(tmp_path, capsys):
+    data, cache = small_csv(tmp_path / "fer2013.csv"), tmp_path / "cache"
+    a, b = ingredients(tmp_path)
+    soup_run(["--soup", a, b, "--limit", "14", "--out", tmp_path / "soup"], data, cache)
+    assert "measuring the soup's BatchNorm statistics on 14 Training images" in capsys.readouterr().out
