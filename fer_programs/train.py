@@ -116,6 +116,10 @@ def parse_args(argv=None):
                    help="with --soup: the soup's BatchNorm statistics, measured on the Training images in "
                         "an order shuffled by --seed (--limit N: N of them, stratified) or the mean of the "
                         "ingredients' own")
+    p.add_argument("--soup-recipe", choices=("uniform", "greedy"), default="uniform",
+                   help="with --soup: 'uniform' averages every network given; 'greedy' (Wortsman et al. 2022) "
+                        "takes them in order of their PublicTest accuracy with --tta's views (default mirror), "
+                        "best first, and keeps each whose addition leaves the soup at least as accurate")
     p.add_argument("--half", action="store_true",
                    help="with --ensemble: store the weights as float16 (half the file), and report the "
                         "stored file's PublicTest accuracy too")
@@ -718,7 +722,8 @@ def make_ensemble(args):
 def make_soup(args):
     """Average the ingredients' weights into one network (``tinycnn.averaging``), measure
     its BatchNorm statistics on Training (``--soup-stats training``), report every
-    ingredient and the soup on PublicTest, and write the soup."""
+    ingredient and the soup on PublicTest, and write the soup. With ``--soup-recipe
+    greedy`` only the ingredients ``greedy_soup`` keeps go in."""
     import fer_models
     import tinycnn as tc
     from tinycnn.averaging import average_weights, update_batchnorm
@@ -747,16 +752,15 @@ def make_soup(args):
             sys.exit(f"error: --soup {path} is (architecture, preprocessing, input scale, classes) {c}, but "
                      f"{args.soup[0]} is {contract[0]}: only networks of one architecture and one input "
                      f"can be averaged")
+    try:
+        average_weights(ingredients)   # refuses networks whose weights differ in names or shapes
+    except ValueError as e:
+        sys.exit(f"error: --soup: {e}")
     data = fer2013_of(args)
     x, y = data["PublicTest"]
     if len(x) == 0:
         sys.exit("error: the data has no PublicTest split to report the soup on")
-    try:
-        weights = average_weights(ingredients)
-    except ValueError as e:
-        sys.exit(f"error: --soup: {e}")
-    soup = load_model(args.soup[0])
-    soup.set_weights(weights)
+    shuffled = None
     if args.soup_stats == "training":
         x_train, y_train = data["Training"]
         if args.limit:
@@ -764,18 +768,60 @@ def make_soup(args):
         if len(x_train) == 0:
             sys.exit(f"error: --data {args.data} holds no Training images to measure the soup's BatchNorm "
                      f"statistics on; use --soup-stats average")
-        print(f"measuring the soup's BatchNorm statistics on {len(x_train):,} Training images")
         shuffled = x_train[np.random.default_rng(args.seed).permutation(len(x_train))]   # batches as in training
-        update_batchnorm(soup, shuffled, prepare=lambda batch: model_input(soup, batch))
+
+    def soup_of(kept):
+        """The soup of the ingredients ``kept`` (indices), its statistics as --soup-stats says."""
+        soup = load_model(args.soup[0])
+        soup.set_weights(average_weights([ingredients[i] for i in kept]))
+        if shuffled is not None:
+            print(f"measuring the soup's BatchNorm statistics on {len(shuffled):,} Training images")
+            update_batchnorm(soup, shuffled, prepare=lambda batch: model_input(soup, batch))
+        return soup
+
     views = (False, "mirror", "shifts", "zooms")
+    judge = args.tta or "mirror"
     print(f"PublicTest accuracy ({len(y):,} images): plain, mirror TTA, shifts TTA (10 views), zooms TTA (6 views):")
-    for label, model in [*zip(map(str, args.soup), ingredients), (f"soup of {len(ingredients)}", soup)]:
-        print("  " + "  ".join(f"{(member_probabilities(model, x, tta).argmax(1) == y).mean():.4f}"
-                               for tta in views) + f"  {label}")
+    accuracy = []
+    for path, model in zip(args.soup, ingredients):
+        accs = {tta: float((member_probabilities(model, x, tta).argmax(1) == y).mean()) for tta in views}
+        print("  " + "  ".join(f"{accs[tta]:.4f}" for tta in views) + f"  {path}")
+        accuracy.append(accs[judge])
+    if args.soup_recipe == "uniform":
+        kept, soup = list(range(len(ingredients))), soup_of(range(len(ingredients)))
+    else:
+        soups = {}
+
+        def soup_accuracy(kept):
+            soups[tuple(kept)] = soup_of(kept)
+            return float((member_probabilities(soups[tuple(kept)], x, judge).argmax(1) == y).mean())
+
+        kept, _ = greedy_soup(accuracy, soup_accuracy, [str(p) for p in args.soup], judge)
+        soup = soups[tuple(kept)] if len(kept) > 1 else ingredients[kept[0]]   # one: itself, as trained
+    label = f"soup of {len(kept)}" if len(kept) > 1 else f"{args.soup[kept[0]]} alone (no other ingredient kept)"
+    print("  " + "  ".join(f"{(member_probabilities(soup, x, tta).argmax(1) == y).mean():.4f}"
+                           for tta in views) + f"  {label}")
     out = npz_out(args, "soup.npz")
     save_model(soup, out)
-    print(f"soup of {len(ingredients)} {soup.name} networks ({args.soup_stats} BatchNorm statistics) written to "
-          f"{out}; evaluate it once with: python train.py --evaluate {out} --tta {args.tta or 'mirror'}")
+    print(f"{args.soup_recipe} soup of {len(kept)} {soup.name} networks ({args.soup_stats} BatchNorm statistics) "
+          f"written to {out}; evaluate it once with: python train.py --evaluate {out} --tta {args.tta or 'mirror'}")
+
+
+def greedy_soup(accuracy, soup_accuracy, labels, views="mirror"):
+    """Wortsman et al.'s greedy soup: the ingredients in order of their own ``accuracy``
+    (a list, one each; ties keep the given order), best first; each is kept if the soup
+    of the kept ones with it, ``soup_accuracy(indices)``, is at least as accurate as the
+    soup without it. Prints each step (``labels`` name the ingredients). Returns the kept
+    indices and their soup's accuracy (the best ingredient's own when none joins it)."""
+    order = sorted(range(len(accuracy)), key=lambda i: -accuracy[i])
+    kept, best = [order[0]], accuracy[order[0]]
+    print(f"greedy soup ({views} TTA, PublicTest): start from {labels[order[0]]} ({best:.4f})")
+    for i in order[1:]:
+        acc = soup_accuracy([*kept, i])
+        if acc >= best:
+            kept, best = [*kept, i], acc
+        print(f"  {acc:.4f}  + {labels[i]}: " + ("kept" if kept[-1] == i else f"left out (below {best:.4f})"))
+    return kept, best
 
 
 def member_probabilities(model, x, tta, batch_size=256):

@@ -176,3 +176,50 @@ def test_soup_with_limit_measures_the_statistics_on_that_many_training_faces(tmp
     a, b = ingredients(tmp_path)
     soup_run(["--soup", a, b, "--limit", "14", "--out", tmp_path / "soup"], data, cache)
     assert "measuring the soup's BatchNorm statistics on 14 Training images" in capsys.readouterr().out
+
+
+def test_greedy_soup_adds_the_ingredients_best_first_while_the_soup_does_not_fall(capsys):
+    from fer_programs.train import greedy_soup
+    table = {(1, 3): 0.69, (1, 2): 0.72, (1, 2, 0): 0.72}   # the soups' accuracies
+    tried = []
+
+    def soup_accuracy(kept):
+        tried.append(tuple(kept))
+        return table[tuple(kept)]
+
+    kept, acc = greedy_soup([0.5, 0.7, 0.6, 0.7], soup_accuracy, ["a", "b", "c", "d"])
+    assert tried == [(1, 3), (1, 2), (1, 2, 0)]   # b and d tie: the given order; then c, then a
+    assert (kept, acc) == ([1, 2, 0], 0.72)       # a kept on a tie: at least as accurate
+    printed = capsys.readouterr().out
+    assert "start from b (0.7000)" in printed and "+ d: left out (below 0.7000)" in printed
+    assert "0.7200  + c: kept" in printed and "0.7200  + a: kept" in printed
+    assert greedy_soup([0.4, 0.6], lambda kept: 0.5, ["a", "b"]) == ([1], 0.6)   # none joins the best
+
+
+def test_greedy_soup_from_the_command_line_keeps_what_helps_and_leaves_out_what_hurts(tmp_path, capsys):
+    data, cache = small_csv(tmp_path / "fer2013.csv", usages=("Training",)), tmp_path / "cache"
+    rng = np.random.default_rng(1)
+    with open(data, "a", newline="") as f:   # PublicTest: 20 happy faces (3), 5 angry (0)
+        csv.writer(f).writerows([code, " ".join(map(str, rng.integers(0, 256, 48 * 48))), "PublicTest"]
+                                for code in [3] * 20 + [0] * 5)
+    paths = []
+    for seed, (code, logit) in enumerate([(3, 10.0), (0, 30.0), (3, 10.0)]):   # logits: the last bias alone
+        m = fer_models.build("mini", seed=seed)
+        last = [layer for layer in m.all_layers() if isinstance(layer, tc.layers.Dense)][-1]
+        last.kernel.data[:] = 0
+        last.bias.data[:] = 0
+        last.bias.data[code] = logit
+        paths.append(tmp_path / f"w{seed}.npz")
+        save_model(m, paths[-1])
+    soup_run(["--soup", *paths, "--soup-recipe", "greedy", "--out", tmp_path / "soup"], data, cache)
+    printed = capsys.readouterr().out
+    assert f"start from {paths[0]} (0.8000)" in printed            # the best first; ties: the given order
+    assert f"0.8000  + {paths[2]}: kept" in printed                # the soup of the two: still happy
+    assert f"0.2000  + {paths[1]}: left out (below 0.8000)" in printed   # (10 + 10 + 0) / 3 < 30 / 3
+    assert "greedy soup of 2 mini networks" in printed
+    soup, w0, w2 = (load_model(p).get_weights() for p in (tmp_path / "soup.npz", paths[0], paths[2]))
+    for k in soup:
+        if "moving" not in k:
+            np.testing.assert_allclose(soup[k], (w0[k] + w2[k]) / 2, rtol=1e-6, atol=1e-7, err_msg=k)
+    with pytest.raises(SystemExit):
+        soup_run(["--soup", *paths, "--soup-recipe", "best"], data, cache)
