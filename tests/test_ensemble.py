@@ -84,8 +84,8 @@ def test_the_bundled_models_record_what_they_were_trained_on():
     from fer_models.predict import SINGLE_WEIGHTS
     default = load_model()                 # predict_emotion's: an ensemble (MODEL_CARD.md)
     assert isinstance(default, Ensemble)   # members chosen on PublicTest by train.py --choose
-    assert [(m.name, m.preprocessing) for m in default.members] == [("resdeep", "none"), ("reswide", "none"),
-                                                                     ("resdeep", "none"), ("reswide", "none")]
+    assert [(m.name, m.preprocessing) for m in default.members] == [("reswide", "none"), ("resdeep", "none"),
+                                                                     ("resdeep", "clahe")]
     single = load_model(SINGLE_WEIGHTS)
     assert single.name == "resdeep" and single.preprocessing == "none"   # chosen on PublicTest
 
